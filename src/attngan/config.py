@@ -1,0 +1,351 @@
+"""Typed, frozen configuration for every component of AttnGAN.
+
+Each network owns a small dataclass; the config is saved as ``config.json`` beside the weights and the
+network is rebuilt with ``Network(Config(**saved))``. ``PRESETS`` holds the settings of the original
+release (``birds``, ``coco`` from ``cfg/*.yml`` of taoxugit/AttnGAN) and of the built-in dataset
+(``shapes``, ``tiny``). Nothing here is mutable or global.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "TextEncoderConfig",
+    "ImageEncoderConfig",
+    "GeneratorConfig",
+    "DiscriminatorConfig",
+    "DAMSMLossConfig",
+    "GANLossConfig",
+    "DataConfig",
+    "DAMSMTrainConfig",
+    "GANTrainConfig",
+    "Preset",
+    "PRESETS",
+    "to_dict",
+    "from_dict",
+    "apply_overrides",
+]
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """DAMSM text encoder (Sec. 3.2): embedding -> dropout -> bi-LSTM."""
+
+    vocab_size: int = 5450  # rows of the word embedding, index 0 = '<end>' / padding
+    word_dim: int = 300  # word-embedding width (the original's ninput)
+    embed_dim: int = 256  # D: width of word and sentence features (both directions together)
+    dropout: float = 0.5  # dropout on the word embeddings, active in train mode only
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """DAMSM image encoder (Sec. 3.2, Eq. 6).
+
+    ``backbone="inception"``: torchvision Inception-v3 up to Mixed_7c, local features from Mixed_6e
+    (768 x 17 x 17), input resized to 299 x 299 (bilinear, align_corners=True as the original).
+    ``backbone="small"``: a small strided CNN for small images / CPU, same outputs (grid + vector).
+    """
+
+    embed_dim: int = 256  # D
+    backbone: str = "inception"  # "inception" | "small"
+    input_size: int = 299  # images are resized to this square size before the backbone
+    small_width: int = 32  # width of the first conv of the small backbone (doubles per block)
+    small_blocks: int = 3  # stride-2 blocks of the small backbone; grid = input_size / 2**blocks
+    freeze_backbone: bool = True  # Sec. 3.2: Inception parameters are fixed
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Attentional generative network (Eq. 1-2)."""
+
+    gf_dim: int = 32  # ngf: channels of the hidden features h_i of stages >= 1
+    z_dim: int = 100  # noise z
+    condition_dim: int = 100  # conditioning-augmentation code c
+    embed_dim: int = 256  # D of the text encoder (word and sentence features)
+    num_stages: int = 3  # m: generators G_0..G_{m-1}
+    res_blocks: int = 2  # residual blocks per attention stage (R_NUM)
+    base_size: int = 64  # resolution of the first stage (4 * 2**k); stage i is base_size * 2**i
+    dcgan: bool = False  # AttnDCGAN: one image head at the last stage only
+
+    def __post_init__(self) -> None:
+        n = self.base_size // 4
+        if self.base_size < 8 or n & (n - 1):
+            raise ValueError(f"base_size must be 4 * 2**k with k >= 1, got {self.base_size}")
+        if self.num_stages < 1:
+            raise ValueError("num_stages must be >= 1")
+
+    @property
+    def image_sizes(self) -> list[int]:
+        return [self.base_size * 2**i for i in range(self.num_stages)]
+
+    @property
+    def init_upsamples(self) -> int:
+        """Number of 2x up-blocks of F_0 (4 x 4 -> base_size); 4 in the original."""
+        return (self.base_size // 4).bit_length() - 1
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """One discriminator per scale (Eq. 4-5)."""
+
+    df_dim: int = 64  # ndf
+    embed_dim: int = 256  # condition = sentence vector of the text encoder
+    image_size: int = 64  # input resolution of this discriminator
+    unconditional: bool = True  # has an unconditional logit (False for the AttnDCGAN variant)
+
+
+@dataclass(frozen=True)
+class DAMSMLossConfig:
+    """Hyper-parameters of Eq. 9-11."""
+
+    gamma1: float = 4.0  # Eq. 9 (paper text: 5; original yml: 4.0)
+    gamma2: float = 5.0  # Eq. 10
+    gamma3: float = 10.0  # Eq. 11
+    # The paper prints Eq. 10 with an outer 1/gamma2 exponent; the released code omits it. The default
+    # (False) is what the released models were trained with.
+    eq10_inverse_gamma2: bool = False
+    class_masking: bool = True  # exclude same-class captions from the negatives (CUB)
+
+
+@dataclass(frozen=True)
+class GANLossConfig:
+    """Eq. 3-5 and the KL term of conditioning augmentation."""
+
+    damsm_lambda: float = 5.0  # lambda of Eq. 3
+    kl_weight: float = 1.0
+    uncond_weight: float = 1.0  # weight of the unconditional term in L_G and L_D
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data to read and how to turn it into batches."""
+
+    dataset: str = "shapes"  # birds | coco | folder | shapes
+    data_dir: str = ""  # root of the dataset on disk ('' for shapes)
+    words_num: int = 18  # maximum caption length (T); longer captions are truncated
+    captions_per_image: int = 10  # used by the original layouts
+    truncate: str = "first"  # "first" keeps the first words; "random" drops random words (original)
+    num_images: int = 2000  # shapes only: images per split generated
+    max_objects: int = 1  # shapes only: 1..3 objects per image
+    seed: int = 0  # shapes only
+    workers: int = 0  # DataLoader workers
+    cache: bool = False  # build/use a decoded uint8 cache of resized images
+
+
+@dataclass(frozen=True)
+class DAMSMTrainConfig:
+    """DAMSM pre-training (Sec. 3.2; original pretrain_DAMSM.py)."""
+
+    batch_size: int = 48  # M of Eq. 11 (paper 50, original yml 48)
+    epochs: int = 600
+    max_steps: int | None = None  # stop after this many steps (None: epochs decide)
+    lr: float = 2e-3
+    lr_decay: float = 0.98  # per epoch, while lr > lr/10 (original)
+    betas: tuple[float, float] = (0.5, 0.999)
+    rnn_grad_clip: float = 0.25
+    snapshot_every: int = 1000  # steps between checkpoints
+    log_every: int = 50
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GANTrainConfig:
+    """AttnGAN training (Sec. 3.1; original trainer.py)."""
+
+    batch_size: int = 20
+    epochs: int = 600
+    max_steps: int | None = None
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    ema_decay: float = 0.999  # EMA of G's parameters, used for samples and checkpoints
+    d_steps: int = 1  # discriminator steps per generator step
+    snapshot_every: int = 2000
+    sample_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    compile: bool = False
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class Preset:
+    text_encoder: TextEncoderConfig
+    image_encoder: ImageEncoderConfig
+    generator: GeneratorConfig
+    discriminator_df_dim: int
+    damsm_loss: DAMSMLossConfig
+    gan_loss: GANLossConfig
+    data: DataConfig
+    damsm_train: DAMSMTrainConfig
+    gan_train: GANTrainConfig
+    description: str = ""
+
+
+# Settings of the original release (reference/original-attngan.md section 1.2) and of the built-in data.
+PRESETS: dict[str, Preset] = {
+    "birds": Preset(
+        description="CUB-200-2011, cfg/bird_attn2.yml + cfg/DAMSM/bird.yml: 3 stages 64-256, GF 32, DF 64, R 2, lambda 5",
+        text_encoder=TextEncoderConfig(vocab_size=5450),
+        image_encoder=ImageEncoderConfig(backbone="inception"),
+        generator=GeneratorConfig(gf_dim=32, res_blocks=2, num_stages=3, base_size=64),
+        discriminator_df_dim=64,
+        damsm_loss=DAMSMLossConfig(gamma1=4.0, gamma2=5.0, gamma3=10.0, class_masking=True),
+        gan_loss=GANLossConfig(damsm_lambda=5.0),
+        data=DataConfig(dataset="birds", words_num=18, captions_per_image=10, truncate="random"),
+        damsm_train=DAMSMTrainConfig(batch_size=48, epochs=600, lr=2e-3),
+        gan_train=GANTrainConfig(batch_size=20, epochs=600),
+    ),
+    "coco": Preset(
+        description="COCO 2014, cfg/coco_attn2.yml + cfg/DAMSM/coco.yml: 3 stages 64-256, GF 48, DF 96, R 3, lambda 50",
+        text_encoder=TextEncoderConfig(vocab_size=27297),
+        image_encoder=ImageEncoderConfig(backbone="inception"),
+        generator=GeneratorConfig(gf_dim=48, res_blocks=3, num_stages=3, base_size=64),
+        discriminator_df_dim=96,
+        damsm_loss=DAMSMLossConfig(gamma1=4.0, gamma2=5.0, gamma3=10.0, class_masking=False),
+        gan_loss=GANLossConfig(damsm_lambda=50.0),
+        data=DataConfig(dataset="coco", words_num=12, captions_per_image=5, truncate="random"),
+        damsm_train=DAMSMTrainConfig(batch_size=48, epochs=600, lr=2e-3),
+        gan_train=GANTrainConfig(batch_size=14, epochs=120),
+    ),
+    "shapes": Preset(
+        description="built-in procedural shapes, CPU-sized: 2 stages 32-64, small image encoder",
+        text_encoder=TextEncoderConfig(vocab_size=0, word_dim=64, embed_dim=64, dropout=0.1),
+        image_encoder=ImageEncoderConfig(embed_dim=64, backbone="small", input_size=64, small_width=32, small_blocks=3),
+        generator=GeneratorConfig(gf_dim=16, z_dim=32, condition_dim=32, embed_dim=64, num_stages=2, res_blocks=1, base_size=32),
+        discriminator_df_dim=16,
+        damsm_loss=DAMSMLossConfig(gamma1=4.0, gamma2=5.0, gamma3=10.0, class_masking=False),
+        gan_loss=GANLossConfig(damsm_lambda=5.0),
+        data=DataConfig(dataset="shapes", words_num=12, captions_per_image=5, num_images=4000, max_objects=1),
+        damsm_train=DAMSMTrainConfig(batch_size=32, epochs=1000, max_steps=600, lr=2e-3, snapshot_every=200),
+        gan_train=GANTrainConfig(batch_size=32, epochs=1000, max_steps=1500, snapshot_every=500, sample_every=500),
+    ),
+    "tiny": Preset(
+        description="for tests: widths 4-8, 2 stages 16-32",
+        text_encoder=TextEncoderConfig(vocab_size=0, word_dim=16, embed_dim=16, dropout=0.0),
+        image_encoder=ImageEncoderConfig(embed_dim=16, backbone="small", input_size=32, small_width=8, small_blocks=2),
+        generator=GeneratorConfig(gf_dim=4, z_dim=8, condition_dim=8, embed_dim=16, num_stages=2, res_blocks=1, base_size=16),
+        discriminator_df_dim=4,
+        damsm_loss=DAMSMLossConfig(class_masking=False),
+        gan_loss=GANLossConfig(damsm_lambda=1.0),
+        data=DataConfig(dataset="shapes", words_num=10, captions_per_image=3, num_images=128, max_objects=1),
+        damsm_train=DAMSMTrainConfig(batch_size=16, epochs=100, max_steps=20, snapshot_every=10, log_every=5),
+        gan_train=GANTrainConfig(batch_size=8, epochs=100, max_steps=10, snapshot_every=5, sample_every=5, log_every=5),
+    ),
+}
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass (nested) -> JSON-able dict; tuples become lists."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from :func:`to_dict` output; unknown keys are an error."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    hints = _resolved_types(cls)
+    for key, value in data.items():
+        tp = hints.get(key)
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = from_dict(tp, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _resolved_types(cls: type) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # pragma: no cover - only on exotic annotations
+        return {}
+
+
+def _parse_value(text: str, current: Any) -> Any:
+    """Parse a command-line override value into the type of the current setting."""
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if current is None:
+        if text.lower() in ("none", "null", ""):
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, tuple):
+        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+        return tuple(_parse_value(p.strip(), current[0] if current else 0.0) for p in parts)
+    return text
+
+
+def apply_overrides(preset: Preset, overrides: dict[str, Any] | list[str]) -> Preset:
+    """Return a new preset with ``section.key=value`` overrides applied (e.g. ``generator.gf_dim=8``).
+
+    Values given as strings are parsed to the type of the setting they replace. Unknown sections or keys
+    raise ``ValueError`` naming the valid ones.
+    """
+    if isinstance(overrides, list):
+        parsed: dict[str, Any] = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not of the form section.key=value")
+            k, v = item.split("=", 1)
+            parsed[k.strip()] = v.strip()
+        overrides = parsed
+    changes: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        if "." not in dotted:
+            if dotted not in {f.name for f in dataclasses.fields(Preset)}:
+                raise ValueError(f"unknown setting {dotted!r}")
+            top[dotted] = value
+            continue
+        section, key = dotted.split(".", 1)
+        if section not in {f.name for f in dataclasses.fields(Preset)}:
+            raise ValueError(
+                f"unknown section {section!r}; sections: {[f.name for f in dataclasses.fields(Preset)]}"
+            )
+        changes.setdefault(section, {})[key] = value
+    new_sections: dict[str, Any] = {}
+    for section, kv in changes.items():
+        obj = getattr(preset, section)
+        if not dataclasses.is_dataclass(obj):
+            raise ValueError(f"{section!r} is not a section")
+        valid = {f.name for f in dataclasses.fields(obj)}
+        typed = {}
+        for key, value in kv.items():
+            if key not in valid:
+                raise ValueError(f"unknown setting {section}.{key}; valid: {sorted(valid)}")
+            cur = getattr(obj, key)
+            typed[key] = _parse_value(value, cur) if isinstance(value, str) and not isinstance(cur, str) else value
+        new_sections[section] = dataclasses.replace(obj, **typed)
+    for key, value in top.items():
+        cur = getattr(preset, key)
+        new_sections[key] = _parse_value(value, cur) if isinstance(value, str) and not isinstance(cur, str) else value
+    return dataclasses.replace(preset, **new_sections)
+

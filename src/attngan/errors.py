@@ -1,0 +1,13 @@
+"""Exceptions for user mistakes: the CLI prints their message without a traceback."""
+
+
+class UserError(Exception):
+    """Something the user can fix (a path, an option, an input). The message says what and how."""
+
+
+class DataError(UserError):
+    """A dataset on disk is missing, unreadable or inconsistent."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, corrupt, unsafe, or belongs to another configuration."""
