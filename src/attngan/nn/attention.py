@@ -1,0 +1,84 @@
+"""Word-context attention of the generator (Eq. 2 of the paper).
+
+For every sub-region j of the hidden image features h (query) and every word i of the caption,
+``s'_{j,i} = h_j^T e'_i`` with ``e' = U e`` (a 1x1 conv, no bias); ``beta_{j,i}`` is the softmax of
+``s'`` **over words** (padding words excluded); the word-context vector is ``c_j = sum_i beta_{j,i} e'_i``.
+There is no 1/sqrt(d) scaling (as in the paper and the original code).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import conv1x1
+
+
+def legacy_tiled_mask(mask: torch.Tensor, num_regions: int) -> torch.Tensor:
+    """The original's mis-tiled mask (original-attngan.md 2.6, taoxugit/AttnGAN issue #93).
+
+    The original flattened the logits to rows ``b*Q + q`` and used ``mask.repeat(Q, 1)``, so row r got
+    ``mask[r % B]``. Returns the (B, Q, T) mask that the original effectively applied.
+    """
+    b = mask.size(0)
+    rows = torch.arange(b, device=mask.device)[:, None] * num_regions + torch.arange(num_regions, device=mask.device)
+    return mask[rows % b]  # (B, Q, T)
+
+
+def word_attention(
+    h: torch.Tensor,
+    words: torch.Tensor,
+    mask: torch.Tensor | None,
+    legacy_mask_bug: bool = False,
+    need_weights: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eq. 2 on already projected words.
+
+    Args:
+        h: (B, C, H, W) image features (queries).
+        words: (B, C, T) projected word features e' (keys and values).
+        mask: (B, T) bool, True at padding words (None: no padding).
+        legacy_mask_bug: reproduce the original's mis-tiled mask (only to match its outputs).
+        need_weights: return beta; when False, PyTorch's fused attention may be used.
+    Returns:
+        context (B, C, H, W) and beta (B, T, H, W) (or None).
+    """
+    b, c, hh, ww = h.shape
+    q = hh * ww
+    query = h.reshape(b, c, q).transpose(1, 2)  # (B, Q, C)
+    if mask is not None:
+        full_mask = legacy_tiled_mask(mask, q) if legacy_mask_bug else mask[:, None, :].expand(b, q, mask.size(1))
+    else:
+        full_mask = None
+    if not need_weights:
+        attn_mask = None if full_mask is None else ~full_mask  # SDPA: True = take part
+        keys = words.transpose(1, 2)  # (B, T, C)
+        ctx = F.scaled_dot_product_attention(query, keys, keys, attn_mask=attn_mask, scale=1.0)  # (B, Q, C)
+        return ctx.transpose(1, 2).reshape(b, c, hh, ww), None
+    logits = torch.bmm(query, words)  # (B, Q, T): s'_{j,i}
+    if full_mask is not None:
+        logits = logits.masked_fill(full_mask, float("-inf"))
+    beta = torch.softmax(logits, dim=2)  # over words
+    ctx = torch.bmm(words, beta.transpose(1, 2))  # (B, C, Q): c_j = sum_i beta_{j,i} e'_i
+    t = words.size(2)
+    return ctx.reshape(b, c, hh, ww), beta.transpose(1, 2).reshape(b, t, hh, ww)
+
+
+class WordAttention(nn.Module):
+    """F^attn of Eq. 1-2: projects words with U (``conv_context``) and attends over them."""
+
+    def __init__(self, image_dim: int, word_dim: int) -> None:
+        super().__init__()
+        self.conv_context = conv1x1(word_dim, image_dim)  # U in R^{C x D}
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        words: torch.Tensor,
+        mask: torch.Tensor | None,
+        legacy_mask_bug: bool = False,
+        need_weights: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        projected = self.conv_context(words.unsqueeze(3)).squeeze(3)  # (B, C, T)
+        return word_attention(h, projected, mask, legacy_mask_bug=legacy_mask_bug, need_weights=need_weights)

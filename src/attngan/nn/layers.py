@@ -1,0 +1,99 @@
+"""Building blocks shared by the generator and the discriminators (original code/model.py).
+
+Parameter-free layers (Upsample, GLU, LeakyReLU) keep their ``nn.Sequential`` index so that state-dict
+keys match the original release (e.g. ``upsample1.1.weight`` is the conv after the Upsample).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class GLU(nn.Module):
+    """Gated linear unit over dim 1: first half * sigmoid(second half)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.size(1)
+        if c % 2:
+            raise ValueError(f"GLU needs an even number of channels, got {c}")
+        return x[:, : c // 2] * torch.sigmoid(x[:, c // 2 :])
+
+
+def conv1x1(in_ch: int, out_ch: int, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=1, padding=0, bias=bias)
+
+
+def conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=False)
+
+
+def up_block(in_ch: int, out_ch: int) -> nn.Sequential:
+    """2x nearest upsample -> conv3x3 -> BN -> GLU (original ``upBlock``)."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        conv3x3(in_ch, out_ch * 2),
+        nn.BatchNorm2d(out_ch * 2),
+        GLU(),
+    )
+
+
+def conv_bn_lrelu(in_ch: int, out_ch: int) -> nn.Sequential:
+    """conv3x3 -> BN -> LeakyReLU(0.2) (original ``Block3x3_leakRelu``)."""
+    return nn.Sequential(conv3x3(in_ch, out_ch), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.2, inplace=True))
+
+
+def down_block(in_ch: int, out_ch: int) -> nn.Sequential:
+    """4x4 stride-2 conv -> BN -> LeakyReLU(0.2) (original ``downBlock``)."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.2, inplace=True)
+    )
+
+
+def encode_image_downsample(df_dim: int, num_down: int = 4) -> nn.Sequential:
+    """``num_down`` stride-2 4x4 convs ending at 8*df channels (original ``encode_image_by_16times`` for 4).
+
+    The first conv has no BatchNorm. With ``num_down < 4`` (images smaller than 64 px) the widths start
+    higher so that the output still has 8*df channels.
+    """
+    if not 1 <= num_down <= 4:
+        raise ValueError(f"num_down must be in 1..4, got {num_down}")
+    widths = [df_dim * 2 ** (j + 4 - num_down) for j in range(num_down)]
+    layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+    for j in range(1, num_down):
+        layers += [
+            nn.Conv2d(widths[j - 1], widths[j], 4, 2, 1, bias=False),
+            nn.BatchNorm2d(widths[j]),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+class ResBlock(nn.Module):
+    """x + (conv3x3 -> BN -> GLU -> conv3x3 -> BN)(x); no activation after the sum (original)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            conv3x3(channels, channels * 2),
+            nn.BatchNorm2d(channels * 2),
+            GLU(),
+            conv3x3(channels, channels),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x) + x
+
+
+@torch.no_grad()
+def init_weights_original(module: nn.Module) -> None:
+    """The original ``weights_init``: orthogonal conv/linear weights, BN weight ~ N(1, 0.02), zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.orthogonal_(m.weight, gain=1.0)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.weight.normal_(1.0, 0.02)
+            m.bias.zero_()
