@@ -1,0 +1,217 @@
+"""Losses of AttnGAN as pure functions of tensors and explicit hyper-parameters.
+
+DAMSM (Sec. 3.2): similarity (Eq. 7), word-normalised softmax (Eq. 8), region-context attention (Eq. 9),
+matching score (Eq. 10), posteriors (Eq. 11), L1w/L2w (Eq. 12-13), L1s/L2s and L_DAMSM (Eq. 14).
+GAN (Sec. 3.1): generator loss (Eq. 3-4), discriminator loss (Eq. 5), and the CA KL term.
+
+Where the released code and the paper differ, the default follows the code (it produced the released
+models and the paper's numbers) and the paper's form is an option:
+- Eq. 10: the code has no outer 1/gamma2 (``inverse_gamma2=False``).
+- Eq. 12-13 are sums over the batch in the paper, means in the code (``reduction="mean"``); only the
+  scale against lambda differs.
+- Eq. 4-5 carry factors 1/2 in the paper; the code sums the G terms and averages the D terms as
+  (real_u + real_c)/2 + (fake_u + fake_c + wrong_c)/3. We follow the code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+
+
+def _lengths_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
+    """(B, T) bool, True at padding positions."""
+    return torch.arange(t, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+def region_context(
+    words: torch.Tensor, regions: torch.Tensor, gamma1: float, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Region-context vectors c_i of one caption per image (Eq. 7-9).
+
+    Args:
+        words: (B, D, T) word features e; regions: (B, D, h, w) region features v; mask: (B, T) bool,
+        True at padding words (excluded from the word softmax of Eq. 8).
+    Returns:
+        c (B, D, T) and alpha (B, T, h, w) (Eq. 9 weights over regions).
+    """
+    b, d, t = words.shape
+    h, w = regions.shape[2:]
+    v = regions.reshape(b, d, h * w)  # (B, D, N)
+    s = torch.bmm(words.transpose(1, 2), v)  # (B, T, N)  Eq. 7: s_{i,j} = e_i^T v_j
+    if mask is not None:
+        s = s.masked_fill(mask[:, :, None], float("-inf"))
+    s_bar = torch.softmax(s, dim=1)  # Eq. 8: normalised over words i for each region j
+    alpha = torch.softmax(gamma1 * s_bar, dim=2)  # Eq. 9: over regions j for each word i
+    c = torch.bmm(v, alpha.transpose(1, 2))  # (B, D, T): c_i = sum_j alpha_{i,j} v_j
+    return c, alpha.reshape(b, t, h, w)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    """Cosine similarity with the original's clamp of the norm product at 1e-8."""
+    return (a * b).sum(dim) / (a.norm(dim=dim) * b.norm(dim=dim)).clamp(min=EPS)
+
+
+def word_scores(
+    regions: torch.Tensor,
+    words: torch.Tensor,
+    lengths: torch.Tensor,
+    gamma1: float,
+    gamma2: float,
+    inverse_gamma2: bool = False,
+) -> torch.Tensor:
+    """Attention-driven image-text matching scores R(Q_j, D_i) for every image j and caption i (Eq. 10).
+
+    Args:
+        regions: (B_img, D, h, w); words: (B_cap, D, T); lengths: (B_cap,) true caption lengths.
+        inverse_gamma2: apply the paper's outer exponent 1/gamma2 (the released code does not).
+    Returns:
+        (B_img, B_cap) scores.
+    """
+    bi, d, h, w = regions.shape
+    bc, _, t = words.shape
+    v = regions.reshape(bi, d, h * w)  # (Bi, D, N)
+    pad = _lengths_mask(lengths, t)  # (Bc, T)
+    s = torch.einsum("cdt,idn->ictn", words, v)  # (Bi, Bc, T, N)  Eq. 7
+    s = s.masked_fill(pad[None, :, :, None], float("-inf"))
+    s_bar = torch.softmax(s, dim=2)  # Eq. 8 over words
+    alpha = torch.softmax(gamma1 * s_bar, dim=3)  # Eq. 9 over regions
+    c = torch.einsum("ictn,idn->ictd", alpha, v)  # (Bi, Bc, T, D) region-context vectors
+    e = words.transpose(1, 2)[None]  # (1, Bc, T, D)
+    rel = _cosine(c, e, dim=3)  # (Bi, Bc, T): R(c_i, e_i)
+    rel = rel.masked_fill(pad[None], float("-inf"))
+    score = torch.logsumexp(gamma2 * rel, dim=2)  # log sum_i exp(gamma2 R(c_i, e_i))
+    if inverse_gamma2:
+        score = score / gamma2
+    return score
+
+
+def sentence_scores(image_vectors: torch.Tensor, sentence_vectors: torch.Tensor) -> torch.Tensor:
+    """R(Q_j, D_i) = cos(v-bar_j, e-bar_i) (the sentence-level form below Eq. 13): (B_img, B_cap)."""
+    num = image_vectors @ sentence_vectors.t()
+    den = image_vectors.norm(dim=1)[:, None] * sentence_vectors.norm(dim=1)[None, :]
+    return num / den.clamp(min=EPS)
+
+
+def matching_losses(
+    scores: torch.Tensor,
+    gamma3: float,
+    class_ids: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negative log posteriors of the matching pairs (Eq. 11-13).
+
+    Args:
+        scores: (M, M) R(Q_j, D_i), images in rows, captions in columns; pair (i, i) matches.
+        class_ids: (M,) optional; other captions of the same class are removed from the negatives
+            (as the original did for CUB).
+    Returns:
+        (L_1 = -sum log P(D_i|Q_i), L_2 = -sum log P(Q_i|D_i)) (mean over the batch by default).
+    """
+    m = scores.size(0)
+    if scores.shape != (m, m):
+        raise ValueError(f"scores must be square, got {tuple(scores.shape)}")
+    logits = gamma3 * scores  # Eq. 11
+    if class_ids is not None:
+        same = class_ids[:, None] == class_ids[None, :]
+        same = same & ~torch.eye(m, dtype=torch.bool, device=scores.device)
+        logits = logits.masked_fill(same, float("-inf"))
+    target = torch.arange(m, device=scores.device)
+    loss_1 = F.cross_entropy(logits, target, reduction=reduction)  # Eq. 12: softmax over captions
+    loss_2 = F.cross_entropy(logits.t(), target, reduction=reduction)  # Eq. 13: softmax over images
+    return loss_1, loss_2
+
+
+@dataclass
+class DAMSMLossOutput:
+    total: torch.Tensor  # Eq. 14
+    word_1: torch.Tensor  # L_1^w
+    word_2: torch.Tensor  # L_2^w
+    sent_1: torch.Tensor  # L_1^s
+    sent_2: torch.Tensor  # L_2^s
+
+
+def damsm_loss(
+    regions: torch.Tensor,
+    image_vectors: torch.Tensor,
+    words: torch.Tensor,
+    sentence: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    gamma1: float,
+    gamma2: float,
+    gamma3: float,
+    class_ids: torch.Tensor | None = None,
+    inverse_gamma2: bool = False,
+    reduction: str = "mean",
+) -> DAMSMLossOutput:
+    """L_DAMSM = L_1^w + L_2^w + L_1^s + L_2^s (Eq. 14) for a batch of matching image-caption pairs."""
+    w1, w2 = matching_losses(
+        word_scores(regions, words, lengths, gamma1, gamma2, inverse_gamma2), gamma3, class_ids, reduction
+    )
+    s1, s2 = matching_losses(sentence_scores(image_vectors, sentence), gamma3, class_ids, reduction)
+    return DAMSMLossOutput(total=w1 + w2 + s1 + s2, word_1=w1, word_2=w2, sent_1=s1, sent_2=s2)
+
+
+def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) of conditioning augmentation, mean over all elements (original)."""
+    return torch.mean(-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()))
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def generator_stage_loss(disc, fake: torch.Tensor, sentence: torch.Tensor, uncond_weight: float = 1.0) -> torch.Tensor:
+    """L_{G_i} (Eq. 4): -log D_i(x-hat) - log D_i(x-hat, e-bar), as the original (no 1/2 factors)."""
+    features = disc(fake)
+    uncond, cond = disc.logits(features, sentence)
+    loss = _bce(cond, 1.0)
+    if uncond is not None:
+        loss = loss + uncond_weight * _bce(uncond, 1.0)
+    return loss
+
+
+@dataclass
+class DiscriminatorLossOutput:
+    total: torch.Tensor
+    real_cond: torch.Tensor
+    fake_cond: torch.Tensor
+    wrong_cond: torch.Tensor | None
+    real_uncond: torch.Tensor | None
+    fake_uncond: torch.Tensor | None
+
+
+def discriminator_loss(
+    disc, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tensor, uncond_weight: float = 1.0
+) -> DiscriminatorLossOutput:
+    """L_{D_i} (Eq. 5) with the mismatched pairs of the original: image k with sentence k+1.
+
+    With an unconditional head: (U_real + C_real) / 2 + (U_fake + C_fake + C_wrong) / 3;
+    without (AttnDCGAN): C_real + (C_fake + C_wrong) / 2. ``fake`` is detached here.
+    """
+    b = real.size(0)
+    feat_real = disc(real)
+    feat_fake = disc(fake.detach())
+    u_real, c_real = disc.logits(feat_real, sentence)
+    u_fake, c_fake = disc.logits(feat_fake, sentence)
+    real_cond = _bce(c_real, 1.0)
+    fake_cond = _bce(c_fake, 0.0)
+    wrong_cond = None
+    if b > 1:
+        _, c_wrong = disc.logits(feat_real[: b - 1], sentence[1:b])
+        wrong_cond = _bce(c_wrong, 0.0)
+    fake_terms = [fake_cond] + ([wrong_cond] if wrong_cond is not None else [])
+    if u_real is not None:
+        real_uncond = _bce(u_real, 1.0)
+        fake_uncond = _bce(u_fake, 0.0)
+        fake_terms.append(uncond_weight * fake_uncond)
+        total = (uncond_weight * real_uncond + real_cond) / 2 + sum(fake_terms) / len(fake_terms)
+    else:
+        real_uncond = fake_uncond = None
+        total = real_cond + sum(fake_terms) / len(fake_terms)
+    return DiscriminatorLossOutput(total, real_cond, fake_cond, wrong_cond, real_uncond, fake_uncond)
