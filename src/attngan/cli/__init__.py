@@ -38,10 +38,11 @@ class LazyGroup(click.Group):
             module = importlib.import_module(f"{__name__}.{module_name}")
             return getattr(module, attr)
         except (ImportError, AttributeError) as exc:
+            reason = str(exc)
 
-            @click.command(name=name, help=f"{help_text} (unavailable: {exc})")
+            @click.command(name=name, help=f"{help_text} (unavailable: {reason})")
             def unavailable() -> None:
-                raise click.ClickException(f"'attngan {name}' is not available in this installation: {exc}")
+                raise click.ClickException(f"'attngan {name}' is not available in this installation: {reason}")
 
             return unavailable
 
