@@ -1,0 +1,26 @@
+"""Datasets yielding sample dicts, and :func:`collate_batch` turning them into a :class:`Batch`.
+
+The data layer knows nothing of models (it never imports ``attngan.nn``).
+"""
+
+from .base import (
+    Batch,
+    TextImageDataset,
+    collate_batch,
+    image_to_tensor,
+    make_loader,
+    multiscale_transform,
+    set_epoch,
+    to_rgb,
+)
+
+__all__ = [
+    "Batch",
+    "TextImageDataset",
+    "collate_batch",
+    "image_to_tensor",
+    "make_loader",
+    "multiscale_transform",
+    "set_epoch",
+    "to_rgb",
+]
