@@ -436,11 +436,20 @@ def export_original(module: nn.Module) -> OrderedDict[str, torch.Tensor]:
             f"an image encoder with the {module.config.backbone!r} backbone has no original layout; "
             "the original code only has the Inception-v3 encoder"
         )
-    return OrderedDict(
-        (k, v.detach().to("cpu", copy=True).contiguous())
-        for k, v in module.state_dict().items()
-        if not k.endswith("." + _NBT)
-    )
+    items = [(k, v) for k, v in module.state_dict().items() if not k.endswith("." + _NBT)]
+    if kind == "generator":
+        items.sort(key=lambda kv: _generator_rank(kv[0]))  # stable: keeps the order inside each block
+    return OrderedDict((k, v.detach().to("cpu", copy=True).contiguous()) for k, v in items)
+
+
+def _generator_rank(key: str) -> int:
+    """Position of a key's block in G_NET's attribute order: ca_net, h_net1, img_net1, h_net2, img_net2, ..."""
+    m = re.match(r"(h_net|img_net)(\d*)\.", key)
+    if m is None:
+        return 0
+    if not m.group(2):  # the AttnDCGAN's single img_net comes last
+        return 1 << 30
+    return 2 * int(m.group(2)) - (m.group(1) == "h_net")
 
 
 def save_original(module: nn.Module, path: str | os.PathLike) -> Path:
