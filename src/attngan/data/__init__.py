@@ -13,6 +13,19 @@ from .base import (
     set_epoch,
     to_rgb,
 )
+from .synthetic import (
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ShapesDataset,
+    attributes_from_caption,
+    make_captions,
+    render_scene,
+    sample_scene,
+    shapes_vocabulary,
+    write_folder,
+)
 
 __all__ = [
     "Batch",
@@ -23,4 +36,15 @@ __all__ = [
     "multiscale_transform",
     "set_epoch",
     "to_rgb",
+    "COLORS",
+    "POSITIONS",
+    "SHAPES",
+    "SIZES",
+    "ShapesDataset",
+    "attributes_from_caption",
+    "make_captions",
+    "render_scene",
+    "sample_scene",
+    "shapes_vocabulary",
+    "write_folder",
 ]
