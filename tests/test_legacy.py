@@ -8,6 +8,7 @@ builds them); the parity test re-implements the original G_NET forward pass (ref
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
 import re
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from attngan import legacy
-from attngan.checkpoint import load_component
+from attngan.checkpoint import load_component, save_component
 from attngan.config import DiscriminatorConfig, GeneratorConfig, ImageEncoderConfig, TextEncoderConfig
 from attngan.errors import CheckpointError, UserError
 from attngan.nn import Discriminator, Generator, ImageEncoder, TextEncoder
@@ -287,6 +288,27 @@ def test_unknown_layout_and_wrong_kind(tiny_state):
         legacy.load_original(OrderedDict(tiny_state, step=3))
 
 
+def test_file_saved_from_cuda_tensors_loads_on_cpu(tmp_path):
+    """The 2018 files hold CUDA storages (saved from the GPU); they must load on a CPU-only machine."""
+    state = legacy.export_original(TextEncoder(TextEncoderConfig(vocab_size=4, word_dim=3, embed_dim=4)))
+    buf = io.BytesIO()
+    torch.save(state, buf, _use_new_zipfile_serialization=False)
+    cpu_tag = b"X\x03\x00\x00\x00cpu"  # the storage location string in the legacy pickle (memoised once)
+    assert buf.getvalue().count(cpu_tag) == 1
+    path = tmp_path / "text_encoder200.pth"
+    path.write_bytes(buf.getvalue().replace(cpu_tag, b"X\x06\x00\x00\x00cuda:0"))
+    module = legacy.load_original(path)
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in state.items())
+
+
+def test_native_small_image_encoder_has_no_original_layout():
+    small = ImageEncoder(ImageEncoderConfig(backbone="small", input_size=32, embed_dim=8))
+    with pytest.raises(CheckpointError, match="'small' backbone"):
+        legacy.load_original(small.state_dict())
+    with pytest.raises(CheckpointError, match="'small' backbone has no original layout"):
+        legacy.export_original(small)
+
+
 class Payload:
     """A custom class: unpickling it would import and run project code."""
 
@@ -491,6 +513,8 @@ def test_convert_cli_round_trip(tmp_path):
         assert all(torch.equal(g.state_dict()[k], v) for k, v in g_state.items())
         assert load_component(native / "text_encoder", TextEncoder, TextEncoderConfig).config == te_cfg
         assert (native / "discriminator0" / "model.safetensors").is_file()
+        small = ImageEncoder(ImageEncoderConfig(backbone="small", input_size=32, embed_dim=16))
+        save_component(native / "image_encoder", small, small.config)
 
         again = runner.invoke(convert, args)  # existing output: a user error, nothing overwritten
         assert isinstance(again.exception, UserError) and "already exists" in str(again.exception)
@@ -498,6 +522,7 @@ def test_convert_cli_round_trip(tmp_path):
         back = tmp_path / "back"
         res = runner.invoke(convert, ["--from-native", str(native), "--to-original", "--out", str(back)])
         assert res.exit_code == 0, res.output
+        assert "skipped image_encoder" in res.output
         assert sorted(p.name for p in back.iterdir()) == ["netD0.pth", "netG.pth", "text_encoder.pth"]
         for file, expected in (("netG.pth", g_state), ("text_encoder.pth", te_state), ("netD0.pth", d_state)):
             loaded = torch.load(back / file, weights_only=True)
@@ -509,7 +534,6 @@ def test_convert_cli_round_trip(tmp_path):
 
 
 def test_convert_writes_vocabulary_of_captions_pickle(tmp_path):
-    pytest.importorskip("attngan.data.pickles")
     from attngan.cli.convert import convert
     from attngan.text import Vocabulary
 

@@ -6,30 +6,14 @@ from pathlib import Path
 
 import click
 
-from ..errors import UserError
-
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def _read_vocabulary(path: Path):
-    """Vocabulary of an original ``captions.pickle`` (through the data layer's restricted unpickler)."""
-    from ..text import Vocabulary
+    """Vocabulary of an original ``captions.pickle`` (read by the data layer's restricted unpickler)."""
+    from ..data.pickles import load_captions_pickle
 
-    try:
-        from ..data.pickles import load_captions_pickle
-    except ImportError as exc:
-        raise UserError(
-            f"this installation cannot read captions.pickle ({exc}); convert without --captions-pickle"
-        ) from exc
-    loaded = load_captions_pickle(path)
-    if isinstance(loaded, Vocabulary):
-        return loaded
-    vocab = getattr(loaded, "vocab", None)
-    if isinstance(vocab, Vocabulary):
-        return vocab
-    if isinstance(loaded, (list, tuple)) and len(loaded) == 4:  # [train, test, ixtoword, wordtoix]
-        return Vocabulary.from_original(loaded[2], loaded[3])
-    raise UserError(f"{path} did not give a vocabulary (got a {type(loaded).__name__})")
+    return load_captions_pickle(path).vocab
 
 
 @click.command("convert", context_settings={"show_default": True})
