@@ -1,0 +1,379 @@
+"""Networks: shapes, masks, variable lengths, any stage count, gradients, and the original state dicts.
+
+References: the paper's Sec. 3 (Eq. 1-2, 6) and reference/original-attngan.md section 2; the key names and
+shapes of the original release are read from reference/original-state-dicts.txt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attngan import losses
+from attngan.config import DiscriminatorConfig, GeneratorConfig, ImageEncoderConfig, TextEncoderConfig
+from attngan.nn import Discriminator, Generator, ImageEncoder, TextEncoder
+
+STATE_DICTS = Path("/work/shared/reference/original-state-dicts.txt")
+
+
+def _mask(lengths: list[int], t: int) -> torch.Tensor:
+    return torch.arange(t)[None, :] >= torch.tensor(lengths)[:, None]  # (B, T) True at padding
+
+
+def _captions(lengths: list[int], t: int, vocab: int) -> torch.Tensor:
+    caps = torch.randint(1, vocab, (len(lengths), t))
+    return caps.masked_fill(_mask(lengths, t), 0)  # zero-padded word ids
+
+
+# ---------------------------------------------------------------------------------------------------
+# TextEncoder
+
+
+@pytest.fixture
+def text_encoder(seed, tiny_text_config) -> TextEncoder:
+    return TextEncoder(tiny_text_config).eval()
+
+
+def test_text_encoder_padding_is_zero_and_t_is_kept(text_encoder, tiny_text_config):
+    lengths, t = [3, 7, 5, 1], 9  # unsorted; T larger than the longest caption
+    words, sentence = text_encoder(_captions(lengths, t, tiny_text_config.vocab_size), torch.tensor(lengths))
+    assert words.shape == (4, tiny_text_config.embed_dim, t)
+    assert sentence.shape == (4, tiny_text_config.embed_dim)
+    for b, n in enumerate(lengths):
+        assert torch.all(words[b, :, n:] == 0), "word features must be exactly zero at padded steps"
+        assert torch.all(words[b, :, :n].abs().sum(0) > 0)
+
+
+def test_text_encoder_is_independent_of_the_batch(text_encoder, tiny_text_config):
+    lengths, t = [3, 7, 5, 1, 7], 8
+    caps = _captions(lengths, t, tiny_text_config.vocab_size)
+    words, sentence = text_encoder(caps, torch.tensor(lengths))
+    for b, n in enumerate(lengths):  # each caption alone, at its own length
+        w1, s1 = text_encoder(caps[b : b + 1, :n], torch.tensor([n]))
+        torch.testing.assert_close(words[b : b + 1, :, :n], w1, rtol=0, atol=1e-6)
+        torch.testing.assert_close(sentence[b : b + 1], s1, rtol=0, atol=1e-6)
+    perm = torch.tensor([4, 2, 0, 3, 1])
+    w_p, s_p = text_encoder(caps[perm], torch.tensor(lengths)[perm])
+    torch.testing.assert_close(w_p, words[perm], rtol=0, atol=1e-6)
+    torch.testing.assert_close(s_p, sentence[perm], rtol=0, atol=1e-6)
+
+
+def _manual_lstm(x: torch.Tensor, rnn: torch.nn.LSTM, suffix: str) -> torch.Tensor:
+    """One LSTM direction with the textbook cell equations; x (L, in) -> hidden states (L, H)."""
+    w_ih, w_hh = getattr(rnn, f"weight_ih_l0{suffix}"), getattr(rnn, f"weight_hh_l0{suffix}")
+    b_ih, b_hh = getattr(rnn, f"bias_ih_l0{suffix}"), getattr(rnn, f"bias_hh_l0{suffix}")
+    hidden = w_hh.shape[1]
+    h = torch.zeros(hidden, dtype=x.dtype)
+    c = torch.zeros(hidden, dtype=x.dtype)
+    out = torch.zeros(x.shape[0], hidden, dtype=x.dtype)
+    steps = range(x.shape[0] - 1, -1, -1) if suffix else range(x.shape[0])
+    for s in steps:
+        gates = w_ih @ x[s] + b_ih + w_hh @ h + b_hh
+        i, f, g, o = gates.chunk(4)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        out[s] = h
+    return out
+
+
+@torch.no_grad()
+def test_text_encoder_matches_a_manual_bilstm(text_encoder, tiny_text_config):
+    """e_t = [fwd_t || bwd_t]; e-bar = [fwd at the last true word || bwd at position 0] (Sec. 3.2)."""
+    enc = text_encoder.double()
+    lengths, t = [4, 6, 2], 6
+    caps = _captions(lengths, t, tiny_text_config.vocab_size)
+    words, sentence = enc(caps, torch.tensor(lengths))
+    half = tiny_text_config.embed_dim // 2
+    for b, n in enumerate(lengths):
+        x = enc.encoder.weight[caps[b, :n]]  # (n, word_dim), no dropout in eval mode
+        fwd = _manual_lstm(x, enc.rnn, "")
+        bwd = _manual_lstm(x, enc.rnn, "_reverse")
+        torch.testing.assert_close(words[b, :half, :n].t(), fwd, rtol=0, atol=1e-12)
+        torch.testing.assert_close(words[b, half:, :n].t(), bwd, rtol=0, atol=1e-12)
+        torch.testing.assert_close(sentence[b], torch.cat([fwd[n - 1], bwd[0]]), rtol=0, atol=1e-12)
+
+
+def test_text_encoder_rejects_bad_lengths(text_encoder):
+    with pytest.raises(ValueError):
+        text_encoder(torch.ones(2, 4, dtype=torch.long), torch.tensor([0, 3]))
+    with pytest.raises(ValueError):
+        text_encoder(torch.ones(2, 4, dtype=torch.long), torch.tensor([5, 3]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# ImageEncoder
+
+
+def test_small_image_encoder_shapes_and_resize(seed, tiny_image_config):
+    cfg = tiny_image_config
+    enc = ImageEncoder(cfg).eval()
+    grid = cfg.input_size // 2**cfg.small_blocks
+    regions, glob = enc(torch.rand(2, 3, cfg.input_size, cfg.input_size) * 2 - 1)
+    assert regions.shape == (2, cfg.embed_dim, grid, grid) and glob.shape == (2, cfg.embed_dim)
+    x = torch.rand(2, 3, 24, 24) * 2 - 1
+    r24, g24 = enc(x)
+    r_ref, g_ref = enc(F.interpolate(x, size=(cfg.input_size,) * 2, mode="bilinear", align_corners=True))
+    torch.testing.assert_close(r24, r_ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(g24, g_ref, rtol=0, atol=1e-6)
+    assert all(p.requires_grad for p in enc.parameters()), "the small backbone is trained"
+
+
+@pytest.fixture(scope="module")
+def inception_encoder() -> ImageEncoder:
+    torch.manual_seed(0)
+    return ImageEncoder(ImageEncoderConfig(embed_dim=8)).eval()  # random init, no download
+
+
+def test_inception_image_encoder(inception_encoder):
+    """64 px input: bilinear resize to 299 with align_corners=True, 17 x 17 regions, frozen backbone."""
+    enc = inception_encoder
+    backbone = [p for n, p in enc.named_parameters() if not n.startswith("emb_")]
+    assert backbone and not any(p.requires_grad for p in backbone)
+    torch.manual_seed(1)
+    x = (torch.rand(1, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    regions, glob = enc(x)
+    assert regions.shape == (1, 8, 17, 17) and glob.shape == (1, 8)
+    with torch.no_grad():
+        resized = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=True)
+        r_ref, g_ref = enc(resized)  # a 299 input is used as it is
+        r_other, _ = enc(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False))
+    # Random-init Inception gives tiny activations: compare relative to their scale.
+    r_scale, g_scale = float(r_ref.abs().max()), float(g_ref.abs().max())
+    torch.testing.assert_close(regions / r_scale, r_ref / r_scale, rtol=0, atol=1e-4)
+    torch.testing.assert_close(glob / g_scale, g_ref / g_scale, rtol=0, atol=1e-4)
+    other = float((r_other - r_ref).abs().max()) / r_scale
+    assert other > 1e-2, "align_corners must matter for this check to mean anything"
+    (regions.sum() + glob.sum()).backward()
+    assert all(p.grad is None for p in backbone), "no gradient may reach the frozen Inception"
+    assert enc.emb_features.weight.grad is not None and enc.emb_cnn_code.weight.grad is not None
+    assert x.grad is not None and x.grad.abs().sum() > 0, "the DAMSM loss must reach G through the encoder"
+    enc.emb_features.weight.grad = enc.emb_cnn_code.weight.grad = enc.emb_cnn_code.bias.grad = None
+
+
+def test_inception_backbone_stays_in_eval_mode(inception_encoder):
+    enc = inception_encoder
+    try:
+        enc.train()
+        assert not enc.Mixed_6e.training and not enc.Conv2d_1a_3x3.bn.training
+        assert enc.emb_features.training
+    finally:
+        enc.eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generator
+
+
+def _text_inputs(lengths: list[int], t: int, d: int):
+    words = torch.randn(len(lengths), d, t).masked_fill(_mask(lengths, t)[:, None, :], 0.0)  # (B, D, T)
+    return torch.randn(len(lengths), d), words, _mask(lengths, t)
+
+
+@pytest.mark.parametrize(("num_stages", "base_size"), [(1, 16), (2, 16), (3, 16), (2, 32)])
+def test_generator_shapes_and_attention(seed, tiny_generator_config, num_stages, base_size):
+    cfg = dataclasses.replace(tiny_generator_config, num_stages=num_stages, base_size=base_size)
+    g = Generator(cfg)
+    lengths, t = [6, 2, 4], 6
+    sentence, words, mask = _text_inputs(lengths, t, cfg.embed_dim)
+    out = g(None, sentence, words, mask, generator=torch.Generator().manual_seed(0))
+    sizes = [base_size * 2**i for i in range(num_stages)]
+    assert [tuple(x.shape) for x in out.images] == [(3, 3, s, s) for s in sizes]
+    assert all(x.abs().max() <= 1 for x in out.images)
+    # The attention of stage i+1 is computed on h_i, at the size of image i (original att_maps).
+    assert [tuple(a.shape) for a in out.attention] == [(3, t, s, s) for s in sizes[:-1]]
+    for a in out.attention:
+        for b, n in enumerate(lengths):
+            torch.testing.assert_close(a[b, :n].sum(0), torch.ones(a.shape[2:]))
+            assert torch.all(a[b, n:] == 0)
+    assert out.mu.shape == out.logvar.shape == (3, cfg.condition_dim)
+
+
+def test_generator_reproducibility(seed, tiny_generator_config):
+    cfg = tiny_generator_config
+    g = Generator(cfg).eval()
+    sentence, words, mask = _text_inputs([5, 3], 5, cfg.embed_dim)
+
+    def run(**kw):
+        return g(kw.pop("z", None), sentence, words, mask, **kw).images[-1]
+
+    a = run(generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, run(generator=torch.Generator().manual_seed(7)))
+    assert not torch.allclose(a, run(generator=torch.Generator().manual_seed(8)))
+    # z is drawn first, then the CA noise, both from the given generator.
+    gen = torch.Generator().manual_seed(7)
+    z = torch.randn(2, cfg.z_dim, generator=gen)
+    eps = torch.randn(2, cfg.condition_dim, generator=gen)
+    torch.manual_seed(123)
+    b = run(z=z, ca_noise=eps)
+    torch.manual_seed(456)
+    assert torch.equal(b, run(z=z, ca_noise=eps)), "given z and noise, the global RNG must not matter"
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    # ca_mean: c = mu, deterministic, the same as zero CA noise.
+    torch.manual_seed(1)
+    m1 = run(z=z, ca_mean=True)
+    torch.manual_seed(2)
+    assert torch.equal(m1, run(z=z, ca_mean=True))
+    torch.testing.assert_close(m1, run(z=z, ca_noise=torch.zeros(2, cfg.condition_dim)), rtol=0, atol=1e-6)
+    assert not torch.allclose(m1, b)
+
+
+def test_generator_dcgan_variant(seed, tiny_generator_config):
+    cfg = dataclasses.replace(tiny_generator_config, num_stages=3, res_blocks=0, dcgan=True)
+    g = Generator(cfg)
+    assert hasattr(g, "img_net") and not hasattr(g, "img_net1")
+    sentence, words, mask = _text_inputs([4, 2], 4, cfg.embed_dim)
+    out = g(None, sentence, words, mask)
+    assert len(out.images) == 1 and out.images[0].shape == (2, 3, 64, 64)
+    assert [tuple(a.shape) for a in out.attention] == [(2, 4, 16, 16), (2, 4, 32, 32)]
+
+
+def test_generator_rejects_bad_shapes(tiny_generator_config):
+    g = Generator(tiny_generator_config)
+    d = tiny_generator_config.embed_dim
+    with pytest.raises(ValueError):
+        g(None, torch.randn(2, d), torch.randn(2, d + 1, 4), None)
+    with pytest.raises(ValueError):
+        g(None, torch.randn(2, d), torch.randn(2, d, 4), torch.zeros(2, 5, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Discriminator
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+@pytest.mark.parametrize("unconditional", [True, False])
+def test_discriminator_shapes(seed, size, unconditional):
+    d = Discriminator(
+        DiscriminatorConfig(df_dim=4, embed_dim=16, image_size=size, unconditional=unconditional)
+    )
+    feats = d(torch.randn(2, 3, size, size))
+    assert feats.shape == (2, 32, 4, 4)
+    uncond, cond = d.logits(feats, torch.randn(2, 16))
+    assert cond.shape == (2,)
+    assert (uncond is None) if not unconditional else uncond.shape == (2,)
+    with pytest.raises(ValueError):
+        d(torch.randn(2, 3, size * 2, size * 2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gradients of the full generator objective (Eq. 3 + KL)
+
+
+def test_generator_objective_gradients(
+    seed, tiny_text_config, tiny_image_config, tiny_generator_config, tiny_discriminator_configs
+):
+    text_enc = TextEncoder(tiny_text_config).eval().requires_grad_(False)
+    image_enc = ImageEncoder(tiny_image_config).eval().requires_grad_(False)
+    g = Generator(tiny_generator_config)
+    discs = [Discriminator(c) for c in tiny_discriminator_configs]
+    lengths, t = [5, 2, 4, 3], 5
+    caps = _captions(lengths, t, tiny_text_config.vocab_size)
+    words, sentence = text_enc(caps, torch.tensor(lengths))
+    out = g(None, sentence, words, _mask(lengths, t))
+    loss = sum(losses.generator_stage_loss(d, x, sentence) for d, x in zip(discs, out.images, strict=True))
+    regions, img_vec = image_enc(out.images[-1])
+    damsm = losses.damsm_loss(
+        regions, img_vec, words, sentence, torch.tensor(lengths), gamma1=4.0, gamma2=5.0, gamma3=10.0
+    )
+    loss = loss + 5.0 * damsm.total + losses.kl_loss(out.mu, out.logvar)
+    loss.backward()
+    no_grad = [n for n, p in g.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not no_grad, f"parameters of G without gradient: {no_grad}"
+    assert all(p.grad is None for p in text_enc.parameters())
+    assert all(p.grad is None for p in image_enc.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# State dicts of the original release (reference/original-state-dicts.txt)
+
+_KEY_LINE = re.compile(r"^(\S+)\s+\(([\d,\s]*)\)\s+(param|buffer\*?)\s*$")
+
+
+def _parse_state_dicts(path: Path) -> dict[str, dict]:
+    """{section title: {"keys": {name: (shape, kind)}, "comments": [lines starting with '#']}}."""
+    sections: dict[str, dict] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            current = sections.setdefault(line[3:].strip(), {"keys": {}, "comments": []})
+        elif current is not None and line.startswith("#"):
+            current["comments"].append(line)
+        elif current is not None and (m := _KEY_LINE.match(line.strip())):
+            shape = tuple(int(s) for s in m.group(2).replace(" ", "").split(",") if s)
+            current["keys"][m.group(1)] = (shape, m.group(3))
+    return sections
+
+
+@pytest.fixture(scope="module")
+def original() -> dict[str, dict]:
+    if not STATE_DICTS.exists():
+        pytest.skip(f"{STATE_DICTS} not available")
+    return _parse_state_dicts(STATE_DICTS)
+
+
+def _section(original: dict[str, dict], prefix: str) -> dict:
+    (title,) = [t for t in original if t.startswith(prefix)]
+    return original[title]
+
+
+def _param_count(section: dict) -> int:
+    m = re.search(r"parameters: \d+ tensors, (\d+) scalars", " ".join(section["comments"]))
+    assert m, section["comments"]
+    return int(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def big_models() -> dict[str, torch.nn.Module]:
+    """The original-sized networks, built on the meta device (same names and shapes, no memory, fast)."""
+    with torch.device("meta"):
+        models = {
+            "RNN_ENCODER": TextEncoder(TextEncoderConfig(vocab_size=5450)),
+            "CNN_ENCODER": ImageEncoder(ImageEncoderConfig()),
+            "G_NET birds": Generator(GeneratorConfig()),
+            "G_NET coco": Generator(GeneratorConfig(gf_dim=48, res_blocks=3)),
+            "G_DCGAN birds": Generator(GeneratorConfig(res_blocks=0, dcgan=True)),
+        }
+        for i, size in enumerate((64, 128, 256)):
+            models[f"D_NET{size} birds"] = Discriminator(DiscriminatorConfig(df_dim=64, image_size=size))
+            models[f"coco D{i}"] = Discriminator(DiscriminatorConfig(df_dim=96, image_size=size))
+        models["dcgan D"] = Discriminator(DiscriminatorConfig(df_dim=64, image_size=256, unconditional=False))
+    return models
+
+
+def _n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["RNN_ENCODER", "CNN_ENCODER", "G_NET birds", "G_NET coco", "G_DCGAN birds"]
+    + [f"D_NET{s} birds" for s in (64, 128, 256)],
+)
+def test_state_dict_matches_original(original, big_models, name):
+    expected = _section(original, name)
+    model = big_models[name]
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: shape for k, (shape, _) in expected["keys"].items()}
+    assert not set(theirs) - set(ours), f"missing keys: {sorted(set(theirs) - set(ours))}"
+    assert not set(ours) - set(theirs), f"extra keys: {sorted(set(ours) - set(theirs))}"
+    bad = {k: (ours[k], theirs[k]) for k in theirs if ours[k] != theirs[k]}
+    assert not bad, f"shape differences (ours, original): {bad}"
+    params = {k for k, (_, kind) in expected["keys"].items() if kind == "param"}
+    assert {n for n, _ in model.named_parameters()} == params
+    assert _n_params(model) == _param_count(expected)
+
+
+def test_original_parameter_counts_of_other_discriminators(original, big_models):
+    comments = " ".join(c for s in original.values() for c in s["comments"])
+    for i, size in enumerate((64, 128, 256)):
+        m = re.search(rf"coco D_NET{size} \(DF_DIM=96\): (\d+) parameters", comments)
+        assert m and _n_params(big_models[f"coco D{i}"]) == int(m.group(1))
+    m = re.search(r"DCGAN variant uses a single D_NET256.*?: (\d+) parameters", comments)
+    assert m and _n_params(big_models["dcgan D"]) == int(m.group(1))
+    d256 = {k for k in _section(original, "D_NET256 birds")["keys"] if not k.startswith("UNCOND_DNET.")}
+    assert set(big_models["dcgan D"].state_dict()) == d256
