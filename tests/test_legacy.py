@@ -475,7 +475,8 @@ def _write_captions_pickle(path: Path, words: list[str]) -> None:
         pickle.dump([[[1, 2]], [[2, 1]], ixtoword, {w: i for i, w in ixtoword.items()}], f, protocol=2)
 
 
-def test_convert_cli_round_trip(tmp_path):
+def test_convert_cli_round_trip(tmp_path, capsys):
+    from attngan.cli import main
     from attngan.cli.convert import convert
 
     torch.manual_seed(0)
@@ -518,6 +519,10 @@ def test_convert_cli_round_trip(tmp_path):
 
         again = runner.invoke(convert, args)  # existing output: a user error, nothing overwritten
         assert isinstance(again.exception, UserError) and "already exists" in str(again.exception)
+        with pytest.raises(SystemExit) as exit_info:  # the console entry point prints it as one line
+            main(["convert", *args])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "already exists" in err and "Traceback" not in err
 
         back = tmp_path / "back"
         res = runner.invoke(convert, ["--from-native", str(native), "--to-original", "--out", str(back)])
@@ -551,3 +556,14 @@ def test_convert_writes_vocabulary_of_captions_pickle(tmp_path):
     _write_captions_pickle(tmp_path / "captions.pickle", words[:5])  # another dataset's vocabulary
     res = CliRunner().invoke(convert, [*args, "--out", str(tmp_path / "m2")])
     assert isinstance(res.exception, UserError) and "5 words but the text encoder has 6" in str(res.exception)
+
+
+def test_convert_help_explains_every_option():
+    from attngan.cli.convert import convert
+
+    res = CliRunner().invoke(convert, ["--help"])
+    assert res.exit_code == 0
+    for param in convert.params:
+        assert param.help, f"--{param.name} has no help text"
+        assert param.opts[0] in res.output
+    assert "Examples:" in res.output

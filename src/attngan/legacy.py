@@ -395,7 +395,12 @@ def load_original(
                 f"{name} holds only the image encoder's embedding layers, without the Inception-v3 backbone; "
                 "pass backbone_weights='imagenet' (or an Inception-v3 weights file)"
             )
-        module = build_module(kind, config, backbone_weights=backbone_weights)
+        try:
+            module = build_module(kind, config, backbone_weights=backbone_weights)
+        except (OSError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"backbone_weights could not be used for the Inception-v3 backbone: {exc}"
+            ) from exc
         backbone = {k: v for k, v in module.state_dict().items() if k.split(".")[0] in INCEPTION_BLOCKS}
         state = {**backbone, **state}
     else:
@@ -403,7 +408,10 @@ def load_original(
             logger.warning("%s contains its own backbone weights; backbone_weights is ignored", name)
         module = _build_empty(kind, config)
     filled = _fill_num_batches_tracked(module, state)
-    load_state_dict_strict(module, state, name)
+    try:
+        load_state_dict_strict(module, state, name)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} [settings inferred from the shapes: {describe(kind, config)}]") from exc
     logger.info(
         "loaded %s as %s %s (%d tensors, %d num_batches_tracked filled)",
         name,
