@@ -48,7 +48,8 @@ re-implementation of the original forward pass). To get the original's numbers:
 4. **The attention-mask bug.** The original tiled the (B, T) mask with ``mask.repeat(Q, 1)`` over
    rows ordered ``b*Q + q``, so pixel q of sample b used the mask of sample ``(b*Q + q) % B``
    (section 2.6, issue #93). Pass ``legacy_mask_bug=True`` to reproduce it; it only matters when a
-   batch holds captions of unequal lengths (batch 1 or equal lengths are unaffected).
+   batch holds captions of unequal lengths (batch 1 or equal lengths are unaffected). Its effect
+   depends on the order of the batch, so keep the original's order (sorted by length, longest first).
 5. **DAMSM image encoder.** The original resized 256 -> 299 with ``nn.Upsample(mode='bilinear')``,
    which under PyTorch 0.3 meant ``align_corners=True``; ``ImageEncoder`` does exactly that (R-precision
    and the DAMSM loss depend on it). Use the released ``image_encoder*.pth``: its Inception BatchNorm
