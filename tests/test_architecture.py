@@ -1,0 +1,83 @@
+"""One-way import direction of docs/architecture.md, checked on the AST of every module under src/attngan.
+
+A module may import only from lower layers (plus its own package); the same-layer exceptions are
+legacy -> checkpoint and pipeline -> viz; data never imports nn; layer 0 uses the stdlib and numpy only
+(and may import errors); nn uses torch/torchvision/numpy only; nothing imports cli or serve except
+``__main__``. The package root (the public API) counts as layer 3.5: it may re-export layers <= 3.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import attngan
+
+SRC = Path(attngan.__file__).parent
+LAYERS = {"config": 0, "text": 0, "errors": 0, "nn": 1, "losses": 2, "checkpoint": 2, "legacy": 2, "data": 2}
+LAYERS |= {"pipeline": 3, "metrics": 3, "viz": 3, "training": 4, "cli": 5, "serve": 5, "": 3.5, "__main__": 6}
+ALLOWED = {("legacy", "checkpoint"), ("pipeline", "viz"), ("config", "errors"), ("text", "errors")}
+FORBIDDEN = {("data", "nn")}
+EXTERNAL = {0: {"numpy"}, 1: {"numpy", "torch", "torchvision"}}  # third-party packages a layer may use
+
+
+def _module(path: Path) -> tuple[str, bool]:
+    parts = ("attngan",) + path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts), parts[-1] == "__init__"
+
+
+def _unit(module: str) -> str | None:
+    """'' for the package root, the top-level unit (nn, data, cli, ...) or None for other packages."""
+    parts = module.split(".")
+    if parts[0] != "attngan":
+        return None
+    known = len(parts) > 1 and (
+        parts[1] in LAYERS or (SRC / parts[1]).is_dir() or (SRC / f"{parts[1]}.py").exists()
+    )
+    if not known:
+        return ""  # `import attngan` / `from attngan import Name` runs the package root
+    return parts[1]
+
+
+def _imports(path: Path):
+    """(line, imported module) for every import statement, relative imports resolved."""
+    name, is_pkg = _module(path)
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = name.split(".") if is_pkg else name.split(".")[:-1]
+                base = ".".join(pkg[: len(pkg) - node.level + 1] + ([node.module] if node.module else []))
+            yield from ((node.lineno, f"{base}.{a.name}" if _unit(base) == "" else base) for a in node.names)
+
+
+def _files():
+    return sorted(SRC.rglob("*.py"))
+
+
+def test_every_module_has_a_layer():
+    unknown = sorted({_unit(_module(p)[0]) for p in _files()} - set(LAYERS))
+    assert not unknown, f"modules without a layer in docs/architecture.md (and this test): {unknown}"
+
+
+def test_import_direction():
+    bad = []
+    for path in _files():
+        src = _unit(_module(path)[0])
+        if src not in LAYERS:
+            continue
+        for line, target in _imports(path):
+            dst, top = _unit(target), target.split(".")[0]
+            where = f"{path.relative_to(SRC.parent)}:{line} ({src or 'attngan'}, layer {LAYERS[src]}) imports {target}"
+            if dst is None:
+                allowed = EXTERNAL.get(LAYERS[src])
+                if allowed is not None and top not in allowed and top not in sys.stdlib_module_names:
+                    bad.append(f"{where}: layer {LAYERS[src]} may use only the stdlib and {sorted(allowed)}")
+            elif dst != src and dst in LAYERS:
+                lower = LAYERS[dst] < LAYERS[src] and dst not in ("cli", "serve")
+                if (src, dst) in FORBIDDEN or not (lower or (src, dst) in ALLOWED or src == "__main__"):
+                    bad.append(f"{where} ({dst or 'attngan'}, layer {LAYERS[dst]})")
+    assert not bad, "imports against the layer rules of docs/architecture.md:\n" + "\n".join(bad)
