@@ -222,6 +222,22 @@ def test_generator_reproducibility(seed, tiny_generator_config):
     assert not torch.allclose(m1, b)
 
 
+def test_generator_fused_attention_and_legacy_mask(seed, tiny_generator_config):
+    g = Generator(dataclasses.replace(tiny_generator_config, num_stages=3)).eval()
+    sentence, words, mask = _text_inputs([5, 2, 3], 5, tiny_generator_config.embed_dim)
+    z = torch.randn(3, tiny_generator_config.z_dim)
+    explicit = g(z, sentence, words, mask, ca_mean=True)
+    fused = g(z, sentence, words, mask, ca_mean=True, need_attention=False)
+    assert fused.attention == []
+    for a, b in zip(fused.images, explicit.images, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    legacy = g(z, sentence, words, mask, ca_mean=True, legacy_mask_bug=True)
+    assert not torch.allclose(legacy.images[-1], explicit.images[-1], atol=1e-6)
+    torch.testing.assert_close(
+        legacy.images[0], explicit.images[0], rtol=0, atol=0
+    )  # no attention in stage 0
+
+
 def test_generator_dcgan_variant(seed, tiny_generator_config):
     cfg = dataclasses.replace(tiny_generator_config, num_stages=3, res_blocks=0, dcgan=True)
     g = Generator(cfg)
