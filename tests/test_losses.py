@@ -284,6 +284,7 @@ def test_sentence_scores_cosine(seed):
     img = torch.randn(3, 6, dtype=DT)
     sent = torch.randn(4, 6, dtype=DT)
     sent[2] = 0.0  # zero vector: the 1e-8 clamp gives 0, not NaN
+    sent[3] *= 1e-6  # tiny but non-zero: still an exact cosine (the clamp is only 1e-8)
     got = losses.sentence_scores(img, sent)
     ref = torch.tensor([[_cos(img[j], sent[i]) for i in range(4)] for j in range(3)], dtype=DT)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
