@@ -11,6 +11,7 @@ result (Python 3 protocol-2 writers encode them through ``_codecs.encode``) are 
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import os
@@ -41,7 +42,6 @@ def _latin1_bytes(text: str = "", encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-# Python 2 names (__builtin__.set, ...) are mapped to builtins.* by fix_imports before find_class.
 _BUILTINS = "list dict tuple set frozenset int float complex bool str bytes bytearray".split()
 
 
@@ -73,6 +73,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.allowed = _allowed_globals()
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2 names (__builtin__.set, copy_reg, ...) -> Python 3, as pickle.Unpickler.find_class does.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         obj = self.allowed.get((module, name))
         if obj is None:
             raise DataError(

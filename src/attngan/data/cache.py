@@ -1,0 +1,194 @@
+"""Optional cache of decoded, cropped and resized images: one memory-mapped uint8 array per split and size.
+
+Decoding a JPEG and cropping it costs more than the rest of a training step on small models; the cache
+does it once. ``<cache_dir>/<name>-<split>-<size>.u8`` holds ``(N, size, size, 3)`` uint8 pixels (image
+``i`` = key ``i``) and ``<name>-<split>-<size>.json`` the keys and a hash of the source files' paths, sizes
+and modification times. A cache whose index does not match (other keys, changed files, other crop) is
+rebuilt; both files are written to temporary names first and renamed (the index last), so an interrupted
+build never leaves a cache that looks valid. The cache only ever touches its own two files.
+
+What is stored: the image (after any dataset crop, e.g. the CUB bounding box) with its shorter side resized
+to ``size = int(final * 76 / 64)`` as :func:`~attngan.data.base.multiscale_transform` does, then
+center-cropped to a square. Random crops from the cache therefore range over the central square only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import DataError
+from .base import to_rgb
+
+__all__ = [
+    "CACHE_VERSION",
+    "cache_size",
+    "square_image",
+    "source_fingerprint",
+    "ImageCache",
+    "default_cache_dir",
+]
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$ATTNGAN_CACHE_DIR``, else ``$XDG_CACHE_HOME/attngan/images``, else ``~/.cache/attngan/images``."""
+    if os.environ.get("ATTNGAN_CACHE_DIR"):
+        return Path(os.environ["ATTNGAN_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "attngan" / "images"
+
+
+def cache_size(final_size: int) -> int:
+    """Side of the cached squares for a largest scale ``final_size``: the original's ``int(s * 76 / 64)``."""
+    return int(final_size * 76 / 64)
+
+
+def square_image(img: Image.Image, size: int) -> np.ndarray:
+    """Shorter side to ``size`` (bilinear, as multiscale_transform), center square -> uint8 (size, size, 3)."""
+    img = to_rgb(img)
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = size, max(size, int(size * h / w))
+    else:
+        new_w, new_h = max(size, int(size * w / h)), size
+    img = img.resize((new_w, new_h), Image.BILINEAR)
+    x, y = (new_w - size) // 2, (new_h - size) // 2
+    return np.asarray(img.crop((x, y, x + size, y + size)), dtype=np.uint8)
+
+
+def source_fingerprint(paths: Sequence[str | os.PathLike], extra: str = "") -> str:
+    """SHA-256 over (path, byte size, mtime) of every source file, plus ``extra`` (e.g. crop boxes)."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}\0{extra}\0".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{os.path.abspath(p)}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class ImageCache:
+    """Read-only view of a built cache: ``cache[i]`` -> uint8 (size, size, 3) of key ``i``.
+
+    The memory map is opened lazily in each process (DataLoader workers re-open it rather than receiving a
+    pickled copy of the pixels).
+    """
+
+    def __init__(self, data_path: str | os.PathLike, keys: Sequence[str], size: int):
+        self.data_path = Path(data_path)
+        self.keys = list(keys)
+        self.size = int(size)
+        self._array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _open(self) -> np.ndarray:
+        if self._array is None:
+            shape = (len(self.keys), self.size, self.size, 3)
+            self._array = np.memmap(self.data_path, dtype=np.uint8, mode="r", shape=shape)
+        return self._array
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.array(self._open()[index])  # (size, size, 3) copy: tensors must not alias the map
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_array"] = None
+        return state
+
+    @classmethod
+    def open_or_build(
+        cls,
+        cache_dir: str | os.PathLike,
+        name: str,  # dataset name, unique per source folder (e.g. "birds-1a2b3c4d")
+        split: str,
+        size: int,  # side of the cached squares, see cache_size
+        keys: Sequence[str],
+        sources: Sequence[str | os.PathLike],  # files whose change invalidates the cache
+        load: Callable[[int], np.ndarray],  # index -> uint8 (size, size, 3)
+        extra: str = "",  # anything else the pixels depend on (crop boxes), hashed into the index
+        progress: bool = True,
+    ) -> ImageCache:
+        """The cache of these keys, built (with a progress bar) unless a matching one exists."""
+        if not keys:
+            raise DataError(f"cannot cache an empty split {split!r} of {name}")
+        cache_dir = Path(cache_dir).expanduser()
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(
+                f"cannot create the image cache folder {cache_dir} ({exc}); pass another cache_dir"
+            ) from exc
+        stem = f"{name}-{split}-{int(size)}"
+        data_path, index_path = cache_dir / f"{stem}.u8", cache_dir / f"{stem}.json"
+        fingerprint = source_fingerprint(sources, extra)
+        index = {
+            "version": CACHE_VERSION,
+            "name": name,
+            "split": split,
+            "size": int(size),
+            "count": len(keys),
+            "source_hash": fingerprint,
+            "keys": list(keys),
+        }
+        nbytes = len(keys) * size * size * 3
+        with contextlib.suppress(OSError, ValueError):
+            if (
+                json.loads(index_path.read_text(encoding="utf-8")) == index
+                and data_path.stat().st_size == nbytes
+            ):
+                log.info("using the image cache %s", data_path)
+                return cls(data_path, keys, size)
+
+        log.info("building the image cache %s (%d images at %d px)", data_path, len(keys), size)
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".u8.tmp", dir=cache_dir)
+        os.close(fd)
+        try:
+            array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(keys), size, size, 3))
+            for i in tqdm(range(len(keys)), desc=f"caching {name} {split}", unit="img", disable=not progress):
+                pixels = load(i)
+                if pixels.shape != (size, size, 3) or pixels.dtype != np.uint8:
+                    raise ValueError(f"cache loader gave {pixels.dtype} {pixels.shape} for {keys[i]!r}")
+                array[i] = pixels
+            array.flush()
+            del array
+            with contextlib.suppress(OSError):
+                index_path.unlink()  # a stale index must never describe the new pixels
+            os.replace(tmp, data_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _atomic_write_text(index_path, json.dumps(index) + "\n")
+        return cls(data_path, keys, size)

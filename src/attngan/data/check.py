@@ -1,0 +1,181 @@
+"""Validate a dataset on disk: every file listed, every caption, every image decoded.
+
+:func:`check_dataset` scans the whole dataset and collects every problem (it does not stop at the first),
+so that one run of ``attngan data check`` tells a user everything to fix. It reads the same layouts with
+the same scanning code as the datasets, so what it accepts the datasets load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..text import Vocabulary, tokenize
+from .files import SPLITS, Listing, build_vocabulary, verify_image
+
+__all__ = ["SplitSummary", "CheckReport", "check_dataset"]
+
+log = logging.getLogger(__name__)
+
+_ALIASES = {"birds": "birds", "cub": "birds", "coco": "coco", "folder": "folder", "shapes": "shapes"}
+DEFAULT_CAPTIONS_PER_IMAGE = {"birds": 10, "coco": 5}
+
+
+@dataclass
+class SplitSummary:
+    """Counts of one split."""
+
+    images: int = 0
+    captions: int = 0
+    min_captions: int = 0  # fewest captions of an image
+    max_captions: int = 0  # most captions of an image
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_dataset` found. ``usable`` is True when there is no problem and training data."""
+
+    dataset: str
+    data_dir: str
+    splits: dict[str, SplitSummary] = field(default_factory=dict)
+    vocab_size: int | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # facts worth knowing that are not errors
+
+    @property
+    def usable(self) -> bool:
+        train = self.splits.get("train")
+        return not self.problems and (self.dataset == "shapes" or (train is not None and train.images > 0))
+
+    @property
+    def images(self) -> dict[str, int]:
+        return {s: v.images for s, v in self.splits.items()}
+
+    @property
+    def captions(self) -> dict[str, int]:
+        return {s: v.captions for s, v in self.splits.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "usable": self.usable}
+
+    def format(self, max_problems: int = 50) -> str:
+        """A readable summary: counts per split, vocabulary, notes, and the problems (first ``max_problems``)."""
+        lines = [f"dataset {self.dataset} in {self.data_dir or '(built-in)'}"]
+        for split, s in self.splits.items():
+            lines.append(
+                f"  {split:5s}: {s.images} images, {s.captions} captions "
+                f"({s.min_captions}-{s.max_captions} per image)"
+            )
+        if self.vocab_size is not None:
+            lines.append(f"  vocabulary: {self.vocab_size} words (index 0 = '<end>')")
+        lines += [f"  note: {n}" for n in self.notes]
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines += [f"  - {p}" for p in self.problems[:max_problems]]
+            if len(self.problems) > max_problems:
+                lines.append(f"  ... and {len(self.problems) - max_problems} more")
+        lines.append("usable: yes" if self.usable else "usable: NO (fix the problems above)")
+        return "\n".join(lines)
+
+
+def _scan(
+    dataset: str, data_dir: Path, split: str, cpi: int, layout: str, test_fraction: float
+) -> tuple[Listing, Any]:
+    """(listing, boxes or None) of one split."""
+    if dataset == "birds":
+        from .cub import scan_cub
+
+        return scan_cub(data_dir, split, cpi, bbox=True)
+    if dataset == "coco":
+        from .coco import scan_coco
+
+        return scan_coco(data_dir, split, cpi, layout), None
+    from .folder import scan_folder
+
+    return scan_folder(data_dir, split, test_fraction), None
+
+
+def check_dataset(
+    dataset_name: str,  # birds (or cub) | coco | folder | shapes
+    data_dir: str | os.PathLike,
+    *,
+    captions_per_image: int | None = None,  # original layouts; None: 10 for birds, 5 for coco
+    layout: str = "auto",  # coco only: "auto" | "original" | "official"
+    decode: bool = True,  # also decode every image (catches truncated JPEGs, which verify() misses)
+    test_fraction: float = 0.1,  # folder only: share hashed to test when no split is given
+    progress: bool = False,  # tqdm bar over the images
+) -> CheckReport:
+    """Scan a dataset completely and report counts and every problem found."""
+    dataset = _ALIASES.get(dataset_name.lower())
+    report = CheckReport(dataset=dataset or dataset_name, data_dir=str(data_dir))
+    if dataset is None:
+        report.problems.append(f"unknown dataset {dataset_name!r}; choose one of birds, coco, folder, shapes")
+        return report
+    if dataset == "shapes":
+        report.notes.append(
+            "the built-in shapes dataset is generated in memory; there is nothing on disk to check"
+        )
+        return report
+    root = Path(data_dir)
+    cpi = captions_per_image or DEFAULT_CAPTIONS_PER_IMAGE.get(dataset, 0)
+    seen: set[str] = set()
+
+    def problem(text: str) -> None:
+        if text not in seen:  # folder scans report shared problems once per split
+            seen.add(text)
+            report.problems.append(text)
+
+    listings: dict[str, Listing] = {}
+    for split in SPLITS:
+        listing, boxes = _scan(dataset, root, split, cpi, layout, test_fraction)
+        listings[split] = listing
+        for p in listing.problems:
+            problem(p)
+        if boxes is not None:
+            for key, (_, _, w, h) in zip(listing.keys, boxes):
+                if w <= 0 or h <= 0:
+                    problem(
+                        f"{root / 'CUB_200_2011' / 'bounding_boxes.txt'}: the box of {key} is empty ({w} x {h})"
+                    )
+
+    # Vocabulary: the released one (captions.pickle) or the one a dataset would build (train + test).
+    vocab: Vocabulary | None = next((lst.vocab for lst in listings.values() if lst.vocab is not None), None)
+    if vocab is not None:
+        report.notes.append(f"captions.pickle found: its vocabulary ({len(vocab)} words) is used unchanged")
+    elif any(lst.captions for lst in listings.values()):
+        vocab = build_vocabulary(c for lst in listings.values() for c in lst.captions)
+    report.vocab_size = None if vocab is None else len(vocab)
+
+    for split, listing in listings.items():
+        counts = [len(c) for c in listing.captions]
+        report.splits[split] = SplitSummary(
+            images=len(listing.keys),
+            captions=sum(counts),
+            min_captions=min(counts, default=0),
+            max_captions=max(counts, default=0),
+        )
+        for key, caps in zip(listing.keys, listing.captions):
+            if caps and all(isinstance(c, str) and not tokenize(c) for c in caps):
+                problem(
+                    f"image {key!r} ({split}): none of its captions has a word; write a caption with words"
+                )
+        if listing.keys and listing.class_ids is None and dataset == "birds":
+            report.notes.append(f"{split}: no class_info.pickle and no class folders: class id = image index")
+    if dataset == "folder" and report.splits["test"].images == 0 and report.splits["train"].images:
+        report.notes.append("the test split is empty (add a 'split' column or train/ and test/ folders)")
+
+    # Images: every file opened and verified (and decoded), problems collected.
+    paths = [p for lst in listings.values() for p in lst.images]
+    for path in tqdm(paths, desc="checking images", unit="img", disable=not progress):
+        if not path.is_file():
+            continue  # already reported by the scan
+        found = verify_image(path, decode=decode)
+        if found is not None:
+            problem(found)
+    log.info("checked %d images of %s: %d problem(s)", len(paths), root, len(report.problems))
+    return report
