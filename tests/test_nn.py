@@ -222,6 +222,26 @@ def test_generator_reproducibility(seed, tiny_generator_config):
     assert not torch.allclose(m1, b)
 
 
+def test_generator_conditioning_augmentation_and_input_order(seed, tiny_generator_config):
+    """h_0 = F_0(z, F^ca(e-bar)): c = mu + eps * exp(logvar / 2), fed as cat(c, z) (the original's order)."""
+    cfg = tiny_generator_config
+    g = Generator(cfg)
+    sentence, words, mask = _text_inputs([3, 2], 3, cfg.embed_dim)
+    z, eps = torch.randn(2, cfg.z_dim), torch.randn(2, cfg.condition_dim)
+    seen = []
+    hook = g.h_net1.fc[0].register_forward_hook(lambda mod, args, out: seen.append(args[0].detach()))
+    try:
+        out = g(z, sentence, words, mask, ca_noise=eps)
+    finally:
+        hook.remove()
+    mu_logvar = g.ca_net.fc(sentence)  # GLU: first half * sigmoid(second half) -> (mu, logvar)
+    glu = mu_logvar[:, : 2 * cfg.condition_dim] * torch.sigmoid(mu_logvar[:, 2 * cfg.condition_dim :])
+    torch.testing.assert_close(out.mu, glu[:, : cfg.condition_dim])
+    torch.testing.assert_close(out.logvar, glu[:, cfg.condition_dim :])
+    c = out.mu + eps * torch.exp(0.5 * out.logvar)
+    torch.testing.assert_close(seen[0], torch.cat([c, z], dim=1), rtol=0, atol=1e-6)
+
+
 def test_generator_fused_attention_and_legacy_mask(seed, tiny_generator_config):
     g = Generator(dataclasses.replace(tiny_generator_config, num_stages=3)).eval()
     sentence, words, mask = _text_inputs([5, 2, 3], 5, tiny_generator_config.embed_dim)
