@@ -441,6 +441,17 @@ def test_folder_with_train_test_subfolders_and_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         FolderDataset(tmp_path / "missing", "train", image_sizes=SIZES)
 
+    (root / "train" / "d.png").write_bytes(b"this is not an image")
+    write_text(root / "train" / "d.txt", "a d picture\n")
+    ds = FolderDataset(root, "train", image_sizes=SIZES)
+    with pytest.raises(DataError, match=r"cannot decode image .*train/d\.png"):
+        ds[2]
+    report = check_dataset("folder", root)
+    assert (
+        len(report.problems) == 1
+        and f"image {root / 'train' / 'd.png'} cannot be decoded" in report.problems[0]
+    )
+
 
 def test_csv_and_jsonl_manifests(tmp_path):
     root = tmp_path / "m"
@@ -566,8 +577,13 @@ def test_check_dataset_collects_every_problem(tmp_path):
     assert (coco.splits["train"].min_captions, coco.splits["train"].max_captions) == (5, 7)
 
 
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
 def test_build_dataset_dispatches(tmp_path):
     root = make_cub(tmp_path / "birds")
+    before = _snapshot(root)
     cfg = DataConfig(dataset="birds", data_dir=str(root), words_num=2, captions_per_image=2)
     ds = build_dataset(cfg, "train", SIZES, train=False)
     assert isinstance(ds, CUBDataset) and ds.words_num == 2 and ds.train is False
@@ -587,3 +603,5 @@ def test_build_dataset_dispatches(tmp_path):
         progress=False,
     )
     assert cached.cache is not None and len(list((tmp_path / "cache").glob("birds-*-train-38.u8"))) == 1
+    check_dataset("birds", root, captions_per_image=2)
+    assert _snapshot(root) == before  # nothing in the user's folder was written, changed or deleted

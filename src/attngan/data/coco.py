@@ -139,7 +139,10 @@ def scan_coco(
 
 
 def coco_vocabulary(
-    data_dir: str | os.PathLike, captions_per_image: int = 5, layout: str = "auto"
+    data_dir: str | os.PathLike,
+    captions_per_image: int = 5,
+    layout: str = "auto",
+    scanned: Listing | None = None,  # a split already scanned (not read again)
 ) -> Vocabulary:
     """captions.pickle's vocabulary if present, else one built from the train + test captions."""
     root = Path(data_dir)
@@ -147,7 +150,10 @@ def coco_vocabulary(
         return load_captions_pickle(root / "captions.pickle").vocab
     caption_lists: list[list[str]] = []
     for split in ("train", "test"):
-        caption_lists += scan_coco(root, split, captions_per_image, layout).captions
+        if scanned is not None and scanned.split == split:
+            caption_lists += scanned.captions
+        else:
+            caption_lists += scan_coco(root, split, captions_per_image, layout).captions
     return build_vocabulary(caption_lists)
 
 
@@ -176,7 +182,7 @@ class COCODataset(ImageFileDataset):
         listing.raise_problems("coco")
         listing.class_ids = None  # no class masking on COCO
         if vocab is None:
-            vocab = listing.vocab or coco_vocabulary(data_dir, captions_per_image, layout)
+            vocab = listing.vocab or coco_vocabulary(data_dir, captions_per_image, layout, listing)
         elif listing.vocab is not None and listing.vocab != vocab:
             listing.captions = [
                 [" ".join(listing.vocab.itos[i] for i in c) for c in caps] for caps in listing.captions

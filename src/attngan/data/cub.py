@@ -162,14 +162,21 @@ def scan_cub(
     return listing, boxes
 
 
-def cub_vocabulary(data_dir: str | os.PathLike, captions_per_image: int = 10) -> Vocabulary:
+def cub_vocabulary(
+    data_dir: str | os.PathLike,
+    captions_per_image: int = 10,
+    scanned: Listing | None = None,  # a split already scanned (not read again)
+) -> Vocabulary:
     """The vocabulary of the dataset: captions.pickle's if present, else built from train + test text."""
     root = Path(data_dir)
     if (root / "captions.pickle").is_file():
         return load_captions_pickle(root / "captions.pickle").vocab
     caption_lists = []
     for split in ("train", "test"):
-        listing, _ = scan_cub(root, split, captions_per_image, bbox=False)
+        if scanned is not None and scanned.split == split:
+            caption_lists += scanned.captions
+            continue
+        listing = scan_original_layout(root, split, captions_per_image, root / "CUB_200_2011" / "images")
         caption_lists += listing.captions
     return build_vocabulary(caption_lists)
 
@@ -200,7 +207,7 @@ class CUBDataset(ImageFileDataset):
         listing.raise_problems("birds")
         self.boxes = boxes
         if vocab is None:
-            vocab = listing.vocab or cub_vocabulary(data_dir, captions_per_image)
+            vocab = listing.vocab or cub_vocabulary(data_dir, captions_per_image, listing)
         elif listing.vocab is not None and listing.vocab != vocab:
             # Word ids of captions.pickle mean nothing in another vocabulary: go through the words.
             listing.captions = [

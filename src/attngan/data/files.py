@@ -64,8 +64,7 @@ class Listing:
         tail = f"\n  ... and {more} more" if more > 0 else ""
         raise DataError(
             f"the {dataset} data in {self.root} ({self.split} split) has {len(self.problems)} problem(s):\n  "
-            f"{shown}{tail}\nFix or remove these files; `attngan data check {dataset} {self.root}` lists "
-            "every problem."
+            f"{shown}{tail}\nFix or remove these files; `attngan data check` on this dataset lists every problem."
         )
 
 
@@ -169,7 +168,7 @@ class ImageFileDataset(TextImageDataset):
         if not listing.keys:
             raise DataError(
                 f"the {listing.split} split of {listing.root} has no images; "
-                f"check the layout with `attngan data check {name} {listing.root}`"
+                "check the layout with `attngan data check`"
             )
         self.root = listing.root
         self.split = listing.split
