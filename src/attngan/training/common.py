@@ -1,0 +1,148 @@
+"""Pieces shared by the DAMSM and GAN loops: results, errors, checks, model-folder export."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import save_component
+from ..config import Preset
+from ..errors import UserError
+from ..text import Vocabulary
+from .state import copy_tree_atomic, replace_section
+
+__all__ = [
+    "StepInfo",
+    "TrainResult",
+    "NonFiniteLossError",
+    "TrainingInterrupted",
+    "check_finite",
+    "resolve_vocab_size",
+    "export_model",
+    "resume_hint",
+    "unwrap",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepInfo:
+    """What a ``callback`` sees after every completed step (for tests, custom logging, fault injection)."""
+
+    step: int  # completed steps
+    epoch: int
+    losses: dict[str, float]  # this step's scalars, averaged over processes
+    modules: dict[str, nn.Module]  # the networks being trained (unwrapped), by name
+    run_dir: Path
+    rank: int
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    epoch: int
+    stopped_by: str  # "max_steps" | "epochs" | "time"
+    checkpoint: Path | None  # the last state file written (None on processes other than rank 0)
+    model_dir: Path | None  # the exported model folder
+    stats: dict[str, Any] = field(default_factory=dict)  # the last logged scalars (and validation)
+
+
+class NonFiniteLossError(UserError):
+    """A loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+    def __init__(self, message: str, step: int, name: str, value: float, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step, self.name, self.value, self.checkpoint = step, name, value, checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; ``checkpoint`` is where it can continue from (``str(exc)`` says how)."""
+
+    def __init__(self, message: str, checkpoint: Path | None, run_dir: Path | None, step: int) -> None:
+        super().__init__(message)
+        self.message, self.checkpoint, self.run_dir, self.step = message, checkpoint, run_dir, step
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def check_finite(values: dict[str, float], step: int, last_checkpoint: Path | None, hint: str) -> None:
+    """Raise NonFiniteLossError naming the step and the loss if any value is NaN or infinite."""
+    for name, value in values.items():
+        if not math.isfinite(value):
+            where = (
+                f"the last good checkpoint {last_checkpoint} is kept"
+                if last_checkpoint is not None
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLossError(
+                f"loss {name} became {value} at step {step}; training stopped and {where}. {hint}",
+                step,
+                name,
+                value,
+                last_checkpoint,
+            )
+
+
+def resolve_vocab_size(preset: Preset, vocab: Vocabulary) -> Preset:
+    """Fill ``text_encoder.vocab_size`` from the vocabulary (presets for built data leave it 0)."""
+    size = preset.text_encoder.vocab_size
+    if size == 0:
+        return replace_section(preset, "text_encoder", vocab_size=len(vocab))
+    if size != len(vocab):
+        raise UserError(
+            f"text_encoder.vocab_size is {size} but the dataset's vocabulary has {len(vocab)} words; "
+            f"use --set text_encoder.vocab_size={len(vocab)} (or 0 to take it from the data)"
+        )
+    return preset
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        else:
+            return module
+
+
+def export_model(
+    model_dir: Path,
+    vocab: Vocabulary,
+    components: Iterable[tuple[str, nn.Module, Any]],  # (folder name, module, its config)
+    **extra: Any,  # written into every component's config.json (e.g. step)
+) -> Path:
+    """Write a model folder (components + ``vocab.json``), replacing ``model_dir`` as a whole."""
+    components = list(components)
+
+    def build(tmp: Path) -> None:
+        for name, module, config in components:
+            save_component(tmp / name, module, config, **extra)
+        vocab.save(tmp / "vocab.json")
+
+    copy_tree_atomic(build, model_dir)
+    return model_dir
+
+
+def resume_hint(command: str, run_dir: Path | None) -> str:
+    return f"continue with: attngan {command} --resume {run_dir}" if run_dir else ""
+
+
+def params_finite(modules: Iterable[nn.Module]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
+
+
+def call_hook(callback: Callable[[StepInfo], None] | None, info: StepInfo) -> None:
+    if callback is not None:
+        callback(info)

@@ -1,0 +1,70 @@
+"""Resumable data order: the batches of epoch ``e`` are a function of ``(seed, e)`` and can start mid-epoch.
+
+The order comes from a ``DistributedSampler`` seeded by ``(seed, epoch)`` (one replica when not
+distributed), the per-item random draws from the dataset's ``set_epoch`` (see ``attngan.data.base``). To
+continue an epoch after ``k`` batches, the first ``k * batch_size`` indices of the epoch are skipped, so a
+resumed run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..data.base import collate_batch
+from ..errors import DataError
+
+__all__ = ["batches_per_epoch", "epoch_loader"]
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    # Ctrl-C is handled by the main process, which stops after the current step; workers keep serving.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _sampler(dataset: Dataset, seed: int, rank: int, world_size: int, shuffle: bool) -> DistributedSampler:
+    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+
+
+def batches_per_epoch(dataset: Dataset, batch_size: int, world_size: int = 1) -> int:
+    """Full batches per process and epoch (the last incomplete batch is dropped)."""
+    per_process = len(dataset) // world_size
+    if per_process < batch_size:
+        raise DataError(
+            f"the dataset has {len(dataset)} items ({per_process} per process), fewer than one batch of "
+            f"{batch_size}; use a smaller batch size (--set ...batch_size=N) or more data"
+        )
+    return per_process // batch_size
+
+
+def epoch_loader(
+    dataset: Dataset,
+    batch_size: int,  # per process
+    epoch: int,  # reseeds the order and the dataset's per-item draws
+    start_batch: int = 0,  # batches of this epoch already consumed (resume mid-epoch)
+    *,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool = True,
+    workers: int = 0,
+) -> DataLoader:
+    """A DataLoader over the remaining full batches of ``epoch`` for this process."""
+    n_batches = batches_per_epoch(dataset, batch_size, world_size)
+    sampler = _sampler(dataset, seed, rank, world_size, shuffle)
+    sampler.set_epoch(epoch)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    indices = list(sampler)[start_batch * batch_size : n_batches * batch_size]
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=indices,
+        drop_last=True,
+        num_workers=workers,
+        collate_fn=collate_batch,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
+    )

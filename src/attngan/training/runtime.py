@@ -1,0 +1,231 @@
+"""Where and how a training loop runs: device, mixed precision, processes, seeds, Ctrl-C.
+
+Nothing here assumes CUDA: the device is picked as CUDA, then MPS, then CPU; mixed precision, the
+GradScaler and ``channels_last`` are used on CUDA only (the CPU default is plain float32, as diffusers'
+"usability over performance"). Distributed training is started by ``torchrun`` (environment variables
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``): gloo on CPU, nccl on CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..errors import UserError
+
+__all__ = [
+    "DistInfo",
+    "resolve_device",
+    "init_distributed",
+    "shutdown_distributed",
+    "autocast",
+    "make_grad_scaler",
+    "seed_everything",
+    "all_reduce_mean",
+    "broadcast_object",
+    "InterruptGuard",
+    "MIXED_PRECISION",
+]
+
+log = logging.getLogger(__name__)
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place among the training processes (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this call initialised the process group (and destroys it at the end)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(spec: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
+    """``None``/``"auto"``: CUDA (``cuda:LOCAL_RANK``), else MPS, else CPU; or an explicit device name.
+
+    Raises UserError if the named device is not available here.
+    """
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    if spec is None or spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {spec!r} was asked for but CUDA is not available; use --device cpu or auto")
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        elif device.index >= torch.cuda.device_count():
+            raise UserError(f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type == "mps" and not _mps_available():
+        raise UserError(f"device {spec!r} was asked for but MPS is not available; use --device cpu or auto")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def init_distributed(device_spec: str | torch.device | None = None) -> tuple[DistInfo, torch.device]:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Returns this process's :class:`DistInfo` and its device. One process (no ``WORLD_SIZE`` > 1): rank 0 of
+    1, nothing initialised. gloo is used on CPU/MPS, nccl on CUDA.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 and not dist.is_initialized():
+        return DistInfo(), resolve_device(device_spec)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_spec, local_rank)
+    if device.type == "mps":
+        raise UserError("distributed training on MPS is not supported; use --device cpu or one process")
+    owns = False
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        owns = True
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns)
+    log.info("process %d of %d on %s (%s)", info.rank, info.world_size, device, dist.get_backend())
+    return info, device
+
+
+def shutdown_distributed(info: DistInfo) -> None:
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
+    """Mixed-precision context on CUDA (``bf16``/``fp16``); a no-op elsewhere and for ``"no"``."""
+    if mode == "no" or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def check_mixed_precision(device: torch.device, mode: str) -> str:
+    """The mode actually used: mixed precision runs on CUDA only (a warning says so elsewhere)."""
+    if mode not in MIXED_PRECISION:
+        raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mode!r}")
+    if mode != "no" and device.type != "cuda":
+        log.warning("mixed_precision=%s needs CUDA; training on %s in float32", mode, device)
+        return "no"
+    if mode == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU does not support bf16; use gan_train.mixed_precision=fp16 or no")
+    return mode
+
+
+def make_grad_scaler(device: torch.device, mode: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 on CUDA; a disabled (pass-through) scaler otherwise."""
+    return torch.amp.GradScaler("cuda", enabled=(mode == "fp16" and device.type == "cuda"))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy's global state and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def all_reduce_mean(values: dict[str, torch.Tensor], info: DistInfo, flags: int = 0) -> tuple[dict[str, float], int]:
+    """Average scalar tensors over the processes (one collective) and OR an integer bit field of flags.
+
+    Every process gets the same numbers back, so decisions taken on them (a non-finite loss, a stop
+    request) are the same everywhere and no process is left waiting in a collective.
+    """
+    names = list(values)
+    if not info.distributed:
+        return {k: float(v) for k, v in values.items()}, flags
+    device = next(iter(values.values())).device if values else torch.device("cpu")
+    if dist.get_backend() == "nccl" and device.type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    scalars = [values[k].detach().float().reshape(()).to(device) for k in names]
+    bits = [torch.tensor(float((flags >> b) & 1), device=device) for b in range(8)]
+    buf = torch.stack(scalars + bits)  # (n + 8,)
+    dist.all_reduce(buf)
+    n = len(names)
+    out = {k: float(buf[i]) / info.world_size for i, k in enumerate(names)}
+    merged = sum(1 << b for b in range(8) if float(buf[n + b]) > 0)
+    return out, merged
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's ``obj`` on every process (e.g. the run folder it created)."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class InterruptGuard:
+    """Turns the first Ctrl-C into a request to stop at the end of the current step.
+
+    The loop polls :attr:`requested` between steps, so the checkpoint it then writes holds a consistent
+    state. A second Ctrl-C raises KeyboardInterrupt at once (the unfinished step is then dropped and the
+    last checkpoint stays the newest). Only the main thread can install signal handlers; elsewhere the
+    guard does nothing and KeyboardInterrupt behaves as usual.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this step and saving a checkpoint (press Ctrl-C again to abort now)")
+
+    def __enter__(self) -> InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Put modules in eval mode for a block and restore each one's previous mode."""
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)

@@ -1,0 +1,289 @@
+"""Run folders and training-state checkpoints: everything needed to continue a run exactly.
+
+A training state file (``checkpoints/state-<step>.pt``) is a plain dict of tensors and builtin
+containers, written atomically (:func:`attngan.checkpoint.atomic_torch_save`) and read with
+``weights_only=True``. It holds the weights (and EMA weights), optimizer and GradScaler states, the step,
+epoch and position in the epoch, the RNG states of every process (torch, CUDA, numpy, python ``random``;
+numpy and python states stored as tensors and ints so that ``weights_only`` loading accepts them), the
+full resolved config and the vocabulary. Nothing is derived from file names: the step lives in the file;
+names only order the files (newest last).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_torch_save, atomic_write_json, config_diff, safe_torch_load
+from ..config import Preset, from_dict, to_dict
+from ..errors import CheckpointError, UserError
+
+__all__ = [
+    "STATE_FORMAT",
+    "make_run_dir",
+    "write_run_config",
+    "capture_rng_state",
+    "restore_rng_state",
+    "save_state",
+    "load_state",
+    "find_checkpoint",
+    "latest_checkpoint",
+    "run_dir_of",
+    "preset_from_state",
+    "check_resume_config",
+    "RESUMABLE_CHANGES",
+    "truncate_stats",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "attngan-training-state"
+STATE_VERSION = 1
+_RUN_RE = re.compile(r"^(\d{5})-")
+_STATE_GLOB = "state-*.pt"
+
+# Settings that may change when a run is continued: how long it runs, how often it logs/saves, where the
+# data lives and how it is loaded. Anything else changes the maths and makes "continue" meaningless.
+RESUMABLE_CHANGES = (
+    "damsm_train.epochs",
+    "damsm_train.max_steps",
+    "damsm_train.snapshot_every",
+    "damsm_train.log_every",
+    "gan_train.epochs",
+    "gan_train.max_steps",
+    "gan_train.snapshot_every",
+    "gan_train.sample_every",
+    "gan_train.log_every",
+    "gan_train.compile",
+    "data.data_dir",
+    "data.workers",
+    "data.cache",
+    "description",
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Run folders
+
+
+def make_run_dir(runs_dir: str | os.PathLike, desc: str) -> Path:
+    """Create ``runs_dir/<NNNNN>-<desc>/`` with the next free number (stylegan's numbered run folders)."""
+    root = Path(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    desc = re.sub(r"[^A-Za-z0-9_.-]+", "-", desc).strip("-") or "run"
+    while True:
+        taken = [int(m.group(1)) for p in root.iterdir() if (m := _RUN_RE.match(p.name))]
+        path = root / f"{max(taken, default=-1) + 1:05d}-{desc}"
+        try:
+            path.mkdir()
+        except FileExistsError:  # another process took the number first
+            continue
+        for sub in ("samples", "checkpoints"):
+            (path / sub).mkdir()
+        return path
+
+
+def write_run_config(run_dir: Path, preset: Preset, **extra: Any) -> Path:
+    """``run_dir/config.json``: the full resolved preset plus run settings (device, steps, ...)."""
+    return atomic_write_json(run_dir / "config.json", {"preset": to_dict(preset), **extra})
+
+
+def truncate_stats(run_dir: Path, step: int) -> None:
+    """Drop ``stats.jsonl`` lines after ``step`` (they belong to steps a resumed run will redo)."""
+    path = run_dir / "stats.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                kept.append(line)
+        except (ValueError, AttributeError):
+            continue
+    from ..checkpoint import atomic_write_text
+
+    atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+
+# ------------------------------------------------------------------------------------------------
+# RNG states
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every global RNG of this process, as tensors/ints/floats (``weights_only``-loadable)."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(np_kind),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "python": {
+            "version": int(py_version),
+            "state": torch.tensor(list(py_state), dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            log.warning("the checkpoint holds CUDA RNG states of %d devices; not restored", len(state["cuda"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# State files
+
+
+def save_state(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
+    """Write ``run_dir/checkpoints/state-<step>.pt`` atomically, then delete all but the newest ``keep``.
+
+    Older files are removed only after the new one is complete, so an interrupted write leaves the previous
+    checkpoints untouched.
+    """
+    folder = run_dir / "checkpoints"
+    path = folder / f"state-{int(state['step']):08d}.pt"
+    atomic_torch_save({"format": STATE_FORMAT, "version": STATE_VERSION, **state}, path)
+    if keep > 0:
+        for old in sorted(folder.glob(_STATE_GLOB))[:-keep]:
+            if old != path:
+                old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest state file of a run folder, or None."""
+    files = sorted((Path(run_dir) / "checkpoints").glob(_STATE_GLOB))
+    return files[-1] if files else None
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """A state file given itself, its run folder, or the run's ``checkpoints/`` folder."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist; pass a run folder (runs/00000-...) or a state-*.pt file")
+    for folder in (p, p.parent):
+        found = latest_checkpoint(folder)
+        if found is not None:
+            return found
+    raise CheckpointError(f"{p} holds no training checkpoint (checkpoints/state-*.pt); nothing to resume")
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder a state file belongs to (``<run>/checkpoints/state-*.pt``)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def load_state(path: str | os.PathLike, kind: str) -> dict[str, Any]:
+    """Read a state file (``weights_only=True``) and check that it is a ``kind`` ("damsm"/"gan") state."""
+    path = find_checkpoint(path)
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(
+            f"{path} is not an attngan training checkpoint; to start from trained weights use --damsm "
+            "(encoders) or the original-release options instead of --resume"
+        )
+    if state.get("version", 0) > STATE_VERSION:
+        raise CheckpointError(f"{path} was written by a newer attngan (format {state['version']}); upgrade attngan")
+    if state.get("kind") != kind:
+        command = {"damsm": "attngan pretrain-damsm", "gan": "attngan train"}.get(state.get("kind"), "?")
+        raise CheckpointError(f"{path} is a {state.get('kind')} checkpoint; continue it with {command} --resume")
+    state["path"] = str(path)
+    return state
+
+
+def preset_from_state(state: dict[str, Any]) -> Preset:
+    try:
+        return from_dict(Preset, state["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"the config stored in {state.get('path')} is not readable: {exc}") from exc
+
+
+def check_resume_config(saved: Preset, given: Preset, source: str) -> Preset:
+    """The preset a resumed run continues with.
+
+    Settings in :data:`RESUMABLE_CHANGES` may change (the given value wins); any other difference is a
+    CheckpointError that lists what differs (:func:`attngan.checkpoint.config_diff`).
+    """
+    diffs = config_diff(saved, given)
+    allowed = tuple(f"{k}:" for k in RESUMABLE_CHANGES)
+    fatal = [d for d in diffs if not d.startswith(allowed)]
+    if fatal:
+        raise CheckpointError(
+            f"{source} was trained with another configuration; it differs in: "
+            + "; ".join(f"{d.split(': ', 1)[0]} (checkpoint {_values(d)})" for d in fatal)
+            + ". Resume without changing these settings (drop --preset/--set/--config), or start a new run."
+        )
+    for d in diffs:
+        log.info("resuming with a changed setting: %s (checkpoint -> now)", d)
+    return given
+
+
+def _values(diff: str) -> str:
+    key, rest = diff.split(": ", 1)
+    old, _, new = rest.partition(" != ")
+    return f"{old}, now {new}"
+
+
+def replace_section(preset: Preset, section: str, **changes: Any) -> Preset:
+    """``dataclasses.replace`` of one section of a preset."""
+    return dataclasses.replace(preset, **{section: dataclasses.replace(getattr(preset, section), **changes)})
+
+
+def copy_tree_atomic(src_builder, target: Path) -> None:
+    """Build a folder with ``src_builder(tmp_dir)`` next to ``target``, then swap it in place of ``target``.
+
+    Readers never see a half-written folder: the old one is renamed away before the new one is renamed in,
+    and removed last.
+    """
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        src_builder(tmp)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def require_empty_or_missing(path: Path, what: str) -> None:
+    if path.exists() and any(path.iterdir()):
+        raise UserError(f"{what} {path} is not empty; choose another folder")
