@@ -67,4 +67,7 @@ def epoch_loader(
         collate_fn=collate_batch,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_ignore_sigint if workers > 0 else None,
+        # Its own generator: a DataLoader iterator otherwise draws its worker base seed from the global torch
+        # RNG, so starting mid-epoch (resume) would shift the noise of every later step.
+        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
     )

@@ -1,0 +1,256 @@
+"""Training loops on the tiny preset: learning signals, exact resume, Ctrl-C, NaN, config changes, EMA."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from attngan.config import PRESETS, apply_overrides
+from attngan.errors import CheckpointError
+from attngan.training import NonFiniteLossError, TrainingInterrupted, train_damsm, train_gan
+from attngan.training.gan import update_ema
+from attngan.training.state import latest_checkpoint, load_state
+
+# Small enough that a whole DAMSM run takes seconds; a higher lr than the preset's so it learns in 80 steps.
+DAMSM_SETTINGS = ["data.num_images=32", "damsm_train.lr=0.005"]
+DAMSM_STEPS = 80
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread (and other jobs share the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def damsm_run(tmp_path_factory):
+    """A tiny DAMSM pre-training run (model folder used by the GAN tests) and its per-step losses."""
+    torch.set_num_threads(1)
+    losses: list[float] = []
+    result = train_damsm(
+        apply_overrides(PRESETS["tiny"], DAMSM_SETTINGS),
+        runs_dir=tmp_path_factory.mktemp("damsm_runs"),
+        max_steps=DAMSM_STEPS,
+        val_set=False,
+        progress=False,
+        tensorboard=False,
+        callback=lambda info: losses.append(info.losses["loss/damsm"]),
+    )
+    return result, losses
+
+
+def gan_preset(*overrides: str):
+    return apply_overrides(PRESETS["tiny"], ["data.num_images=24", "gan_train.sample_every=1000", *overrides])
+
+
+def run_gan(tmp_path, damsm_run, steps, *overrides, **kwargs):
+    kwargs.setdefault("runs_dir", tmp_path)
+    return train_gan(
+        gan_preset(*overrides) if "resume" not in kwargs else kwargs.pop("preset", None),
+        damsm=damsm_run[0].run_dir if "resume" not in kwargs else None,
+        max_steps=steps,
+        progress=False,
+        tensorboard=False,
+        num_samples=4,
+        **kwargs,
+    )
+
+
+def weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return load_state(path, "gan")["models"]
+
+
+# ------------------------------------------------------------------------------------------------ DAMSM
+
+
+def test_damsm_matching_loss_falls_below_chance(damsm_run):
+    result, losses = damsm_run
+    assert len(losses) == DAMSM_STEPS and result.step == DAMSM_STEPS
+    chance = 4 * math.log(PRESETS["tiny"].damsm_train.batch_size)  # Eq. 14 with uniform posteriors
+    end = sum(losses[-10:]) / 10
+    assert end < 0.8 * chance, (end, chance)
+    assert end < 0.6 * losses[0], (end, losses[0])
+
+
+def test_damsm_run_folder_and_exported_encoders(damsm_run):
+    result, _ = damsm_run
+    run = result.run_dir
+    assert run.name.startswith("00000-")
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"]["data"]["num_images"] == 32
+    assert config["preset"]["text_encoder"]["vocab_size"] > 2  # resolved from the dataset's vocabulary
+    lines = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == DAMSM_STEPS and "loss/damsm" in lines[-1]
+    assert "damsm step" in (run / "log.txt").read_text()
+    for name in ("text_encoder", "image_encoder"):
+        assert (run / "model" / name / "model.safetensors").is_file()
+    assert (run / "model" / "vocab.json").is_file()
+
+
+def test_damsm_resume_is_exact_across_an_epoch_boundary(tmp_path):
+    # 48 images / 16 = 3 steps per epoch: 4 + 3 steps crosses the lr decay of epochs 0 and 1.
+    preset = apply_overrides(PRESETS["tiny"], ["data.num_images=48", "damsm_train.snapshot_every=100"])
+    kw = dict(val_set=False, progress=False, tensorboard=False)
+    one = train_damsm(preset, runs_dir=tmp_path / "a", max_steps=7, **kw)
+    part = train_damsm(preset, runs_dir=tmp_path / "b", max_steps=4, **kw)
+    two = train_damsm(None, resume=part.run_dir, max_steps=7, **kw)
+    a, b = load_state(one.checkpoint, "damsm"), load_state(two.checkpoint, "damsm")
+    assert two.run_dir == part.run_dir and b["step"] == 7 and b["epoch"] == 2
+    for name in ("text_encoder", "image_encoder"):
+        for k, v in a["models"][name].items():
+            assert torch.equal(v, b["models"][name][k]), (name, k)
+    # One optimizer for the whole run (the original re-created Adam every epoch): moments and step count
+    # carry over, and the lr decayed once per finished epoch.
+    opt = b["optimizers"]["damsm"]
+    assert int(opt["state"][0]["step"]) == 7
+    assert opt["param_groups"][0]["lr"] == pytest.approx(preset.damsm_train.lr * 0.98**2)
+
+
+# ------------------------------------------------------------------------------------------------ GAN
+
+
+def test_gan_damsm_term_of_g_falls(tmp_path, damsm_run):
+    terms: list[float] = []
+    run_gan(
+        tmp_path,
+        damsm_run,
+        40,
+        "data.num_images=32",
+        "gan_loss.damsm_lambda=50",
+        "gan_train.g_lr=0.002",
+        "gan_train.snapshot_every=1000",
+        callback=lambda info: terms.append(info.losses["G/damsm"]),
+    )
+    start, end = sum(terms[:5]) / 5, sum(terms[-5:]) / 5
+    assert end < 0.7 * start, (start, end)
+
+
+def test_gan_run_exports_a_model_folder(tmp_path, damsm_run):
+    result = run_gan(tmp_path, damsm_run, 3)
+    model = result.model_dir
+    for name in ("generator", "text_encoder", "image_encoder", "discriminator0", "discriminator1"):
+        assert (model / name / "model.safetensors").is_file(), name
+    assert (model / "vocab.json").read_text() == (damsm_run[0].model_dir / "vocab.json").read_text()
+    assert (result.run_dir / "samples" / "fakes-00000003.png").is_file()
+    # The exported generator holds the EMA weights, not G's.
+    from safetensors.torch import load_file
+
+    exported = load_file(str(model / "generator" / "model.safetensors"))
+    state = weights(result.checkpoint)
+    key = next(k for k in exported if k.endswith("weight") and exported[k].dim() > 1)
+    assert torch.equal(exported[key], state["generator_ema"][key])
+    assert not torch.equal(exported[key], state["generator"][key])
+
+
+def test_gan_exported_model_loads_in_the_pipeline(tmp_path, damsm_run):
+    pipeline = pytest.importorskip("attngan.pipeline")
+    result = run_gan(tmp_path, damsm_run, 2)
+    pipe = pipeline.AttnGANPipeline.from_pretrained(result.model_dir)
+    out = pipe(["a red circle"], seed=0)
+    assert len(out.images) == 1
+
+
+def test_gan_resume_is_exact(tmp_path, damsm_run):
+    # 24 images / 8 = 3 steps per epoch; stopping after 4 resumes in the middle of epoch 1.
+    one = run_gan(tmp_path / "a", damsm_run, 7, "gan_train.snapshot_every=100")
+    part = run_gan(tmp_path / "b", damsm_run, 4, "gan_train.snapshot_every=100")
+    assert load_state(part.checkpoint, "gan")["batch_in_epoch"] == 1
+    two = run_gan(tmp_path / "b", damsm_run, 7, resume=part.run_dir)
+    a, b = weights(one.checkpoint), weights(two.checkpoint)
+    assert set(a) == {"generator", "generator_ema", "discriminator0", "discriminator1"} == set(b)
+    for name in a:
+        for k, v in a[name].items():
+            assert torch.equal(v, b[name][k]), (name, k)
+    first = weights(part.checkpoint)
+    assert not torch.equal(first["generator"]["h_net1.fc.0.weight"], b["generator"]["h_net1.fc.0.weight"])
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, damsm_run):
+    def interrupt(info):
+        if info.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as err:
+        run_gan(tmp_path, damsm_run, 10, "gan_train.snapshot_every=2", callback=interrupt)
+    run_dir = err.value.run_dir
+    assert "--resume" in str(err.value) and str(run_dir) in str(err.value)
+    state = load_state(err.value.checkpoint, "gan")
+    assert state["step"] == 3 and err.value.checkpoint == latest_checkpoint(run_dir)
+    resumed = run_gan(tmp_path, damsm_run, 5, resume=run_dir)
+    assert resumed.step == 5 and resumed.run_dir == run_dir
+
+
+def test_interrupted_checkpoint_write_leaves_the_previous_one_intact(tmp_path, damsm_run, monkeypatch):
+    saved: dict[str, bytes] = {}
+    real_fsync = os.fsync
+
+    def snoop(info):
+        if info.step == 2:  # the checkpoint of step 2 was just written: remember its bytes
+            path = latest_checkpoint(info.run_dir)
+            saved["path"], saved["bytes"] = str(path), path.read_bytes()
+
+            def dying_fsync(fd):  # the process is killed while the next checkpoint is on its way to disk
+                raise KeyboardInterrupt
+
+            monkeypatch.setattr(os, "fsync", dying_fsync)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_gan(tmp_path, damsm_run, 10, "gan_train.snapshot_every=2", callback=snoop)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    path = Path(saved["path"])
+    folder = path.parent
+    assert path.read_bytes() == saved["bytes"]
+    assert sorted(p.name for p in folder.iterdir()) == [path.name]  # no new file, no temporary left over
+    assert load_state(path, "gan")["step"] == 2
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, damsm_run):
+    def poison(info):
+        if info.step == 2:  # after the snapshot of step 2: G's weights blow up
+            with torch.no_grad():
+                next(info.modules["generator"].parameters()).fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError) as err:
+        run_gan(tmp_path, damsm_run, 10, "gan_train.snapshot_every=2", callback=poison)
+    message = str(err.value)
+    assert "at step 3" in message and "nan" in message and "loss/D0" in message
+    good = err.value.checkpoint
+    assert good is not None and str(good) in message
+    assert latest_checkpoint(good.parent.parent) == good
+    state = load_state(good, "gan")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["models"]["generator"].values() if v.is_floating_point())
+
+
+def test_resume_with_another_config_names_the_differences(tmp_path, damsm_run):
+    part = run_gan(tmp_path, damsm_run, 2)
+    changed = gan_preset("generator.gf_dim=8", "gan_train.d_lr=0.001", "gan_train.max_steps=50")
+    with pytest.raises(CheckpointError) as err:
+        run_gan(tmp_path, damsm_run, 3, resume=part.run_dir, preset=changed)
+    message = str(err.value)
+    assert "generator.gf_dim" in message and "gan_train.d_lr" in message
+    assert "max_steps" not in message  # how long to train may change
+    # Only run-length settings changed: the run continues.
+    longer = run_gan(tmp_path, damsm_run, 3, resume=part.run_dir, preset=gan_preset("gan_train.max_steps=50"))
+    assert longer.step == 3
+
+
+def test_update_ema_averages_parameters_and_copies_buffers():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    ema = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    model(torch.randn(8, 3))  # moves the running statistics
+    before = [p.clone() for p in ema.parameters()]
+    update_ema(ema, model, 0.9)
+    for p_ema, p0, p in zip(ema.parameters(), before, model.parameters()):
+        assert torch.allclose(p_ema, 0.9 * p0 + 0.1 * p)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        assert torch.equal(b_ema, b)
