@@ -1,0 +1,291 @@
+"""``attngan pretrain-damsm``, ``attngan train`` and ``attngan demo``: thin adapters over attngan.training.
+
+They parse and validate options, build the resolved preset (``--preset``, then ``--config`` YAML, then
+``--set`` overrides, then the dedicated options), print it under ``--dry-run``, and call the library.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import PRESETS, Preset, apply_overrides, to_dict
+from ..errors import UserError
+
+_PATH = click.Path(path_type=Path)
+_EXISTING = click.Path(exists=True, path_type=Path)
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+DATASETS = ("birds", "coco", "folder", "shapes")
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if not _is_main_process():
+        logging.getLogger("attngan").setLevel(logging.WARNING)
+
+
+def _yaml_overrides(path: Path) -> dict[str, Any]:
+    """``section: {key: value}`` (and top-level ``description``) from a YAML file, as dotted overrides."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.ClickException(f"--config {path} is not readable YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise click.ClickException(f"--config {path} must map sections to settings, e.g. 'generator: {{gf_dim: 8}}'")
+    out: dict[str, Any] = {}
+    for section, values in data.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                out[f"{section}.{key}"] = tuple(value) if isinstance(value, list) else value
+        else:
+            out[str(section)] = values
+    return out
+
+
+def resolve_preset(
+    base: Preset,
+    config_file: Path | None,
+    sets: tuple[str, ...],
+    extra: dict[str, Any],
+) -> Preset:
+    """base -> YAML file -> ``--set`` items -> dedicated options; a bad setting is a one-line usage error."""
+    try:
+        preset = base
+        if config_file is not None:
+            preset = apply_overrides(preset, _yaml_overrides(config_file))
+        if sets:
+            preset = apply_overrides(preset, list(sets))
+        extra = {k: v for k, v in extra.items() if v is not None}
+        if extra:
+            preset = apply_overrides(preset, extra)
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(f"bad setting: {exc}") from exc
+    return preset
+
+
+def _base_preset(name: str | None, resume: Path | None, kind: str) -> Preset | None:
+    """The named preset; when resuming without one, the checkpoint's; otherwise ``shapes``."""
+    if name is not None:
+        return PRESETS[name]
+    if resume is not None:
+        from ..training.state import load_state, preset_from_state
+
+        return preset_from_state(load_state(resume, kind))
+    return PRESETS["shapes"]
+
+
+def _print_config(preset: Preset, **run: Any) -> None:
+    click.echo(json.dumps({"preset": to_dict(preset), **{k: str(v) if isinstance(v, Path) else v for k, v in run.items()}}, indent=2))
+
+
+def _common_options(func: Callable) -> Callable:
+    options = [
+        click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+                     help="Settings to start from (birds/coco: the original release; shapes: the built-in CPU dataset; "
+                          "tiny: tests). Default: shapes, or the checkpoint's with --resume."),
+        click.option("--config", "config_file", type=_FILE, default=None,
+                     help="YAML file of 'section: {key: value}' overrides, applied after --preset."),
+        click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="Override one setting, e.g. --set generator.gf_dim=16 (repeatable; after --config)."),
+        click.option("--dataset", type=click.Choice(DATASETS), default=None, help="Dataset kind (sets data.dataset)."),
+        click.option("--data-dir", type=_PATH, default=None, help="Dataset root folder (sets data.data_dir)."),
+        click.option("--runs-dir", type=_PATH, default=Path("runs"), show_default=True,
+                     help="Parent folder of the numbered run folders (runs/00000-<desc>/)."),
+        click.option("--resume", type=_EXISTING, default=None,
+                     help="Continue a run: its folder or one of its checkpoints/state-*.pt files."),
+        click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."),
+        click.option("--max-steps", type=click.IntRange(min=1), default=None,
+                     help="Stop after this many steps in total (sets *_train.max_steps)."),
+        click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Stop after this many minutes of wall-clock time (a checkpoint is saved)."),
+        click.option("--keep", type=click.IntRange(min=0), default=3, show_default=True,
+                     help="Newest checkpoints kept in the run folder (0: keep all)."),
+        click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar (on a terminal)."),
+        click.option("-n", "--dry-run", is_flag=True, help="Print the resolved configuration and exit."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run(call: Callable[[], Any]) -> Any:
+    """Run a training call; Ctrl-C and user mistakes end with a message instead of a traceback."""
+    from ..training import TrainingInterrupted
+
+    try:
+        return call()
+    except TrainingInterrupted as exc:
+        if _is_main_process():
+            click.echo(str(exc), err=True)
+        raise SystemExit(130) from None
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("pretrain-damsm", context_settings={"show_default": True})
+@_common_options
+@click.option("--inception-weights", default="imagenet", show_default=True,
+              help="Inception-v3 weights for image_encoder.backbone=inception: 'imagenet' (torchvision) or a file.")
+def pretrain_damsm(
+    preset: str | None, config_file: Path | None, sets: tuple[str, ...], dataset: str | None, data_dir: Path | None,
+    runs_dir: Path, resume: Path | None, device: str, max_steps: int | None, max_minutes: float | None, keep: int,
+    progress: bool, dry_run: bool, inception_weights: str,
+) -> None:  # fmt: skip
+    """Pre-train the DAMSM text and image encoders (Eq. 7-14), the first stage of AttnGAN.
+
+    Writes a run folder runs/NNNNN-<dataset>-damsm/ whose model/ (text_encoder/, image_encoder/,
+    vocab.json) is what `attngan train --damsm` takes.
+
+    \b
+    Examples:
+      attngan pretrain-damsm --preset shapes
+      attngan pretrain-damsm --preset birds --data-dir data/birds --set damsm_train.batch_size=32
+      attngan pretrain-damsm --resume runs/00000-shapes-damsm
+    """
+    _setup_logging()
+    try:
+        base = _base_preset(preset, resume, "damsm")
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    extra = {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "damsm_train.max_steps": max_steps}
+    resolved = resolve_preset(base, config_file, sets, extra)
+    if dry_run:
+        _print_config(resolved, command="pretrain-damsm", resume=resume, device=device, runs_dir=runs_dir)
+        return
+    from ..training import train_damsm
+
+    result = _run(
+        lambda: train_damsm(
+            resolved,
+            runs_dir=runs_dir,
+            resume=resume,
+            device=device,
+            max_seconds=max_minutes * 60 if max_minutes else None,
+            backbone_weights=inception_weights,
+            keep_checkpoints=keep,
+            progress=progress,
+        )
+    )
+    if _is_main_process():
+        click.echo(f"DAMSM encoders: {result.model_dir}")
+        click.echo(f"next: attngan train --damsm {result.run_dir}" + (f" --preset {preset}" if preset else ""))
+
+
+@click.command("train", context_settings={"show_default": True})
+@_common_options
+@click.option("--damsm", type=_EXISTING, default=None,
+              help="Pre-trained DAMSM encoders: a run folder of `attngan pretrain-damsm` or its model/ folder.")
+@click.option("--original-text-encoder", type=_FILE, default=None,
+              help="Or the original release's text_encoder*.pth (with --original-image-encoder).")
+@click.option("--original-image-encoder", type=_FILE, default=None,
+              help="Or the original release's image_encoder*.pth (with --original-text-encoder).")
+def train(
+    preset: str | None, config_file: Path | None, sets: tuple[str, ...], dataset: str | None, data_dir: Path | None,
+    runs_dir: Path, resume: Path | None, device: str, max_steps: int | None, max_minutes: float | None, keep: int,
+    progress: bool, dry_run: bool, damsm: Path | None, original_text_encoder: Path | None,
+    original_image_encoder: Path | None,
+) -> None:  # fmt: skip
+    """Train the AttnGAN generator and discriminators (Eq. 1-5) with frozen DAMSM encoders.
+
+    Writes a run folder runs/NNNNN-<dataset>-attngan/ with samples/, checkpoints/ and model/ (EMA
+    generator, encoders, discriminators, vocab.json), which `attngan sample --checkpoint` takes.
+    For several GPUs or CPU processes start it with torchrun (one process per device).
+
+    \b
+    Examples:
+      attngan train --preset shapes --damsm runs/00000-shapes-damsm
+      attngan train --preset birds --data-dir data/birds \\
+          --original-text-encoder DAMSMencoders/bird/text_encoder200.pth \\
+          --original-image-encoder DAMSMencoders/bird/image_encoder200.pth
+      torchrun --nproc_per_node=4 -m attngan train --preset coco --data-dir data/coco --damsm runs/00001-coco-damsm
+      attngan train --resume runs/00002-shapes-attngan --max-steps 3000
+    """
+    _setup_logging()
+    if resume is None and damsm is None and not (original_text_encoder and original_image_encoder):
+        raise click.UsageError(
+            "give the DAMSM encoders: --damsm RUN_OR_MODEL_DIR, or both --original-text-encoder and "
+            "--original-image-encoder (or --resume a run)"
+        )
+    if bool(original_text_encoder) != bool(original_image_encoder):
+        raise click.UsageError("--original-text-encoder and --original-image-encoder go together")
+    try:
+        base = _base_preset(preset, resume, "gan")
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    extra = {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "gan_train.max_steps": max_steps}
+    resolved = resolve_preset(base, config_file, sets, extra)
+    if dry_run:
+        _print_config(resolved, command="train", resume=resume, device=device, runs_dir=runs_dir, damsm=damsm,
+                      original_text_encoder=original_text_encoder, original_image_encoder=original_image_encoder)  # fmt: skip
+        return
+    from ..training import train_gan
+
+    result = _run(
+        lambda: train_gan(
+            resolved,
+            damsm=damsm,
+            original_text_encoder=original_text_encoder,
+            original_image_encoder=original_image_encoder,
+            runs_dir=runs_dir,
+            resume=resume,
+            device=device,
+            max_seconds=max_minutes * 60 if max_minutes else None,
+            keep_checkpoints=keep,
+            progress=progress,
+        )
+    )
+    if _is_main_process():
+        click.echo(f"model: {result.model_dir}")
+        click.echo(f"next: attngan sample --checkpoint {result.model_dir} \"a small red circle at the top left\"")
+
+
+@click.command("demo", context_settings={"show_default": True})
+@click.option("--out", "out", type=_PATH, required=True, help="Output folder (created; must be empty if it exists).")
+@click.option("--minutes", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="Wall-clock budget for everything (data, DAMSM, GAN, evaluation).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data, the networks and the samples.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a setting of the shapes preset, e.g. --set gan_loss.damsm_lambda=10 (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps.")
+@click.option("--damsm-share", type=click.FloatRange(0.05, 0.9), default=None,
+              help="Share of the training time given to DAMSM pre-training (default: the demo's own split).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars (on a terminal).")
+@click.option("-n", "--dry-run", is_flag=True, help="Print the resolved configuration and the time plan, and exit.")
+def demo(
+    out: Path, minutes: float, seed: int, sets: tuple[str, ...], device: str, damsm_share: float | None,
+    progress: bool, dry_run: bool,
+) -> None:  # fmt: skip
+    """Run the whole pipeline on the built-in shapes dataset within a time budget (CPU, minutes).
+
+    Generates the shapes dataset, pre-trains a small DAMSM, trains a small AttnGAN, then writes
+    OUT/samples.png (captions + images), OUT/attention.png (word attention maps), OUT/metrics.json
+    (attribute accuracy and R-precision with their chance levels) and prints a summary table.
+
+    \b
+    Example:
+      attngan demo --out demo --minutes 10
+    """
+    _setup_logging()
+    from ..training import demo as demo_lib
+
+    preset = resolve_preset(demo_lib.demo_preset(seed), None, sets, {})
+    plan = demo_lib.DemoPlan.from_minutes(minutes, damsm_share)
+    if dry_run:
+        _print_config(preset, command="demo", out=out, minutes=minutes, seed=seed, plan=plan.as_dict())
+        return
+    report = _run(lambda: demo_lib.run_demo(out, preset, plan, seed=seed, device=device, progress=progress))
+    click.echo(demo_lib.format_summary(report))

@@ -1,0 +1,111 @@
+"""`attngan pretrain-damsm`, `attngan train`, `attngan demo`: help, dry runs, errors, a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from attngan.cli import cli
+
+COMMANDS = ("pretrain-damsm", "train", "demo")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def dry_run_config(*args: str) -> dict:
+    result = invoke(*args, "--dry-run")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_documents_every_option(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    cmd = cli.get_command(None, command)
+    for param in cmd.params:
+        if isinstance(param, __import__("click").Option):
+            assert param.help, f"{command} {param.opts} has no help text"
+            assert any(opt in result.output for opt in param.opts)
+    assert "Example" in result.output
+
+
+def test_dry_run_prints_the_resolved_config_with_overrides(tmp_path):
+    yaml_file = tmp_path / "cfg.yaml"
+    yaml_file.write_text("generator:\n  gf_dim: 6\n  res_blocks: 2\ndamsm_train:\n  betas: [0.4, 0.9]\n")
+    config = dry_run_config(
+        "pretrain-damsm", "--preset", "tiny", "--config", yaml_file,
+        "--set", "generator.gf_dim=8", "--set", "data.num_images=64", "--max-steps", "7",
+    )  # fmt: skip
+    preset = config["preset"]
+    assert preset["generator"]["gf_dim"] == 8  # --set wins over --config
+    assert preset["generator"]["res_blocks"] == 2  # from --config
+    assert preset["damsm_train"]["betas"] == [0.4, 0.9]
+    assert preset["data"]["num_images"] == 64
+    assert preset["damsm_train"]["max_steps"] == 7
+    assert preset["text_encoder"]["word_dim"] == 16  # the rest is the tiny preset
+
+
+def test_train_dry_run_sets_dataset_options(tmp_path):
+    config = dry_run_config("train", "--damsm", tmp_path, "--dataset", "folder", "--data-dir", tmp_path / "imgs")
+    assert config["preset"]["data"]["dataset"] == "folder"
+    assert config["preset"]["data"]["data_dir"] == str(tmp_path / "imgs")
+    assert config["preset"]["generator"]["base_size"] == 32  # the default preset is shapes
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [("generator.nope=1", ["generator.nope", "gf_dim"]), ("generator.gf_dim=abc", ["abc"]), ("nonsense", ["nonsense"])],
+)
+def test_bad_set_is_a_one_line_error(bad, words):
+    result = CliRunner().invoke(cli, ["pretrain-damsm", "--preset", "tiny", "--set", bad, "-n"])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert all(w in lines[0] for w in words)
+
+
+def test_train_without_encoders_says_what_to_pass():
+    result = CliRunner().invoke(cli, ["train", "--preset", "tiny"])
+    assert result.exit_code == 2 and "--damsm" in result.output
+
+
+def test_tiny_end_to_end_pretrain_then_train_then_resume(tmp_path):
+    runs = tmp_path / "runs"
+    common = ["--preset", "tiny", "--runs-dir", runs, "--no-progress", "--set", "data.num_images=32"]
+    result = invoke("pretrain-damsm", *common, "--max-steps", "4")
+    assert result.exit_code == 0, result.output
+    damsm_run = runs / "00000-shapes-damsm"
+    assert (damsm_run / "model" / "text_encoder" / "model.safetensors").is_file()
+    assert f"attngan train --damsm {damsm_run}" in result.output
+
+    result = invoke("train", *common, "--damsm", damsm_run, "--max-steps", "3")
+    assert result.exit_code == 0, result.output
+    gan_run = runs / "00001-shapes-attngan"
+    assert (gan_run / "model" / "generator" / "model.safetensors").is_file()
+    assert json.loads((gan_run / "config.json").read_text())["preset"]["gan_train"]["max_steps"] == 3
+
+    # Resuming takes the checkpoint's settings; a longer run is the only change.
+    config = dry_run_config("train", "--resume", gan_run, "--max-steps", "5")
+    assert config["preset"]["data"]["num_images"] == 32 and config["preset"]["gan_train"]["max_steps"] == 5
+    result = invoke("train", "--resume", gan_run, "--max-steps", "5", "--no-progress")
+    assert result.exit_code == 0, result.output
+    last = json.loads((gan_run / "stats.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 5
+
+    # Another generator width cannot continue this run: the message names the setting.
+    result = CliRunner().invoke(cli, ["train", "--resume", gan_run, "--set", "generator.gf_dim=8", "--no-progress"])
+    assert result.exit_code == 1 and "generator.gf_dim" in result.output
