@@ -109,3 +109,42 @@ def test_tiny_end_to_end_pretrain_then_train_then_resume(tmp_path):
     # Another generator width cannot continue this run: the message names the setting.
     result = CliRunner().invoke(cli, ["train", "--resume", gan_run, "--set", "generator.gf_dim=8", "--no-progress"])
     assert result.exit_code == 1 and "generator.gf_dim" in result.output
+
+
+def test_demo_dry_run_shows_the_shapes_preset_and_the_time_plan():
+    config = dry_run_config("demo", "--out", "nowhere", "--minutes", "10", "--seed", "3", "--set", "gan_loss.damsm_lambda=7")
+    assert config["preset"]["data"]["dataset"] == "shapes"
+    assert config["preset"]["data"]["seed"] == 3 and config["preset"]["gan_train"]["seed"] == 3
+    assert config["preset"]["gan_loss"]["damsm_lambda"] == 7
+    plan = config["plan"]
+    assert plan["total_seconds"] == 600 and 0 < plan["damsm_share"] < 1 and plan["eval_seconds"] < 600
+
+
+def test_demo_writes_figures_and_metrics_with_chance_levels(tmp_path):
+    from attngan.config import PRESETS, apply_overrides
+    from attngan.metrics.attributes import AttributeTrainConfig, train_attribute_classifier
+    from attngan.training.demo import DemoPlan, demo_preset, format_summary, run_demo
+
+    tiny = PRESETS["tiny"]
+    preset = apply_overrides(
+        demo_preset(0),
+        {"text_encoder": tiny.text_encoder, "image_encoder": tiny.image_encoder, "generator": tiny.generator,
+         "discriminator_df_dim": 4, "data.num_images": 64, "damsm_train.max_steps": 3, "damsm_train.batch_size": 16,
+         "gan_train.max_steps": 3, "gan_train.batch_size": 8},
+    )  # fmt: skip
+    classifier, _ = train_attribute_classifier(32, AttributeTrainConfig(width=4, steps=2, batch_size=8, heldout=8))
+    report = run_demo(
+        tmp_path / "demo", preset, DemoPlan(total_seconds=120), num_eval=24, progress=False, classifier=classifier
+    )
+    out = tmp_path / "demo"
+    assert (out / "samples.png").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == {"damsm": 3, "gan": 3}
+    rows = {r["metric"]: r for r in metrics["summary"]}
+    assert rows["color accuracy"]["chance"] == pytest.approx(1 / 8)
+    assert rows["position accuracy"]["chance"] == pytest.approx(1 / 9)
+    assert rows["R-precision (%)"]["chance"] == pytest.approx(100 / 24)
+    for row in rows.values():
+        assert row["generated"] is not None and row["real"] is not None
+    table = format_summary(report)
+    assert "color accuracy" in table and "R-precision" in table
