@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from ..config import Preset, to_dict
 from ..data.registry import build_dataset
+from ..errors import DataError
 from ..nn import ImageEncoder, TextEncoder
 from ..text import Vocabulary
 from .common import (
@@ -151,7 +152,11 @@ def train_damsm(
     vocab = train_set.vocab
     preset = resolve_vocab_size(preset, vocab)
     if val_set is None:
-        val_set = build_dataset(preset.data, "test", image_sizes, vocab=vocab, train=False)
+        try:
+            val_set = build_dataset(preset.data, "test", image_sizes, vocab=vocab, train=False)
+        except DataError as exc:
+            log.warning("no validation: the test split is not usable (%s)", exc)
+            val_set = False
     steps_per_epoch = batches_per_epoch(train_set, cfg.batch_size, dist_info.world_size)
     if total_steps is None:
         total_steps = cfg.epochs * steps_per_epoch

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -215,6 +216,8 @@ class _Sampler:
         buf = io.BytesIO()
         fig.save(buf, format="PNG")
         atomic_write_bytes(samples_dir / f"attention-{step:08d}.png", buf.getvalue())
+        arr = torch.from_numpy(np.asarray(fig.convert("RGB")).copy()).permute(2, 0, 1)
+        stats.add_image("samples/attention", arr.float() / 255, step)
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -472,7 +475,7 @@ def train_gan(
                     # Report progress.
                     stats.update(step, scalars)
                     if step % cfg.log_every == 0 or step == total_steps:
-                        last = stats.tick(step, epoch)
+                        last = stats.tick(step, epoch, {"lr/G": opt_g.param_groups[0]["lr"], "lr/D": opt_d[0].param_groups[0]["lr"]})
 
                     # Save samples and a snapshot.
                     if main and sampler is not None and (step % cfg.sample_every == 0 or step == total_steps):
