@@ -128,9 +128,7 @@ def _run(call: Callable[[], Any]) -> Any:
 
     try:
         return call()
-    except TrainingInterrupted as exc:
-        if _is_main_process():
-            click.echo(str(exc), err=True)
+    except TrainingInterrupted:  # the loop has logged where the state is and how to continue
         raise SystemExit(130) from None
     except UserError as exc:
         raise click.ClickException(str(exc)) from None
