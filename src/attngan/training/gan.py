@@ -262,9 +262,12 @@ def train_gan(
 
     # Load the frozen DAMSM encoders and the training data (captions encoded with their vocabulary).
     vocab_hint = Vocabulary(state["vocab"]) if state is not None else None
-    if damsm is None and train_set is None and preset is not None:
-        # The original release's encoders come without a vocabulary: the dataset's captions.pickle has it.
-        vocab_hint = build_dataset(preset.data, "train", preset.generator.image_sizes[-1:], train=True).vocab
+    if damsm is None and preset is not None:
+        # The original release's encoders come without a vocabulary: the dataset's (captions.pickle) is theirs.
+        if train_set is None:
+            sizes = [c.image_size for c in discriminator_configs(preset)]
+            train_set = build_dataset(preset.data, "train", sizes, vocab=None, train=True)
+        vocab_hint = train_set.vocab
     text_encoder, image_encoder, vocab = load_encoders(
         damsm, original_text_encoder=original_text_encoder, original_image_encoder=original_image_encoder, vocab=vocab_hint
     )
