@@ -78,12 +78,16 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with a message for the user
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        if "Unsupported global" in text or "Unsupported operand" in text or "not an allowed global" in text:
             raise CheckpointError(
                 f"{path} contains Python objects other than tensors and plain containers; it is refused "
                 "because loading it could run arbitrary code. Re-save it as a plain state dict."
             ) from exc
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {msg}") from exc
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt, truncated, or not a checkpoint at all): "
+            f"{type(exc).__name__}: {msg}"
+        ) from exc
 
 
 def save_component(directory: str | os.PathLike, module: torch.nn.Module, config: Any, **extra: Any) -> Path:

@@ -13,6 +13,11 @@ from .base import (
     set_epoch,
     to_rgb,
 )
+from .check import CheckReport, check_dataset
+from .coco import COCODataset
+from .cub import CUBDataset
+from .folder import FolderDataset
+from .registry import build_dataset
 from .synthetic import (
     COLORS,
     POSITIONS,
@@ -28,6 +33,12 @@ from .synthetic import (
 )
 
 __all__ = [
+    "CheckReport",
+    "check_dataset",
+    "COCODataset",
+    "CUBDataset",
+    "FolderDataset",
+    "build_dataset",
     "Batch",
     "TextImageDataset",
     "collate_batch",
