@@ -243,6 +243,14 @@ def test_resume_with_another_config_names_the_differences(tmp_path, damsm_run):
     assert longer.step == 3
 
 
+def test_only_the_newest_checkpoints_are_kept(tmp_path, damsm_run):
+    result = run_gan(tmp_path, damsm_run, 4, "gan_train.snapshot_every=1", keep_checkpoints=2)
+    folder = result.run_dir / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["state-00000003.pt", "state-00000004.pt"]
+    stats = [json.loads(x) for x in (result.run_dir / "stats.jsonl").read_text().splitlines()]
+    assert stats[-1]["step"] == 4 and stats[-1]["lr/G"] == pytest.approx(PRESETS["tiny"].gan_train.g_lr)
+
+
 def test_update_ema_averages_parameters_and_copies_buffers():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
