@@ -6,13 +6,14 @@ Feature extractors and classifiers are tiny injected networks: no weights are do
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from attngan.data.synthetic import COLORS, render_scene, sample_scene
+from attngan.data.synthetic import COLORS, ShapesDataset
 from attngan.errors import UserError
 from attngan.metrics import calc_metric, list_metrics, register_metric, report_metric
 from attngan.metrics.attributes import (
@@ -25,10 +26,11 @@ from attngan.metrics.clip_score import clip_score
 from attngan.metrics.features import (
     FeatureAccumulator,
     cached_feature_stats,
+    compute_feature_stats,
     prepare_images,
 )
 from attngan.metrics.fid import fid_inception_v3, frechet_distance
-from attngan.metrics.inception_score import inception_score
+from attngan.metrics.inception_score import inception_score, load_classifier
 from attngan.metrics.r_precision import draw_mismatches, encode_for_r_precision, r_precision
 
 # ------------------------------------------------------------------------------------------ R-precision
@@ -168,6 +170,43 @@ def test_inception_score_metric_with_injected_classifier():
     assert "Salimans" in res["protocol"]
 
 
+class _ToyLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(3, 5)
+
+    def forward(self, x):
+        return self.fc(x.mean(dim=(2, 3)))  # (B, 5)
+
+
+def test_load_classifier_module_torchscript_and_unbiased_logits(tmp_path):
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    net = _ToyLogits()
+    pooled = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear").mean(dim=(2, 3))  # (4, 3)
+    fn, desc = load_classifier(net)
+    assert torch.allclose(fn(x), torch.softmax(net(x), 1), atol=1e-5) and "_ToyLogits" in desc
+    big = torch.rand(2, 3, 299, 299)
+    exported = torch.export.export(_ToyLogits(), (big,), dynamic_shapes=({0: torch.export.Dim("b")},))
+    torch.export.save(exported, str(tmp_path / "clf.pt2"))
+    fn_ep, desc_ep = load_classifier(tmp_path / "clf.pt2")
+    assert torch.allclose(fn_ep(x), torch.softmax(net.fc(pooled), 1), atol=1e-5) and "exported" in desc_ep
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in torch 2.x, still read
+        torch.jit.script(_ToyLogits()).save(str(tmp_path / "clf.ts"))
+        fn_ts, desc_ts = load_classifier(tmp_path / "clf.ts")
+        assert (
+            torch.allclose(fn_ts(x), torch.softmax(net.fc(pooled), 1), atol=1e-5) and "TorchScript" in desc_ts
+        )
+    # improved-gan's logits omit the softmax bias: pool3 @ W.
+    from attngan.metrics.inception_score import _SoftmaxClassifier
+
+    unbiased = _SoftmaxClassifier(_ToyLogits(), unbiased_fc=True)
+    assert torch.allclose(unbiased(x), torch.softmax(pooled @ net.fc.weight.T, 1), atol=1e-5)
+    with pytest.raises(UserError, match="neither"):
+        load_classifier(tmp_path / "missing.pt")
+
+
 # ------------------------------------------------------------------------------------------------- FID
 
 
@@ -248,6 +287,11 @@ def test_fid_real_statistics_are_cached(tmp_path):
     # Another dataset identity misses the cache.
     calc_metric("fid", images=fake, real_images=real, batch_size=10, **{**opts, "dataset_id": "other"})
     assert ext.calls == calls + 3 + 7
+    # Precomputed statistics from an .npz as pytorch-fid saves them (mu, sigma; no n).
+    stats = compute_feature_stats(ext, real)
+    np.savez(tmp_path / "real.npz", mu=stats.mu, sigma=stats.sigma)
+    from_file = calc_metric("fid", images=fake, real_stats=tmp_path / "real.npz", extractor=ext)
+    assert from_file["fid"] == pytest.approx(first["fid"], rel=1e-9)
     # Against itself: ~0.
     self_fid = calc_metric("fid", images=real, real_images=real, extractor=ext)
     assert abs(self_fid["fid"]) < 1e-6
@@ -374,15 +418,14 @@ def attribute_classifier(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
-def _real_images(n, size, seed):
-    scenes, images = [], []
-    for i in range(n):
-        rng = np.random.default_rng([seed, 99, i])
-        scene = sample_scene(rng, 1)
-        scenes.append(scene)
-        images.append(render_scene(scene, size, rng))
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return x, scenes
+def _shapes_test_set(n: int, size: int):
+    """Images (N, 3, size, size) in [-1, 1], ground-truth scenes and full first captions of the built-in
+    test split."""
+    ds = ShapesDataset(split="test", num_images=n, image_sizes=(size,), seed=3, train=False)
+    samples = [ds[i] for i in range(n)]
+    images = torch.stack([smp["images"][-1] for smp in samples])
+    texts = [ds.texts[i][0] for i in range(n)]  # untruncated (the encoded caption may lose words)
+    return images, [smp["attributes"] for smp in samples], texts
 
 
 def test_attribute_classifier_is_accurate_on_heldout_real_images(attribute_classifier):
@@ -397,7 +440,7 @@ def test_attribute_classifier_is_accurate_on_heldout_real_images(attribute_class
 
 def test_attribute_accuracy_on_real_and_wrong_targets(attribute_classifier):
     model, _ = attribute_classifier
-    images, scenes = _real_images(300, 64, seed=5)  # demo resolution, resized by the classifier
+    images, scenes, texts = _shapes_test_set(300, 64)  # demo resolution, resized by the classifier
     res = attribute_accuracy(model, images, scenes)
     for name in ATTRIBUTES:
         assert res[f"{name}_acc"] > 0.93, res
@@ -407,6 +450,10 @@ def test_attribute_accuracy_on_real_and_wrong_targets(attribute_classifier):
     wrong = [[{**s[0], "color": names[(names.index(s[0]["color"]) + 1) % len(names)]}] for s in scenes]
     res_wrong = attribute_accuracy(model, images, wrong)
     assert res_wrong["color_acc"] < 0.05 and res_wrong["shape_acc"] == res["shape_acc"]
+    # Targets parsed from the captions (through the metric's captions option).
+    res_cap = calc_metric("attribute_accuracy", images=images, captions=texts, classifier=model)
+    assert res_cap["color_acc"] > 0.93 and res_cap["shape_acc"] > 0.93
+    assert res_cap["n_per_attribute"]["color"] == 300
     # Unstated attributes (parsed captions without size) are not counted.
     partial = [
         {"color": s[0]["color"], "shape": s[0]["shape"], "size": None, "position": None} for s in scenes

@@ -15,8 +15,9 @@ The classifier is injectable: any callable mapping images (B, 3, H, W) in [-1, 1
 * ``"fid-inception"``: the 2015-12-05 TensorFlow graph that improved-gan used (1008 classes), as ported by
   pytorch-fid (weights ``pt_inception-2015-12-05-6726825d.pth``, a local path or the torch hub cache);
   its logits omit the softmax bias like improved-gan's ``tf.matmul(pool3, w)``;
-* a user classifier: an ``nn.Module`` or a TorchScript file returning logits for 299 x 299 inputs in
-  [-1, 1], or a state-dict file of a torchvision Inception-v3 whose class count is read from ``fc``.
+* a user classifier: an ``nn.Module``, a ``torch.export`` program (``.pt2``) or a TorchScript file
+  returning logits for 299 x 299 inputs in [-1, 1], or a state-dict file (``.pth``/``.safetensors``) of a
+  torchvision Inception-v3 whose class count is read from ``fc``.
   The paper's CUB figures used an Inception fine-tuned on CUB (StackGAN-inception-model); scores from
   different classifiers are not comparable, which is why each result names its classifier.
 
@@ -167,7 +168,10 @@ def load_classifier(
         raise UserError(
             f"classifier {name!r} is neither 'torchvision-imagenet', 'fid-inception' nor an existing file"
         )
-    if path.suffix in (".pt", ".pth", ".jit", ".ts") and _is_torchscript(path):
+    if path.suffix == ".pt2":  # torch.export.save of an ExportedProgram
+        net = torch.export.load(str(path)).module()
+        return _SoftmaxClassifier(net).to(device), f"exported classifier {path.name}"
+    if _is_torchscript(path):
         net = torch.jit.load(str(path), map_location="cpu")
         return _SoftmaxClassifier(net).to(device).eval(), f"TorchScript classifier {path.name}"
     from ..checkpoint import load_state_dict_file
