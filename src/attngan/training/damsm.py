@@ -47,12 +47,12 @@ from .runtime import (
     all_reduce_mean,
     broadcast_object,
     eval_mode,
+    gather_rng_states,
     init_distributed,
     seed_everything,
     shutdown_distributed,
 )
 from .state import (
-    capture_rng_state,
     check_resume_config,
     load_state,
     make_run_dir,
@@ -209,7 +209,7 @@ def train_damsm(
         log.info("DAMSM pre-training in %s: %d steps of %d images (%d steps per epoch) on %s", run_dir, total_steps, cfg.batch_size * dist_info.world_size, steps_per_epoch, dev)
 
     def snapshot() -> Path | None:
-        rngs = _gather_rng(dist_info)
+        rngs = gather_rng_states(dist_info)
         if not main:
             return None
         return save_state(
@@ -337,15 +337,3 @@ def train_damsm(
     finally:
         stats.close()
         shutdown_distributed(dist_info)
-
-
-def _gather_rng(dist_info) -> list[dict[str, Any]]:
-    """Every process's RNG states, in rank order (rank 0 writes them all)."""
-    mine = capture_rng_state()
-    if not dist_info.distributed:
-        return [mine]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * dist_info.world_size
-    dist.all_gather_object(out, mine)
-    return out

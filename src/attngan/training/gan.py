@@ -49,7 +49,6 @@ from .common import (
     resolve_vocab_size,
     resume_hint,
 )
-from .damsm import _gather_rng
 from .data import batches_per_epoch, epoch_loader
 from .loss import DiscriminatorObjective, GANLoss, TextFeatures
 from .runtime import (
@@ -58,6 +57,7 @@ from .runtime import (
     autocast,
     broadcast_object,
     check_mixed_precision,
+    gather_rng_states,
     init_distributed,
     make_grad_scaler,
     seed_everything,
@@ -390,7 +390,7 @@ def train_gan(
         )  # fmt: skip
 
     def snapshot() -> Path | None:
-        rngs = _gather_rng(dist_info)
+        rngs = gather_rng_states(dist_info)
         if not main:
             return None
         models = {"generator": generator.state_dict(), "generator_ema": generator_ema.state_dict()}

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
+from .state import capture_rng_state
 
 __all__ = [
     "DistInfo",
@@ -33,6 +34,7 @@ __all__ = [
     "seed_everything",
     "all_reduce_mean",
     "broadcast_object",
+    "gather_rng_states",
     "InterruptGuard",
     "MIXED_PRECISION",
 ]
@@ -186,6 +188,16 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_rng_states(info: DistInfo) -> list[dict]:
+    """Every process's RNG states in rank order (a collective: all processes call it; rank 0 saves them)."""
+    mine = capture_rng_state()
+    if not info.distributed:
+        return [mine]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, mine)
+    return out
 
 
 class InterruptGuard:

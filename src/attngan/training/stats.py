@@ -86,7 +86,7 @@ class StatsSink:
         self._count += 1
         if self._bar is not None:
             rate = self.images_per_step * (step - self._tick_step) / max(time.perf_counter() - self._tick_time, 1e-9)
-            shown = {k: f"{v:.3g}" for k, v in list(values.items())[:6]}
+            shown = {k.split("/", 1)[-1]: f"{v:.3g}" for k, v in values.items() if k.startswith("loss/") or k == "G/damsm"}
             self._bar.set_postfix(shown | {"img/s": f"{rate:.1f}"}, refresh=False)
             self._bar.update(1)
 
