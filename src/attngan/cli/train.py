@@ -259,17 +259,19 @@ def train(
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a setting of the shapes preset, e.g. --set gan_loss.damsm_lambda=10 (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps.")
-@click.option("--damsm-share", type=click.FloatRange(0.05, 0.9), default=None,
-              help="Share of the training time given to DAMSM pre-training (default: the demo's own split).")
+@click.option("--damsm-share", type=click.FloatRange(0.05, 0.9), default=0.3, show_default=True,
+              help="Largest share of the training time given to DAMSM pre-training (it stops earlier at "
+                   "damsm_train.max_steps); the GAN gets the rest.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars (on a terminal).")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved configuration and the time plan, and exit.")
 def demo(
-    out: Path, minutes: float, seed: int, sets: tuple[str, ...], device: str, damsm_share: float | None,
+    out: Path, minutes: float, seed: int, sets: tuple[str, ...], device: str, damsm_share: float,
     progress: bool, dry_run: bool,
 ) -> None:  # fmt: skip
     """Run the whole pipeline on the built-in shapes dataset within a time budget (CPU, minutes).
 
-    Generates the shapes dataset, pre-trains a small DAMSM, trains a small AttnGAN, then writes
+    Trains the attribute classifier of the metrics once (cached for later runs), generates the shapes
+    dataset, pre-trains a small DAMSM, trains a small AttnGAN, then writes
     OUT/samples.png (captions + images), OUT/attention.png (word attention maps), OUT/metrics.json
     (attribute accuracy and R-precision with their chance levels) and prints a summary table.
 
