@@ -29,7 +29,7 @@ from attngan.metrics.features import (
     compute_feature_stats,
     prepare_images,
 )
-from attngan.metrics.fid import fid_inception_v3, frechet_distance
+from attngan.metrics.fid import InceptionPoolFeatures, fid_inception_v3, frechet_distance
 from attngan.metrics.inception_score import inception_score, load_classifier
 from attngan.metrics.r_precision import draw_mismatches, encode_for_r_precision, r_precision
 
@@ -319,6 +319,9 @@ def test_fid_inception_architecture_and_weights_file():
     keys = set(net.state_dict())
     assert "Mixed_7c.branch_pool.conv.weight" in keys and not any(k.startswith("AuxLogits") for k in keys)
     assert type(net.Mixed_7c).__name__ == "FIDInceptionE_2" and net.fc.weight.shape == (1008, 2048)
+    net.fc = nn.Identity()
+    feats = InceptionPoolFeatures(net.eval())(torch.rand(2, 3, 32, 32) * 2 - 1)  # resized to 299 inside
+    assert feats.shape == (2, 2048) and bool((feats >= 0).all())  # pool3 after ReLU
     with pytest.raises(UserError, match="do not exist"):
         fid_inception_v3("/nonexistent/pt_inception.pth")
 

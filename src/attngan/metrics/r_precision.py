@@ -9,7 +9,9 @@ The AttnGAN release has no R-precision code (reference/original-attngan.md 6.5).
 community implementation in ``MinfengZhu/DM-GAN`` (``code/trainer.py``, ``sampling``; mismatching
 captions from ``datasets.py`` ``get_mis_caption``): mismatching captions are drawn with replacement,
 optionally only from images of other classes (``exclude_same_class``, DM-GAN's behaviour on CUB);
-the standard deviation is the population one (``np.std``). Differences, stated in the result's protocol:
+the standard deviation is the population one (``np.std``). The candidates are the N captions given
+(the captions of the generated set, one per image); DM-GAN draws from every caption of the test set.
+Differences, stated in the result's protocol:
 the splits are consecutive parts of the samples in their given order (DM-GAN shuffles first and drops
 the last sample of each part), and a tie between the true caption and k mismatching ones counts
 1/(k+1) (the expectation under random tie-breaking; ``argmax`` in DM-GAN counts it as a hit, which
