@@ -251,6 +251,22 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path, damsm_run):
     assert stats[-1]["step"] == 4 and stats[-1]["lr/G"] == pytest.approx(PRESETS["tiny"].gan_train.g_lr)
 
 
+def test_d_steps_updates_g_every_other_step(tmp_path, damsm_run):
+    g_steps, d_moves = [], []
+    last: dict[str, torch.Tensor] = {}
+
+    def watch(info):
+        if "loss/G" in info.losses:
+            g_steps.append(info.step)
+        d = next(info.modules["discriminator0"].parameters()).detach().clone()
+        d_moves.append("d" in last and not torch.equal(d, last["d"]))
+        last["d"] = d
+
+    run_gan(tmp_path, damsm_run, 4, "gan_train.d_steps=2", callback=watch)
+    assert g_steps == [2, 4]
+    assert d_moves[1:] == [True, True, True]
+
+
 def test_update_ema_averages_parameters_and_copies_buffers():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
