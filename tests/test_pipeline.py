@@ -1,0 +1,98 @@
+"""AttnGANPipeline on a tiny seeded model: reproducibility, batch independence, round trips, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from attngan.config import PRESETS
+from attngan.data.synthetic import shapes_vocabulary
+from attngan.errors import CheckpointError, UserError
+from attngan.nn import Generator, TextEncoder
+from attngan.pipeline import AttnGANPipeline
+
+PROMPTS = ["a small red circle at the top left", "there is a large blue square in the center"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    vocab = shapes_vocabulary()
+    tiny = PRESETS["tiny"]
+    te = TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab)))
+    g = Generator(tiny.generator)
+    return AttnGANPipeline(te, g, vocab)
+
+
+def test_same_seed_same_images_and_shapes(pipe):
+    a = pipe(PROMPTS, seed=3)
+    b = pipe(PROMPTS, seed=3)
+    assert len(a.images) == 2 and len(a.images[0]) == 2  # two stages
+    assert a.images[0][-1].size == (32, 32) and a.images[0][0].size == (16, 16)
+    for x, y in zip(a.stage_tensors, b.stage_tensors):
+        assert torch.equal(x[-1], y[-1])
+    c = pipe(PROMPTS, seed=4)
+    assert not torch.equal(a.stage_tensors[0][-1], c.stage_tensors[0][-1])
+    assert a.seeds == [3, 4]
+
+
+def test_images_do_not_depend_on_batch_size_or_neighbours(pipe):
+    prompts = PROMPTS + ["a yellow triangle"]
+    big = pipe(prompts, seed=[10, 11, 12], batch_size=16)
+    small = pipe(prompts, seed=[10, 11, 12], batch_size=1)
+    alone = pipe(prompts[2], seed=12)
+    for x, y in zip(big.stage_tensors, small.stage_tensors):
+        torch.testing.assert_close(x[-1], y[-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(big.stage_tensors[2][-1], alone.stage_tensors[0][-1], atol=1e-5, rtol=0)
+
+
+def test_expected_slice(pipe):
+    out = pipe("a small red circle at the top left", seed=0)
+    got = out.stage_tensors[0][-1][0, :3, :3]
+    expected = torch.tensor(
+        [[0.0019516, 0.0043166, -0.0317219], [-0.0050496, -0.0184568, -0.0406352], [0.0016991, -0.0072206, -0.0414370]]
+    )
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # Attention maps: one per attention stage, (T, h, w), sum to 1 over words.
+    att = out.attention_maps[0][0]
+    assert att.shape[0] == len(out.tokens[0]) == 8
+    torch.testing.assert_close(att.sum(0), torch.ones(att.shape[1:]), atol=1e-5, rtol=0)
+
+
+def test_unknown_words_reported_and_empty_prompt_refused(pipe):
+    out = pipe("a red zorblax circle", seed=0)
+    assert out.unknown_words == [["zorblax"]]
+    assert out.tokens == [["a", "red", "circle"]]
+    with pytest.raises(UserError, match="empty"):
+        pipe("   ", seed=0)
+    with pytest.raises(UserError, match="no word in the vocabulary"):
+        pipe("zorblax quux", seed=0)
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "model")
+    loaded = AttnGANPipeline.from_pretrained(tmp_path / "model")
+    a = pipe(PROMPTS, seed=1).stage_tensors
+    b = loaded(PROMPTS, seed=1).stage_tensors
+    for x, y in zip(a, b):
+        assert torch.equal(x[-1], y[-1])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        AttnGANPipeline.from_pretrained(tmp_path / "nope")
+
+
+def test_from_original_round_trip(pipe, tmp_path):
+    import pickle
+
+    from attngan.legacy import save_original
+
+    save_original(pipe.generator, tmp_path / "netG.pth")
+    save_original(pipe.text_encoder, tmp_path / "text_encoder.pth")
+    itos = pipe.vocab.itos
+    with open(tmp_path / "captions.pickle", "wb") as f:
+        pickle.dump([[], [], dict(enumerate(itos)), {w: i for i, w in enumerate(itos)}], f, protocol=2)
+    orig = AttnGANPipeline.from_original(tmp_path / "netG.pth", tmp_path / "text_encoder.pth", tmp_path / "captions.pickle")
+    torch.testing.assert_close(
+        orig(PROMPTS, seed=2).stage_tensors[1][-1], pipe(PROMPTS, seed=2).stage_tensors[1][-1], atol=1e-6, rtol=0
+    )
