@@ -154,8 +154,10 @@ def test_gan_exported_model_loads_in_the_pipeline(tmp_path, damsm_run):
     pipeline = pytest.importorskip("attngan.pipeline")
     result = run_gan(tmp_path, damsm_run, 2)
     pipe = pipeline.AttnGANPipeline.from_pretrained(result.model_dir)
-    out = pipe(["a red circle"], seed=0)
-    assert len(out.images) == 1
+    out = pipe(["a red circle", "a small blue square at the top left"], seed=0)
+    assert len(out.images) == 2
+    assert [im.size for im in out.images[1]] == [(16, 16), (32, 32)]  # the tiny preset's two stages
+    assert out.unknown_words == [[], []]
 
 
 def test_gan_resume_is_exact(tmp_path, damsm_run):
