@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 import torch
@@ -52,7 +53,11 @@ def test_expected_slice(pipe):
     out = pipe("a small red circle at the top left", seed=0)
     got = out.stage_tensors[0][-1][0, :3, :3]
     expected = torch.tensor(
-        [[0.0019516, 0.0043166, -0.0317219], [-0.0050496, -0.0184568, -0.0406352], [0.0016991, -0.0072206, -0.0414370]]
+        [
+            [0.0019516, 0.0043166, -0.0317219],
+            [-0.0050496, -0.0184568, -0.0406352],
+            [0.0016991, -0.0072206, -0.0414370],
+        ]
     )
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     # Attention maps: one per attention stage, (T, h, w), sum to 1 over words.
@@ -61,10 +66,15 @@ def test_expected_slice(pipe):
     torch.testing.assert_close(att.sum(0), torch.ones(att.shape[1:]), atol=1e-5, rtol=0)
 
 
-def test_unknown_words_reported_and_empty_prompt_refused(pipe):
-    out = pipe("a red zorblax circle", seed=0)
-    assert out.unknown_words == [["zorblax"]]
-    assert out.tokens == [["a", "red", "circle"]]
+def test_unknown_words_reported_and_empty_prompt_refused(pipe, caplog):
+    with caplog.at_level(logging.WARNING, logger="attngan.pipeline"):
+        out = pipe("a red zorblax circle", seed=0, num_images_per_prompt=2)
+    assert out.unknown_words == [["zorblax"], ["zorblax"]]
+    assert out.tokens == [["a", "red", "circle"]] * 2
+    assert [r.getMessage().endswith(": zorblax") for r in caplog.records] == [True]  # once per prompt
+    # Non-ASCII characters are dropped inside a token, as the original tokenizer: "réd" -> "rd" (unknown).
+    assert pipe("a réd CIRCLE", seed=0).unknown_words == [["rd"]]
+    assert pipe("a red\u00a0circle", seed=0).tokens == [["a", "red", "circle"]]
     with pytest.raises(UserError, match="empty"):
         pipe("   ", seed=0)
     with pytest.raises(UserError, match="no word in the vocabulary"):
@@ -82,6 +92,53 @@ def test_save_and_load_round_trip(pipe, tmp_path):
         AttnGANPipeline.from_pretrained(tmp_path / "nope")
 
 
+def test_run_folder_and_save_over_an_existing_model(pipe, tmp_path):
+    run = tmp_path / "runs" / "00000-x"
+    (run / "model" / "discriminator0").mkdir(parents=True)
+    pipe.save_pretrained(run / "model")
+    pipe.save_pretrained(run / "model")  # replaces the components, keeps the other files
+    assert sorted(p.name for p in (run / "model").iterdir()) == [
+        "discriminator0",
+        "generator",
+        "text_encoder",
+        "vocab.json",
+    ]
+    loaded = AttnGANPipeline.from_pretrained(run)  # a run folder means its model/
+    assert torch.equal(
+        loaded(PROMPTS[0], seed=5).stage_tensors[0][-1], pipe(PROMPTS[0], seed=5).stage_tensors[0][-1]
+    )
+    with pytest.raises(CheckpointError, match="neither a model folder"):
+        AttnGANPipeline.from_pretrained(tmp_path / "runs")
+
+
+def test_generators_eval_mode_and_argument_errors(pipe):
+    gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
+    by_gen = pipe(PROMPTS, generator=gens)
+    by_seed = pipe(PROMPTS, seed=7)
+    assert by_gen.seeds == [None, None]
+    for x, y in zip(by_gen.stage_tensors, by_seed.stage_tensors):
+        assert torch.equal(x[-1], y[-1])
+    # Dropout of the text encoder must be off during the call, and the caller's mode restored after it.
+    pipe.text_encoder.train()
+    try:
+        again = pipe(PROMPTS, seed=7)
+        assert pipe.text_encoder.training
+    finally:
+        pipe.text_encoder.eval()
+    assert torch.equal(again.stage_tensors[1][-1], by_seed.stage_tensors[1][-1])
+    assert pipe(PROMPTS[1], seed=7, max_words=3).tokens == [["there", "is", "a"]]
+    assert pipe(PROMPTS[0], seed=7, return_attention=False).attention_maps == [[]]
+    for kwargs, msg in [
+        (dict(seed=[1]), "1 seeds given for 2 images"),
+        (dict(seed=1, generator=gens[0]), "not both"),
+        (dict(num_images_per_prompt=0), "num_images_per_prompt"),
+    ]:
+        with pytest.raises(UserError, match=msg):
+            pipe(PROMPTS, **kwargs)
+    with pytest.raises(UserError, match="no sentence"):
+        pipe([])
+
+
 def test_from_original_round_trip(pipe, tmp_path):
     import pickle
 
@@ -92,7 +149,12 @@ def test_from_original_round_trip(pipe, tmp_path):
     itos = pipe.vocab.itos
     with open(tmp_path / "captions.pickle", "wb") as f:
         pickle.dump([[], [], dict(enumerate(itos)), {w: i for i, w in enumerate(itos)}], f, protocol=2)
-    orig = AttnGANPipeline.from_original(tmp_path / "netG.pth", tmp_path / "text_encoder.pth", tmp_path / "captions.pickle")
+    orig = AttnGANPipeline.from_original(
+        tmp_path / "netG.pth", tmp_path / "text_encoder.pth", tmp_path / "captions.pickle"
+    )
     torch.testing.assert_close(
-        orig(PROMPTS, seed=2).stage_tensors[1][-1], pipe(PROMPTS, seed=2).stage_tensors[1][-1], atol=1e-6, rtol=0
+        orig(PROMPTS, seed=2).stage_tensors[1][-1],
+        pipe(PROMPTS, seed=2).stage_tensors[1][-1],
+        atol=1e-6,
+        rtol=0,
     )

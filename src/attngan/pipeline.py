@@ -1,24 +1,42 @@
 """Inference: images and attention maps from sentences (Eq. 1-2), in the style of a diffusers pipeline.
 
-Example::
+Example (runnable: builds an untrained tiny model, so the images are noise)::
 
-    from attngan import AttnGANPipeline
+    import dataclasses
+    from attngan.config import PRESETS
+    from attngan.nn import Generator, TextEncoder
+    from attngan.pipeline import AttnGANPipeline
+    from attngan.text import Vocabulary
 
-    pipe = AttnGANPipeline.from_pretrained("runs/00001-shapes-gan/model")   # or a model folder
-    out = pipe(["a small red circle at the top left", "a large blue square"], seed=0)
-    out.images[0][-1].save("red-circle.png")       # last stage of the first image
-    print(out.unknown_words)                       # words the model does not know, per image
+    vocab = Vocabulary.build([["a", "red", "circle"], ["a", "blue", "square"]])
+    tiny = PRESETS["tiny"]
+    pipe = AttnGANPipeline(
+        TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab))), Generator(tiny.generator), vocab
+    )
+    out = pipe(["a red circle", "a blue purple square"], seed=0)
+    out.images[0][-1].save("red-circle.png")   # last stage of the first image (PIL)
+    print(out.tokens[1], out.unknown_words[1])  # ['a', 'blue', 'square'] ['purple']
 
-Randomness comes only from ``seed`` / ``generator``: each image gets its own ``torch.Generator``
-(``seed + image index``) on the CPU from which z and then the conditioning-augmentation noise are drawn,
-so an image does not depend on the batch size or on the other prompts. This module never imports the
-training code.
+    # a trained model: a model folder, a run folder (runs/00001-shapes-gan) or the original release
+    # pipe = AttnGANPipeline.from_pretrained("runs/00001-shapes-gan")
+
+Randomness comes only from ``seed`` / ``generator``: each image has its own ``torch.Generator`` (seed
+``seed + image index``) from which z and then the conditioning-augmentation noise are drawn on the CPU
+before moving to the model's device (as diffusers' ``randn_tensor``), so an image does not depend on the
+batch size, the device or the other prompts. This module never imports the training code.
+
+References: Xu et al., "AttnGAN", CVPR 2018; huggingface/diffusers ``pipeline_ddpm.py`` and
+``utils/torch_utils.py`` (``randn_tensor``); NVlabs/stylegan3 ``gen_images.py`` (per-seed latents).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,28 +47,31 @@ from .checkpoint import load_component, save_component
 from .config import GeneratorConfig, ImageEncoderConfig, TextEncoderConfig
 from .errors import CheckpointError, DataError, UserError
 from .nn import Generator, ImageEncoder, TextEncoder
-from .text import Vocabulary, encode_caption
+from .text import EncodedCaption, Vocabulary, encode_caption
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AttnGANPipeline", "AttnGANOutput", "resolve_model_dir"]
+__all__ = ["AttnGANPipeline", "AttnGANOutput", "resolve_model_dir", "COMPONENTS"]
+
+COMPONENTS = ("text_encoder", "generator", "image_encoder")  # sub-folders of a model folder
 
 
 @dataclass
 class AttnGANOutput:
-    """One entry per generated image (prompts x num_images_per_prompt, prompt-major)."""
+    """One entry per generated image (``len(prompts) * num_images_per_prompt``, prompt-major), except
+    ``prompts`` / ``tokens`` / ``unknown_words`` which are also per image so that index k always matches."""
 
     images: list[list[Any]] = field(default_factory=list)  # PIL image per stage, smallest first
     stage_tensors: list[list[torch.Tensor]] = field(default_factory=list)  # (3, s, s) in [-1, 1] per stage
     attention_maps: list[list[torch.Tensor]] = field(default_factory=list)  # (T, h, w) per attention stage
-    tokens: list[list[str]] = field(default_factory=list)  # words actually used (T = len(tokens))
-    unknown_words: list[list[str]] = field(default_factory=list)  # words dropped as unknown
+    tokens: list[list[str]] = field(default_factory=list)  # words fed to the model (T = len(tokens))
+    unknown_words: list[list[str]] = field(default_factory=list)  # words not in the vocabulary (ignored)
     prompts: list[str] = field(default_factory=list)
-    seeds: list[int | None] = field(default_factory=list)
+    seeds: list[int | None] = field(default_factory=list)  # None: drawn from a caller's generator
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """A model folder, or a run folder holding ``model/``."""
+    """A model folder (``generator/``, ``text_encoder/``, ``vocab.json``), or a run folder holding ``model/``."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p} does not exist; pass a model folder or a run folder (runs/NNNNN-...)")
@@ -64,15 +85,32 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     )
 
 
-def _to_pil(image: torch.Tensor):
+def _to_pil(image: torch.Tensor) -> Any:
+    """(3, s, s) in [-1, 1] -> PIL RGB image (the original's ``(x + 1) * 127.5``)."""
     from PIL import Image
 
     arr = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())
 
 
+@contextlib.contextmanager
+def _eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
+    """Eval mode for the call (dropout off, BatchNorm running stats), the caller's modes restored after."""
+    modes = [(m, m.training) for m in modules if m is not None]
+    for m, _ in modes:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, was_training in modes:
+            m.train(was_training)
+
+
 class AttnGANPipeline:
-    """Text encoder + attentional generator + vocabulary (+ optional DAMSM image encoder)."""
+    """Text encoder + attentional generator + vocabulary (+ optional DAMSM image encoder).
+
+    ``pipe(prompts, seed=0)`` returns an :class:`AttnGANOutput`; see the module docstring for an example.
+    """
 
     def __init__(
         self,
@@ -84,11 +122,13 @@ class AttnGANPipeline:
     ) -> None:
         if len(vocab) != text_encoder.config.vocab_size:
             raise CheckpointError(
-                f"the vocabulary has {len(vocab)} words but the text encoder expects {text_encoder.config.vocab_size}"
+                f"the vocabulary has {len(vocab)} words but the text encoder expects "
+                f"{text_encoder.config.vocab_size}; the two files come from different models"
             )
         if text_encoder.config.embed_dim != generator.config.embed_dim:
             raise CheckpointError(
-                f"text encoder width {text_encoder.config.embed_dim} != generator embed_dim {generator.config.embed_dim}"
+                f"the text encoder's width {text_encoder.config.embed_dim} != the generator's embed_dim "
+                f"{generator.config.embed_dim}; the two files come from different models"
             )
         self.text_encoder = text_encoder.eval()
         self.generator = generator.eval()
@@ -99,15 +139,23 @@ class AttnGANPipeline:
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> AttnGANPipeline:
+        """Load a native model folder, or the ``model/`` folder of a run folder."""
         d = resolve_model_dir(path)
         if not (d / "text_encoder").is_dir() or not (d / "vocab.json").is_file():
-            raise CheckpointError(f"{d} has no text_encoder/ or vocab.json; it cannot turn sentences into images")
+            raise CheckpointError(
+                f"{d} has no text_encoder/ or vocab.json, so it cannot turn sentences into images; "
+                "pass the folder written by `attngan train` or `attngan convert`"
+            )
         text_encoder = load_component(d / "text_encoder", TextEncoder, TextEncoderConfig)
         generator = load_component(d / "generator", Generator, GeneratorConfig)
         image_encoder = None
         if (d / "image_encoder").is_dir():
             image_encoder = load_component(d / "image_encoder", ImageEncoder, ImageEncoderConfig)
-        vocab = Vocabulary.load(d / "vocab.json")
+        try:
+            vocab = Vocabulary.load(d / "vocab.json")
+        except DataError as exc:
+            raise CheckpointError(str(exc)) from None
+        log.info("loaded %s (%d words, %d stages)", d, len(vocab), generator.config.num_stages)
         return cls(text_encoder, generator, vocab, image_encoder).to(device)
 
     @classmethod
@@ -119,7 +167,8 @@ class AttnGANPipeline:
         image_encoder_pth: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
     ) -> AttnGANPipeline:
-        """The original release: ``bird_AttnGAN2.pth``, ``text_encoder200.pth`` and ``captions.pickle``."""
+        """The original release: e.g. ``bird_AttnGAN2.pth``, ``text_encoder200.pth`` and ``captions.pickle``
+        (its vocabulary, indices unchanged). Settings are inferred from the weight shapes."""
         from .data.pickles import load_captions_pickle
         from .legacy import load_original
 
@@ -130,118 +179,180 @@ class AttnGANPipeline:
         return cls(text_encoder, generator, vocab, image_encoder).to(device)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the model folder read by :meth:`from_pretrained`.
+
+        Everything is first written to a temporary folder beside ``directory``, then each component is
+        moved into place by a rename, so an interruption never leaves a half-written component.
+        Other files in ``directory`` (e.g. ``discriminator0/``) are kept.
+        """
         d = Path(directory)
-        save_component(d / "text_encoder", self.text_encoder, self.text_encoder.config)
-        save_component(d / "generator", self.generator, self.generator.config)
-        if self.image_encoder is not None:
-            save_component(d / "image_encoder", self.image_encoder, self.image_encoder.config)
-        self.vocab.save(d / "vocab.json")
+        d.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".save-", dir=d))
+        try:
+            names = []
+            for name in COMPONENTS:
+                module = getattr(self, name)
+                if module is not None:
+                    save_component(staging / name, module, module.config)
+                    names.append(name)
+            self.vocab.save(staging / "vocab.json")
+            for name in names:
+                target = d / name
+                if target.exists():
+                    old = staging / f"{name}.old"
+                    os.replace(target, old)  # a directory cannot be renamed over a non-empty one
+                os.replace(staging / name, target)
+            os.replace(staging / "vocab.json", d / "vocab.json")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return d
 
-    def to(self, device: str | torch.device) -> AttnGANPipeline:
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> AttnGANPipeline:
         for m in (self.text_encoder, self.generator, self.image_encoder):
             if m is not None:
-                m.to(device)
+                m.to(device=device, dtype=dtype)
         return self
 
     @property
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.generator.parameters()).dtype
+
     # ------------------------------------------------------------------------------------------ text
-    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
-        """Prompts -> (captions (B, T), lengths (B,), mask (B, T) True at padding, encoded captions)."""
+    def encode_prompts(self, prompts: Sequence[str], max_words: int | None = None) -> list[EncodedCaption]:
+        """Tokenise each prompt (lowercase, ASCII-folded as the original), drop and report unknown words.
+
+        Raises UserError for an empty prompt or one without any word of the vocabulary.
+        """
+        max_words = max_words if max_words is not None else self.max_words
         encoded = []
         for p in prompts:
-            if not isinstance(p, str) or not p.strip():
+            if not isinstance(p, str):
+                raise UserError(f"a prompt must be a string, got {type(p).__name__}")
+            if not p.strip():
                 raise UserError("empty sentence: give a caption with at least one word the model knows")
             try:
-                enc = encode_caption(p, self.vocab, self.max_words or 10**6)
+                enc = encode_caption(p, self.vocab, max_words or 10**9)
             except DataError as exc:
                 raise UserError(str(exc)) from None
             if enc.unknown:
                 log.warning("unknown words in %r (ignored): %s", p, ", ".join(enc.unknown))
             encoded.append(enc)
+        return encoded
+
+    @staticmethod
+    def _batch(encoded: Sequence[EncodedCaption]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> captions (B, T) zero-padded, lengths (B,), mask (B, T) True at padding."""
         t = max(e.length for e in encoded)
         captions = torch.zeros(len(encoded), t, dtype=torch.long)
         for i, e in enumerate(encoded):
             captions[i, : e.length] = torch.tensor(e.ids, dtype=torch.long)
         lengths = torch.tensor([e.length for e in encoded], dtype=torch.long)
-        mask = torch.arange(t)[None, :] >= lengths[:, None]
-        return captions, lengths, mask, encoded
+        mask = torch.arange(t)[None, :] >= lengths[:, None]  # (B, T)
+        return captions, lengths, mask
 
-    # ------------------------------------------------------------------------------------------ sampling
-    @torch.inference_mode()
-    def __call__(
+    # ------------------------------------------------------------------------------------------ noise
+    def _noise(
         self,
-        prompts: str | list[str],
-        *,
-        num_images_per_prompt: int = 1,
-        seed: int | list[int] | None = None,  # base seed (image k uses seed + k) or one seed per image
-        generator: torch.Generator | None = None,  # used when seed is None
-        ca_mean: bool = False,  # condition on the CA mean (no CA noise)
-        return_attention: bool = True,
-        batch_size: int = 16,
-        legacy_mask_bug: bool = False,  # reproduce the original's attention-mask bug (parity only)
-        progress: bool = False,
-    ) -> AttnGANOutput:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not prompts:
-            raise UserError("no sentence given")
-        if num_images_per_prompt < 1:
-            raise UserError("num_images_per_prompt must be >= 1")
-        all_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        n = len(all_prompts)
-        if isinstance(seed, (list, tuple)):
+        n: int,
+        seed: int | Sequence[int] | None,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
+    ) -> tuple[list[int | None], torch.Tensor, torch.Tensor]:
+        """Seeds and (z (n, z_dim), eps (n, c)): z then eps of image k from image k's own generator."""
+        cfg = self.generator.config
+        if seed is not None and generator is not None:
+            raise UserError("give seed or generator, not both")
+        if isinstance(seed, Sequence) and not isinstance(seed, str):
             if len(seed) != n:
-                raise UserError(f"{len(seed)} seeds given for {n} images")
+                raise UserError(f"{len(seed)} seeds given for {n} images (one per image is needed)")
             seeds: list[int | None] = [int(s) for s in seed]
         elif seed is not None:
             seeds = [int(seed) + k for k in range(n)]
         elif generator is not None:
             seeds = [None] * n
         else:
+            # No seed: take one from torch's global RNG (so torch.manual_seed still makes runs repeatable)
+            # and report it, so that any image can be drawn again.
             base = int(torch.randint(0, 2**31 - 1, (1,)).item())
             seeds = [base + k for k in range(n)]
-        gcfg = self.generator.config
-        # z then CA noise per image, on the CPU, so results do not depend on batching or device.
-        z_all, eps_all = [], []
-        for s in seeds:
-            g = torch.Generator().manual_seed(s) if s is not None else generator
-            z_all.append(torch.randn(gcfg.z_dim, generator=g))
-            eps_all.append(torch.randn(gcfg.condition_dim, generator=g))
-        out = AttnGANOutput()
-        device = self.device
-        chunks = range(0, n, max(1, batch_size))
-        if progress:
-            from tqdm import tqdm
+        if isinstance(generator, Sequence):
+            if len(generator) != n:
+                raise UserError(f"{len(generator)} generators given for {n} images (one per image is needed)")
+            gens = list(generator)
+        elif generator is not None:
+            gens = [generator] * n  # one shared stream, drawn image after image: batch-size independent too
+        else:
+            gens = [torch.Generator().manual_seed(s) for s in seeds]
+        z, eps = [], []
+        for g in gens:
+            z.append(torch.randn(cfg.z_dim, generator=g, device=g.device).cpu())  # (z_dim,)
+            eps.append(torch.randn(cfg.condition_dim, generator=g, device=g.device).cpu())  # (c,)
+        return seeds, torch.stack(z), torch.stack(eps)
 
-            chunks = tqdm(chunks, desc="sampling", unit="batch")
-        for start in chunks:
-            stop = min(start + batch_size, n)
-            captions, lengths, mask, encoded = self.encode_prompts(all_prompts[start:stop])
-            captions, lengths, mask = captions.to(device), lengths.to(device), mask.to(device)
-            words, sentence = self.text_encoder(captions, lengths)
-            z = torch.stack(z_all[start:stop]).to(device)
-            eps = torch.stack(eps_all[start:stop]).to(device)
-            result = self.generator(
-                z,
-                sentence,
-                words,
-                mask,
-                ca_noise=eps,
-                ca_mean=ca_mean,
-                legacy_mask_bug=legacy_mask_bug,
-                need_attention=return_attention,
-            )
-            for j, enc in enumerate(encoded):
-                stages = [img[j].float().cpu() for img in result.images]
-                out.stage_tensors.append(stages)
-                out.images.append([_to_pil(x) for x in stages])
-                out.attention_maps.append([a[j, : enc.length].float().cpu() for a in result.attention])
-                out.tokens.append(list(enc.tokens))
-                out.unknown_words.append(list(enc.unknown))
-                out.prompts.append(all_prompts[start + j])
-        out.seeds = seeds
+    # ------------------------------------------------------------------------------------------ sampling
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        num_images_per_prompt: int = 1,
+        seed: int | Sequence[int] | None = None,  # image k uses seed + k; or one seed per image; None: random
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,  # instead of seed
+        ca_mean: bool = False,  # "truncation": condition on mu of the CA (Sec. 3.1) instead of sampling c
+        return_attention: bool = True,  # False skips the maps (allows the fused attention kernel)
+        progress: bool = False,  # tqdm bar over batches
+        batch_size: int = 16,  # images per forward pass; does not change the images
+        legacy_mask_bug: bool = False,  # reproduce the original's attention-mask bug (parity only)
+        max_words: int | None = None,  # keep the first max_words known words (None: the pipeline's setting)
+    ) -> AttnGANOutput:
+        """Draw ``num_images_per_prompt`` images per prompt; see :class:`AttnGANOutput`."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise UserError("no sentence given: pass at least one prompt")
+        if num_images_per_prompt < 1:
+            raise UserError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        encoded = self.encode_prompts(prompts, max_words)  # errors before any work
+        per_image = [(p, e) for p, e in zip(prompts, encoded) for _ in range(num_images_per_prompt)]
+        n = len(per_image)
+        seeds, z_all, eps_all = self._noise(n, seed, generator)
+
+        out = AttnGANOutput(seeds=seeds)
+        device, dtype = self.device, self.dtype
+        starts: Any = range(0, n, batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="sampling", unit="batch")
+        with _eval_mode(self.text_encoder, self.generator):
+            for start in starts:
+                chunk = per_image[start : start + batch_size]
+                captions, lengths, mask = (x.to(device) for x in self._batch([e for _, e in chunk]))
+                words, sentence = self.text_encoder(captions, lengths)  # (B, D, T), (B, D)
+                result = self.generator(
+                    z_all[start : start + batch_size].to(device=device, dtype=dtype),
+                    sentence,
+                    words,
+                    mask,
+                    ca_noise=eps_all[start : start + batch_size].to(device=device, dtype=dtype),
+                    ca_mean=ca_mean,
+                    legacy_mask_bug=legacy_mask_bug,
+                    need_attention=return_attention,
+                )
+                for j, (prompt, enc) in enumerate(chunk):
+                    stages = [img[j].float().cpu() for img in result.images]  # (3, s, s) per stage
+                    out.stage_tensors.append(stages)
+                    out.images.append([_to_pil(x) for x in stages])
+                    out.attention_maps.append([a[j, : enc.length].float().cpu() for a in result.attention])
+                    out.tokens.append(list(enc.tokens))
+                    out.unknown_words.append(list(enc.unknown))
+                    out.prompts.append(prompt)
         return out
