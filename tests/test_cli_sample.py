@@ -59,6 +59,9 @@ def test_help_explains_every_option():
         "--attention / --no-attention",
         "--word-swap",
         "--overwrite",
+        "--batch-size",
+        "--ca-mean",
+        "--legacy-mask-bug",
         "Examples:",
     ):
         assert option in result.output, option

@@ -128,6 +128,8 @@ def test_generators_eval_mode_and_argument_errors(pipe):
     assert torch.equal(again.stage_tensors[1][-1], by_seed.stage_tensors[1][-1])
     assert pipe(PROMPTS[1], seed=7, max_words=3).tokens == [["there", "is", "a"]]
     assert pipe(PROMPTS[0], seed=7, return_attention=False).attention_maps == [[]]
+    mean = pipe(PROMPTS, seed=7, ca_mean=True).stage_tensors
+    assert not torch.equal(mean[0][-1], by_seed.stage_tensors[0][-1])  # c = mu, not mu + sigma * eps
     for kwargs, msg in [
         (dict(seed=[1]), "1 seeds given for 2 images"),
         (dict(seed=1, generator=gens[0]), "not both"),

@@ -307,7 +307,7 @@ class AttnGANPipeline:
         return_attention: bool = True,  # False skips the maps (allows the fused attention kernel)
         progress: bool = False,  # tqdm bar over batches
         batch_size: int = 16,  # images per forward pass; does not change the images
-        legacy_mask_bug: bool = False,  # reproduce the original's attention-mask bug (parity only)
+        legacy_mask_bug: bool = False,  # the original's attention-mask bug (parity only; batch-dependent)
         max_words: int | None = None,  # keep the first max_words known words (None: the pipeline's setting)
     ) -> AttnGANOutput:
         """Draw ``num_images_per_prompt`` images per prompt; see :class:`AttnGANOutput`."""

@@ -191,9 +191,15 @@ def _png(image: Any) -> bytes:
     help="Images per forward pass; does not change the images.",
 )
 @click.option(
+    "--ca-mean",
+    is_flag=True,
+    help="Condition on the mean of the conditioning augmentation (no CA noise): less varied, often cleaner images.",
+)
+@click.option(
     "--legacy-mask-bug",
     is_flag=True,
-    help="Reproduce the original code's attention-mask bug, to match its outputs exactly (original weights).",
+    help="Reproduce the original code's attention-mask bug, to match its outputs (original weights); an image "
+    "then depends on the other sentences of its batch, as in the original.",
 )
 @click.option(
     "--overwrite",
@@ -214,6 +220,7 @@ def sample(
     attention: bool,
     word_swap: str | None,
     batch_size: int,
+    ca_mean: bool,
     legacy_mask_bug: bool,
     overwrite: bool,
 ) -> None:
@@ -253,6 +260,7 @@ def sample(
         seed=seed,
         return_attention=attention,
         batch_size=batch_size,
+        ca_mean=ca_mean,
         legacy_mask_bug=legacy_mask_bug,
         progress=show_progress,
     )
@@ -269,6 +277,8 @@ def sample(
                 swapped,
                 num_images_per_prompt=num_images,
                 seed=[result.seeds[k] for k in ks],
+                ca_mean=ca_mean,
+                legacy_mask_bug=legacy_mask_bug,
                 return_attention=False,
             )
             swap_rows.append((prompt, [result.stage_tensors[k][-1] for k in ks]))
@@ -317,6 +327,7 @@ def sample(
         "sentences": prompts,
         "images_per_sentence": num_images,
         "seed": seed,
+        "ca_mean": ca_mean,
         "images": records,
         "grid": "grid.png",
     }
