@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -139,6 +140,8 @@ def test_demo_writes_figures_and_metrics_with_chance_levels(tmp_path):
     out = tmp_path / "demo"
     assert (out / "samples.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
+    if importlib.util.find_spec("attngan.viz") is not None:
+        assert "attention.png" in metrics["figures"] and (out / "attention.png").is_file()
     assert metrics["steps"] == {"damsm": 3, "gan": 3}
     rows = {r["metric"]: r for r in metrics["summary"]}
     assert rows["color accuracy"]["chance"] == pytest.approx(1 / 8)

@@ -16,7 +16,6 @@ and return a report that :func:`format_summary` prints as a table. Every model s
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from ..data.registry import build_dataset
 from ..errors import UserError
 from ..nn import Generator
 from .damsm import train_damsm
+from .figures import attention_png, captioned_grid_png
 from .gan import discriminator_configs, load_encoders, train_gan
 from .state import replace_section
 
@@ -88,53 +88,13 @@ def _generate(generator: Generator, text_encoder, batches, seed: int, device: to
         eps = torch.randn(len(batch), generator.config.condition_dim, generator=rng).to(device)
         out = generator(z, sentence, words, batch.mask, ca_noise=eps)
         images.append(out.images[-1].float().cpu())
-        attention.append(out.attention[-1].float().cpu() if out.attention else None)
+        attention.append([a.float().cpu() for a in out.attention])  # per attention stage: (B, T, h, w)
     return images, attention
 
 
 def _batches(dataset, n: int, batch_size: int):
     n = min(n, len(dataset))
     return [collate_batch([dataset[i] for i in range(s, min(s + batch_size, n))]) for s in range(0, n, batch_size)]
-
-
-def _captioned_grid(images: torch.Tensor, captions: list[str], ncol: int = 4, scale: int = 2) -> bytes:
-    """Images (N, 3, H, W) in [-1, 1] with their caption under each, as PNG bytes."""
-    try:
-        from .. import viz
-
-        fig = viz.image_grid(images, captions=captions, ncol=ncol)
-        buf = io.BytesIO()
-        fig.save(buf, format="PNG")
-        return buf.getvalue()
-    except (ImportError, AttributeError, TypeError) as exc:
-        log.debug("viz.image_grid unavailable (%s); drawing the grid here", exc)
-    import textwrap
-
-    from PIL import Image, ImageDraw
-
-    n, _, h, w = images.shape
-    cell_w, text_h = w * scale, 44
-    rows = (n + ncol - 1) // ncol
-    canvas = Image.new("RGB", (ncol * (cell_w + 8), rows * (h * scale + text_h + 8)), "white")
-    draw = ImageDraw.Draw(canvas)
-    arr = ((images.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    for i in range(n):
-        x, y = (i % ncol) * (cell_w + 8) + 4, (i // ncol) * (h * scale + text_h + 8) + 4
-        canvas.paste(Image.fromarray(arr[i]).resize((cell_w, h * scale), Image.NEAREST), (x, y))
-        lines = textwrap.wrap(captions[i], width=max(8, cell_w // 6))[:4]
-        draw.multiline_text((x, y + h * scale + 2), "\n".join(lines), fill="black", spacing=1)
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _attention_png(images: torch.Tensor, attention: torch.Tensor, tokens: list[list[str]]) -> bytes | None:
-    from .. import viz
-
-    fig = viz.attention_figure(images, attention, tokens)
-    buf = io.BytesIO()
-    fig.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -248,16 +208,18 @@ def run_demo(
 
     # Figures: captions + samples; word attention maps.
     shown = min(num_shown, len(texts))
-    atomic_write_bytes(out / "samples.png", _captioned_grid(torch.cat(fakes)[:shown], texts[:shown]))
+    atomic_write_bytes(out / "samples.png", captioned_grid_png(torch.cat(fakes)[:shown], texts[:shown]))
     figures = ["samples.png"]
-    if attention[0] is not None:
-        k = min(4, len(batches[0]))
+    if attention[0]:
+        k = min(3, len(batches[0]))
         tokens = [vocab.decode(batches[0].captions[j, : int(batches[0].lengths[j])].tolist()) for j in range(k)]
         try:
-            atomic_write_bytes(out / "attention.png", _attention_png(fakes[0][:k], attention[0][:k], tokens))
-            figures.append("attention.png")
+            data = attention_png(fakes[0][:k], [a[:k] for a in attention[0]], tokens)
         except (ImportError, AttributeError, TypeError, ValueError) as exc:
             log.warning("no attention figure: %s", exc)
+        else:
+            atomic_write_bytes(out / "attention.png", data)
+            figures.append("attention.png")
 
     # Metrics with their chance levels, on generated and (for reference) real images.
     all_fakes = torch.cat(fakes)

@@ -50,6 +50,7 @@ from .common import (
     resume_hint,
 )
 from .data import batches_per_epoch, epoch_loader
+from .figures import attention_png
 from .loss import DiscriminatorObjective, GANLoss, TextFeatures
 from .runtime import (
     InterruptGuard,
@@ -202,22 +203,18 @@ class _Sampler:
         atomic_write_bytes(samples_dir / f"fakes-{step:08d}.png", _png(grid))
         stats.add_image("samples/fakes", grid, step)
         if out.attention:
+            k = min(4, n)
+            tokens = [vocab.decode(self.batch.captions[j, : int(self.batch.lengths[j])].tolist()) for j in range(k)]
             try:
-                self._attention(out, samples_dir, step, stats, vocab)
-            except Exception as exc:  # noqa: BLE001 - the figure is a convenience; training goes on without it
+                data = attention_png(out.images[-1][:k], [a[:k] for a in out.attention], tokens)
+            except (ImportError, AttributeError, TypeError, ValueError) as exc:  # a figure is not worth a crash
                 log.debug("no attention figure at step %d: %s", step, exc)
+                return
+            atomic_write_bytes(samples_dir / f"attention-{step:08d}.png", data)
+            from PIL import Image
 
-    def _attention(self, out, samples_dir: Path, step: int, stats: StatsSink, vocab: Vocabulary) -> None:
-        from .. import viz
-
-        k = min(4, len(self.batch))
-        tokens = [[vocab.itos[i] for i in self.batch.captions[j, : int(self.batch.lengths[j])].tolist()] for j in range(k)]
-        fig = viz.attention_figure(out.images[-1][:k].cpu(), out.attention[-1][:k].cpu(), tokens)
-        buf = io.BytesIO()
-        fig.save(buf, format="PNG")
-        atomic_write_bytes(samples_dir / f"attention-{step:08d}.png", buf.getvalue())
-        arr = torch.from_numpy(np.asarray(fig.convert("RGB")).copy()).permute(2, 0, 1)
-        stats.add_image("samples/attention", arr.float() / 255, step)
+            arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).copy()
+            stats.add_image("samples/attention", torch.from_numpy(arr).permute(2, 0, 1).float() / 255, step)
 
 
 # ------------------------------------------------------------------------------------------------ the loop
