@@ -1,0 +1,590 @@
+"""Measure a trained model the way the paper did (Xu et al., "AttnGAN", CVPR 2018, Sec. 4 "Evaluation").
+
+``evaluate_model`` generates ``n_images`` images (the last stage, as the paper's 30,000) from randomly
+drawn test captions (seeded), then computes the requested metrics of :mod:`attngan.metrics` on them:
+
+* ``r_precision``: DAMSM global image vector of each generated image vs the sentence vectors of its
+  caption and 99 random mismatching ones, R = 1, 10 splits (paper Sec. 4);
+* ``is``: Inception score, 10 splits (ImageNet Inception-v3 by default; the paper's CUB numbers used a
+  CUB-fine-tuned Inception, pass it as ``is_classifier``);
+* ``fid``: FID against the real test images (standard FID Inception weights; real statistics cached);
+* ``attributes``: colour / shape / size / position accuracy on the built-in shapes dataset;
+* ``clip``: CLIP score with a user-supplied CLIP model (skipped otherwise).
+
+Captions are drawn like the original evaluation loop, which went over the shuffled test set as often as
+needed: the test images in a seeded random order (a new permutation per pass), one random caption of each
+(truncated to the dataset's ``words_num``). Image k uses noise seed ``seed + k``, so the images do not
+depend on the batch size. Every figure names its protocol and sample count; a metric whose weights are
+missing is reported as skipped with a message saying how to provide them.
+
+Layer 4 (like ``training``): composes the pipeline, the data and the metrics; nothing imports it but the
+CLI and the training code (the demo).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.base import TextImageDataset, make_loader
+from .data.synthetic import attributes_from_caption
+from .errors import UserError
+from .metrics import attributes as attr_mod
+from .metrics import calc_metric
+from .metrics import clip_score as clip_mod
+from .metrics import fid as fid_mod
+from .metrics import inception_score as is_mod
+from .metrics import r_precision as rp_mod
+from .metrics.attributes import ATTRIBUTES, load_or_train_attribute_classifier
+from .metrics.features import default_cache_dir
+from .metrics.fid import FID_WEIGHTS_NAME, FID_WEIGHTS_URL
+from .metrics.r_precision import encode_for_r_precision
+from .pipeline import AttnGANPipeline
+from .text import truncate_ids
+
+__all__ = [
+    "METRICS",
+    "parse_metrics",
+    "EvalCaptions",
+    "draw_test_captions",
+    "ClipModel",
+    "weights_problem",
+    "evaluate_model",
+    "format_table",
+]
+
+log = logging.getLogger(__name__)
+
+# Names of the evaluate command (in this order in results) -> names in the metric registry.
+METRICS: dict[str, str] = {
+    "r_precision": "r_precision",
+    "is": "inception_score",
+    "fid": "fid",
+    "attributes": "attribute_accuracy",
+    "clip": "clip_score",
+}
+_ALIASES = {v: k for k, v in METRICS.items()} | {"rp": "r_precision", "r-precision": "r_precision"}
+ATTRIBUTE_CLASSIFIER_SIZE = 32  # resolution of the cached attribute classifier used here
+_IN_MEMORY_LIMIT = 2 * 1024**3  # bytes of uint8 images kept in RAM; more go to a temporary memmap file
+PROTOCOL = (
+    "AttnGAN paper Sec. 4: {n} images (last stage, {size} px, 8-bit) generated from test captions drawn at "
+    "random (seed {seed}; test images in random order, a new permutation per pass, one random caption "
+    "each, truncated to {words} words); image k uses noise seed {seed} + k{ca}"
+)
+
+
+def parse_metrics(spec: str | Sequence[str]) -> list[str]:
+    """``"r_precision,is,fid"`` (or a list) -> canonical names of :data:`METRICS`, in that table's order."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = set()
+    for item in (s.strip().lower() for s in items):
+        if not item:
+            continue
+        name = item if item in METRICS else _ALIASES.get(item)
+        if name is None:
+            raise UserError(f"unknown metric {item!r}; choose from {', '.join(METRICS)}")
+        names.add(name)
+    if not names:
+        raise UserError(f"no metric given; choose from {', '.join(METRICS)}")
+    return [m for m in METRICS if m in names]
+
+
+# ------------------------------------------------------------------------------------------- captions
+
+
+@dataclass(frozen=True)
+class EvalCaptions:
+    """The test captions of an evaluation, one per generated image."""
+
+    indices: np.ndarray  # (N,) index of the test image each caption belongs to
+    caption_ids: list[list[int]]  # word ids (the dataset's vocabulary), truncated to words_num
+    texts: list[str]  # the same words as text (what the pipeline is given)
+    class_ids: np.ndarray  # (N,) class of the test image (for mismatching captions of other classes)
+    seeds: list[int]  # noise seed of each image
+
+
+def draw_test_captions(dataset: TextImageDataset, n: int, seed: int = 0) -> EvalCaptions:
+    """``n`` captions of ``dataset`` (see the module docstring); a function of ``(dataset, n, seed)`` only."""
+    if n < 1:
+        raise UserError(f"the number of images must be >= 1, got {n}")
+    if len(dataset) == 0:
+        raise UserError("the test set is empty; check --dataset / --data-dir")
+    rng = np.random.default_rng([seed, 0xE7A1])
+    passes = -(-n // len(dataset))
+    if passes > 1:
+        log.info("%d images from %d test images: each image is drawn up to %d times", n, len(dataset), passes)
+    indices = np.concatenate([rng.permutation(len(dataset)) for _ in range(passes)])[:n]  # (N,)
+    caption_ids, texts = [], []
+    itos = dataset.vocab.itos
+    for index in indices.tolist():
+        k = int(rng.integers(dataset.num_captions(index)))
+        ids = truncate_ids(dataset.caption_ids(index, k), dataset.words_num, dataset.truncate, rng)
+        caption_ids.append(ids)
+        texts.append(" ".join(itos[i] for i in ids))
+    return EvalCaptions(
+        indices=indices,
+        caption_ids=caption_ids,
+        texts=texts,
+        class_ids=np.asarray(dataset.class_ids)[indices],
+        seeds=[seed + k for k in range(n)],
+    )
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+class _ImageStore:
+    """Generated images as uint8 (N, 3, S, S): in memory, or in a temporary memory-mapped file when large
+    (30,000 images of 256 px are 5.9 GB)."""
+
+    def __init__(self, n: int, size: int) -> None:
+        shape = (n, 3, size, size)
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if n * 3 * size * size > _IN_MEMORY_LIMIT:
+            self._tmp = tempfile.TemporaryDirectory(prefix="attngan-eval-")
+            path = Path(self._tmp.name) / "images.npy"
+            log.info("keeping the generated images in the temporary file %s", path)
+            self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        else:
+            self.array = np.empty(shape, dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return self.array.shape[0]
+
+    def write(self, start: int, images: torch.Tensor) -> None:
+        """images (B, 3, S, S) float in [-1, 1], rounded to 8 bits as when saved as PNG."""
+        x = torch.round((images.detach().float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)  # (B, 3, S, S)
+        self.array[start : start + x.size(0)] = x.cpu().numpy()
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """(B, 3, S, S) uint8 batches in order."""
+        for start in range(0, len(self), batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(self.array[start : start + batch_size]))
+
+    def close(self) -> None:
+        self.array = np.empty((0, 3, 1, 1), dtype=np.uint8)  # drops the memmap before its file is removed
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> float32 in [-1, 1]."""
+    return images.float().div(127.5).sub(1.0)
+
+
+@torch.no_grad()
+def _generate(
+    pipeline: AttnGANPipeline,
+    draws: EvalCaptions,
+    store: _ImageStore,
+    batch_size: int,
+    ca_mean: bool,
+    progress: bool,
+) -> None:
+    """Last-stage images of the drawn captions into ``store``, ``batch_size`` at a time."""
+    starts: Any = range(0, len(draws.texts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="generating", unit="batch")
+    for start in starts:
+        stop = start + batch_size
+        out = pipeline(
+            draws.texts[start:stop],
+            seed=draws.seeds[start:stop],
+            batch_size=batch_size,
+            ca_mean=ca_mean,
+            return_attention=False,
+        )
+        store.write(start, torch.stack([stages[-1] for stages in out.stage_tensors]))  # (B, 3, S, S)
+
+
+# ------------------------------------------------------------------------------------------- weights
+
+
+def _hub_file(url_or_name: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url_or_name).path).name
+
+
+def weights_problem(
+    network: Any,  # "torchvision-imagenet" | "fid-inception" | a file path | an nn.Module / callable
+    weights: str | os.PathLike | None = None,  # weights file of a named network (None: the hub cache)
+    allow_download: bool = False,  # torchvision may download its ImageNet weights into the hub cache
+    option: str = "--is-classifier",  # the option that names another network (for the message)
+) -> str | None:
+    """Why the weights of a metric's network cannot be loaded (a message saying how to provide them), or
+    None when they can. A missing file named explicitly is an error, not a skip."""
+    if not isinstance(network, (str, os.PathLike)):
+        return None  # a network object given by the caller
+    name = os.fspath(network)
+    if name not in ("torchvision-imagenet", "fid-inception"):
+        if not Path(name).is_file():
+            raise UserError(f"{option} {name} does not exist")
+        return None
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise UserError(f"weights file {weights} does not exist")
+        return None
+    if name == "fid-inception":
+        path = _hub_file(FID_WEIGHTS_NAME)
+        if path.is_file():
+            return None
+        return (
+            f"the FID Inception weights are not in the torch hub cache ({path}); download {FID_WEIGHTS_URL} "
+            "to that path (pytorch-fid does so on first use) or pass the file with --fid-weights PATH"
+        )
+    from torchvision.models import Inception_V3_Weights
+
+    url = Inception_V3_Weights.IMAGENET1K_V1.url
+    path = _hub_file(url)
+    if path.is_file() or allow_download:
+        return None
+    return (
+        f"the ImageNet Inception-v3 weights are not in the torch hub cache ({path}); download {url} to that "
+        f"path, or pass --allow-download, or give another network with {option} PATH"
+    )
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class ClipModel:
+    """A user CLIP model (e.g. from open_clip): ``encode_image``, ``encode_text``, tokenizer, preprocess."""
+
+    model: Any
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    preprocess: Callable[[Any], torch.Tensor]
+    name: str = "user CLIP model"
+
+
+def _skipped(metric: str, reason: str) -> dict[str, Any]:
+    """A result saying that ``metric`` was not computed and why."""
+    protocols = {
+        "r_precision": rp_mod.PROTOCOL.format(m=99, cls="", splits=10),
+        "is": is_mod.PROTOCOL.format(splits=10),
+        "fid": fid_mod.PROTOCOL,
+        "attributes": attr_mod.PROTOCOL.format(
+            version=attr_mod.CLASSIFIER_VERSION, size=ATTRIBUTE_CLASSIFIER_SIZE, heldout="unknown"
+        ),
+        "clip": clip_mod.PROTOCOL,
+    }
+    log.warning("%s skipped: %s", metric, reason)
+    return {
+        "metric": METRICS[metric],
+        "skipped": reason,
+        "n": 0,
+        "feature_extractor": None,
+        "protocol": protocols[metric],
+    }
+
+
+def _rp_batches(store: _ImageStore, encoded: Sequence[Any], batch_size: int) -> Iterator[tuple]:
+    """(images (B, 3, S, S) in [-1, 1], captions (B, T), lengths (B,)) of the generated images in order."""
+    for k, images in enumerate(store.batches(batch_size)):
+        chunk = encoded[k * batch_size : k * batch_size + images.size(0)]
+        lengths = torch.tensor([e.length for e in chunk], dtype=torch.long)  # (B,)
+        captions = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.long)  # (B, T)
+        for j, e in enumerate(chunk):
+            captions[j, : e.length] = torch.tensor(e.ids, dtype=torch.long)
+        yield _as_float(images), captions, lengths
+
+
+def _dataset_identity(dataset: TextImageDataset) -> dict[str, Any]:
+    """What determines the real test images (the key of the cached FID statistics)."""
+    h = hashlib.sha256()
+    for index, key in enumerate(dataset.keys):
+        h.update(key.encode("utf-8") + b"\0")
+        h.update(np.asarray(dataset.caption_ids(index, 0), dtype=np.int64).tobytes())
+    return {
+        "type": type(dataset).__name__,
+        "root": str(getattr(dataset, "root", "")),
+        "data_seed": getattr(dataset, "data_seed", None),
+        "n": len(dataset),
+        "image_size": dataset.image_sizes[-1],
+        "train_transform": bool(dataset.train),
+        "content": h.hexdigest()[:32],
+    }
+
+
+def _real_images(dataset: TextImageDataset, batch_size: int) -> Iterator[torch.Tensor]:
+    """Every test image once, at the dataset's largest scale, (B, 3, S, S) in [-1, 1]."""
+    for batch in make_loader(dataset, batch_size, shuffle=False, drop_last=False):
+        yield batch.images[-1]
+
+
+def _attribute_targets(dataset: TextImageDataset, draws: EvalCaptions) -> list[dict[str, Any]] | str:
+    """Per image: the ground truth of its test image, restricted to what its caption states; or the
+    reason why attribute accuracy does not apply."""
+    if len(dataset) == 0 or "attributes" not in dataset.extra(0):
+        return "attribute accuracy needs ground-truth attributes: only the built-in shapes dataset has them"
+    targets = []
+    for index, text in zip(draws.indices.tolist(), draws.texts):
+        objects = dataset.extra(index)["attributes"]
+        if len(objects) != 1:
+            return "attribute accuracy is defined for single-object scenes (shapes with max_objects=1)"
+        truth, stated = objects[0], attributes_from_caption(text)
+        said = stated[0] if len(stated) == 1 else {}
+        targets.append({name: truth[name] if said.get(name) is not None else None for name in ATTRIBUTES})
+    return targets
+
+
+def _real_attribute_reference(
+    classifier: nn.Module, dataset: TextImageDataset, draws: EvalCaptions, limit: int = 2000
+) -> dict[str, Any]:
+    """Accuracy of the classifier on the real test images behind the first ``limit`` distinct draws (full
+    ground truth): what a perfect generator would reach under this classifier."""
+    from .metrics.attributes import attribute_accuracy
+
+    unique = list(dict.fromkeys(draws.indices.tolist()))[:limit]
+    images = torch.stack([dataset[i]["images"][-1] for i in unique])  # (M, 3, S, S) in [-1, 1]
+    targets = [dataset.extra(i)["attributes"][0] for i in unique]
+    res = attribute_accuracy(classifier, images, targets)
+    return {k: res[k] for k in ("all_acc", *(f"{a}_acc" for a in ATTRIBUTES), "n")}
+
+
+def evaluate_model(
+    pipeline: AttnGANPipeline,  # the model to measure (moved to ``device``)
+    dataset: TextImageDataset,  # the test split, eval mode, built with vocab=pipeline.vocab
+    metrics: str | Sequence[str] = ("r_precision", "is", "fid"),  # names of METRICS (or "r_precision,is")
+    n_images: int = 30_000,  # images generated (the paper: 30,000)
+    batch_size: int = 50,  # images per forward pass (generation and metric networks); no effect on results
+    seed: int = 0,  # draws the captions, the noise (image k: seed + k) and the mismatching captions
+    device: str | torch.device = "cpu",
+    *,
+    image_encoder: nn.Module | None = None,  # DAMSM image encoder for R-precision (None: pipeline's)
+    r_precision_other_classes: bool = False,  # mismatching captions of other classes only (DM-GAN on CUB)
+    n_mismatch: int = 99,  # mismatching captions per image (at most N - 1)
+    splits: int = 10,  # splits of R-precision and IS (at most N)
+    is_classifier: Any = "torchvision-imagenet",  # "torchvision-imagenet" | "fid-inception" | file | module
+    fid_extractor: Any = "fid-inception",  # "fid-inception" | "torchvision-imagenet" | images -> (B, D)
+    fid_weights: str | os.PathLike | None = None,  # FID Inception weights (None: the torch hub cache)
+    fid_extractor_id: str | None = None,  # name of a callable fid_extractor (keys its cached statistics)
+    cache_dir: str | os.PathLike | None = None,  # FID statistics and attribute classifier (None: default)
+    attribute_classifier: nn.Module | None = None,  # None: the cached 32-px classifier (trained if missing)
+    clip: ClipModel | None = None,  # None: the CLIP score is skipped
+    allow_download: bool = False,  # let torchvision download its ImageNet Inception weights
+    ca_mean: bool = False,  # condition on the CA mean instead of sampling (the paper samples)
+    progress: bool = True,  # tqdm bar while generating
+) -> dict[str, Any]:
+    """Generate ``n_images`` from test captions and compute ``metrics`` on them (see the module docstring).
+
+    Returns ``{"protocol", "n_images", "seed", "image_size", "dataset", "metrics": {name: result},
+    "time_s"}``; each result names its ``protocol``, ``n`` and ``feature_extractor``, or has ``skipped``
+    with the reason. Raises UserError when no requested metric can be computed.
+    """
+    t0 = time.perf_counter()
+    names = parse_metrics(metrics)
+    if n_images < 2:
+        raise UserError(
+            f"n_images must be >= 2 (R-precision and the Inception score need several), got {n_images}"
+        )
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    image_encoder = image_encoder if image_encoder is not None else pipeline.image_encoder
+    draws = draw_test_captions(dataset, n_images, seed)
+
+    # Find out first what cannot be computed, so that nothing is generated for nothing.
+    skipped: dict[str, str] = {}
+    if "r_precision" in names and image_encoder is None:
+        skipped["r_precision"] = (
+            "the model has no DAMSM image encoder (image_encoder/ in the model folder); pass the original "
+            "release's image_encoder*.pth with --original-image-encoder"
+        )
+    if "is" in names:
+        is_weights = fid_weights if is_classifier == "fid-inception" else None
+        problem = weights_problem(is_classifier, is_weights, allow_download, "--is-classifier")
+        if problem:
+            skipped["is"] = problem
+    if "fid" in names:
+        problem = weights_problem(fid_extractor, fid_weights, allow_download, "--fid-extractor")
+        if problem:
+            skipped["fid"] = problem
+    targets: list[dict[str, Any]] | str = []
+    if "attributes" in names:
+        targets = _attribute_targets(dataset, draws)
+        if isinstance(targets, str):
+            skipped["attributes"] = targets
+    if "clip" in names and clip is None:
+        skipped["clip"] = (
+            "no CLIP model given (pass --clip-model ARCH --clip-pretrained FILE with open_clip installed)"
+        )
+    if len(skipped) == len(names):
+        raise UserError("nothing to evaluate: " + "; ".join(f"{m}: {skipped[m]}" for m in names))
+    if "attributes" in names and "attributes" not in skipped and attribute_classifier is None:
+        attribute_classifier = load_or_train_attribute_classifier(
+            cache / "attributes", ATTRIBUTE_CLASSIFIER_SIZE, device=device
+        )
+
+    # Generate the images.
+    pipeline.to(device)
+    encoded = pipeline.encode_prompts(draws.texts)  # the ids the text encoder sees (unknown words dropped)
+    size = pipeline.generator.config.image_sizes[-1]
+    if dataset.image_sizes[-1] != size:
+        log.warning("real test images are %d px, generated ones %d px", dataset.image_sizes[-1], size)
+    store = _ImageStore(n_images, size)
+    results: dict[str, Any] = {}
+    try:
+        _generate(pipeline, draws, store, batch_size, ca_mean, progress)
+
+        # Compute the metrics.
+        for name in names:
+            if name in skipped:
+                results[name] = _skipped(name, skipped[name])
+                continue
+            log.info("computing %s on %d images", name, n_images)
+            if name == "r_precision":
+                image_encoder.to(device)
+                image_vecs, text_vecs, _ = encode_for_r_precision(
+                    image_encoder, pipeline.text_encoder, _rp_batches(store, encoded, batch_size), device
+                )
+                results[name] = calc_metric(
+                    "r_precision",
+                    image_vecs=image_vecs,  # (N, D)
+                    text_vecs=text_vecs,  # (N, D)
+                    class_ids=torch.as_tensor(draws.class_ids),
+                    n_mismatch=min(n_mismatch, n_images - 1),
+                    splits=min(splits, n_images),
+                    seed=seed,
+                    exclude_same_class=r_precision_other_classes,
+                    encoder_name="the model's DAMSM",
+                )
+            elif name == "is":
+                results[name] = calc_metric(
+                    "inception_score",
+                    images=store.batches(batch_size),
+                    classifier=is_classifier,
+                    weights=fid_weights if is_classifier == "fid-inception" else None,
+                    splits=min(splits, n_images),
+                    batch_size=batch_size,
+                    device=device,
+                )
+            elif name == "fid":
+                res = calc_metric(
+                    "fid",
+                    images=store.batches(batch_size),
+                    real_images=_real_images(dataset, batch_size),
+                    extractor=fid_extractor,
+                    extractor_id=fid_extractor_id,
+                    weights=fid_weights,
+                    dataset_id=_dataset_identity(dataset),
+                    cache_dir=cache / "fid",
+                    batch_size=batch_size,
+                    device=device,
+                )
+                if fid_extractor == "torchvision-imagenet":
+                    res["protocol"] = (
+                        "NOT standard FID (torchvision ImageNet Inception features): " + res["protocol"]
+                    )
+                res["real"] = f"every test image once, center crop, {dataset.image_sizes[-1]} px"
+                results[name] = res
+            elif name == "attributes":
+                res = calc_metric(
+                    "attribute_accuracy",
+                    images=store.batches(batch_size),
+                    target_attributes=targets,
+                    classifier=attribute_classifier,
+                    device=device,
+                )
+                res["real_reference"] = _real_attribute_reference(attribute_classifier, dataset, draws)
+                results[name] = res
+            elif name == "clip":
+                results[name] = calc_metric(
+                    "clip_score",
+                    images=store.batches(batch_size),
+                    captions=draws.texts,
+                    model=clip.model,
+                    tokenizer=clip.tokenizer,
+                    preprocess=clip.preprocess,
+                    model_name=clip.name,
+                    batch_size=batch_size,
+                    device=device,
+                )
+    finally:
+        store.close()
+    protocol = PROTOCOL.format(
+        n=n_images,
+        size=size,
+        seed=seed,
+        words=dataset.words_num,
+        ca=" (CA mean, no CA noise)" if ca_mean else "",
+    )
+    return {
+        "protocol": protocol,
+        "n_images": n_images,
+        "seed": seed,
+        "image_size": size,
+        "dataset": _dataset_identity(dataset) | {"test_images": len(dataset)},
+        "metrics": results,
+        "time_s": round(time.perf_counter() - t0, 3),
+    }
+
+
+# ------------------------------------------------------------------------------------------- table
+
+
+_LABELS = {
+    "r_precision": "R-precision (%)",
+    "is": "Inception score",
+    "fid": "FID",
+    "attributes": "attributes: all correct",
+    "clip": "CLIP score",
+}
+
+
+def _rows(name: str, res: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(label, value, sample count) rows of one metric result."""
+
+    def pm(mean: Any, std: Any, digits: int = 2) -> str:
+        if mean is None:
+            return "n/a"
+        return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+    n = int(res.get("n") or 0)
+    if "skipped" in res:
+        return [(_LABELS[name], "skipped", n)]
+    if name == "r_precision":
+        label = _LABELS[name] + (", other classes" if res.get("exclude_same_class") else "")
+        return [(label, pm(res["r_precision"], res["r_precision_std"]), n)]
+    if name == "is":
+        return [(_LABELS[name], pm(res["is_mean"], res["is_std"]), n)]
+    if name == "fid":
+        variant = " (torchvision-imagenet, not standard)" if res["protocol"].startswith("NOT") else ""
+        return [(_LABELS[name] + variant, pm(res["fid"], None), n)]
+    if name == "attributes":
+        chance, counts = res.get("chance", {}), res.get("n_per_attribute", {})
+        rows = [(_LABELS[name], pm(res["all_acc"], None, 3), n)]
+        for attr in ATTRIBUTES:
+            label = f"attributes: {attr} (chance {chance.get(attr, 0):.3f})"
+            rows.append((label, pm(res.get(f"{attr}_acc"), None, 3), int(counts.get(attr, n))))
+        return rows
+    return [(_LABELS[name], pm(res["clip_score"], res.get("clip_score_std")), n)]
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result of :func:`evaluate_model` as a text table; each row refers to its protocol below."""
+    lines = [f"{'metric':<44}{'value':>18}{'n':>8}  protocol"]
+    notes: list[str] = []
+    for name, res in result["metrics"].items():
+        notes.append(res["protocol"] + (f" -- skipped: {res['skipped']}" if "skipped" in res else ""))
+        for label, value, n in _rows(name, res):
+            lines.append(f"{label:<44}{value:>18}{n:>8}  [{len(notes)}]")
+    lines.append("")
+    lines.append(f"images: {result['protocol']}")
+    lines += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
+    return "\n".join(lines)
