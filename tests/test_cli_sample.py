@@ -32,7 +32,9 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture
 def viz():
-    return pytest.importorskip("attngan.viz")  # written by another helper; remove this guard once it lands
+    from attngan import viz
+
+    return viz
 
 
 def run_main(args, capsys):
@@ -106,7 +108,11 @@ def test_sample_writes_images_attention_grid_and_prompts(model_dir, tmp_path, vi
     assert meta["images"][2]["tokens"] == ["a", "large", "blue", "square"]
     assert meta["images"][2]["unknown_words"] == ["zorblax"] and meta["images"][0]["unknown_words"] == []
     assert meta["images"][3]["files"] == ["001_1_stage0.png", "001_1_stage1.png", "001_1_attention.png"]
-    assert meta["word_swap"]["sentences"] == [SENTENCES[0], "a small green circle at the top left"]
+    assert meta["word_swap"]["sentences"] == [[SENTENCES[0], "a small green circle at the top left"]]
+    swap_fig = Image.open(out / "word_swap.png")
+    assert 4 * 128 <= swap_fig.width < 5 * 128  # two images x (original, swapped), 128 px cells + padding
+    attention_fig = Image.open(out / "000_1_attention.png")
+    assert attention_fig.size == (5 * 128, 2 * (viz.LABEL_HEIGHT + 128))  # stages row + 1 attention stage
 
     # The same seed draws the same pixels through the library.
     pipe = AttnGANPipeline.from_pretrained(model_dir)

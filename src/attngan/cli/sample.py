@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +115,29 @@ def swap_word(sentence: str, old: str, new: str) -> str | None:
     if old not in tokens:
         return None
     return " ".join(new if t == old else t for t in tokens)
+
+
+def _stack(images: list[Any]) -> Any:
+    """PIL images one below the other, left-aligned on white."""
+    from PIL import Image
+
+    canvas = Image.new("RGB", (max(im.width for im in images), sum(im.height for im in images)), "white")
+    y = 0
+    for im in images:
+        canvas.paste(im, (0, y))
+        y += im.height
+    return canvas
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _png(image: Any) -> bytes:
@@ -254,37 +280,33 @@ def sample(
         raise UserError(f"--word-swap: {swap[1]!r} is not in the model's vocabulary, so it would be ignored")
     n_images = len(prompts) * num_images
     show_progress = n_images > batch_size
-    result = pipe(
-        prompts,
-        num_images_per_prompt=num_images,
-        seed=seed,
-        return_attention=attention,
-        batch_size=batch_size,
-        ca_mean=ca_mean,
-        legacy_mask_bug=legacy_mask_bug,
-        progress=show_progress,
-    )
-
-    swap_rows: list[tuple[str, Any]] = []
+    swaps: list[tuple[int, str, str]] = []  # (sentence index, sentence, swapped sentence)
     if swap is not None:
-        old, new = swap
-        for i, prompt in enumerate(prompts):
-            swapped = swap_word(prompt, old, new)
-            if swapped is None:
-                continue
+        swaps = [(i, p, q) for i, p in enumerate(prompts) if (q := swap_word(p, *swap)) is not None]
+        if not swaps:
+            raise UserError(f"--word-swap: no sentence contains the word {swap[0]!r}")
+
+    # The CLI prints unknown words in its summary; silence the library's own warning meanwhile.
+    options = dict(ca_mean=ca_mean, legacy_mask_bug=legacy_mask_bug, batch_size=batch_size)
+    swap_pairs: list[tuple[str, str, list[tuple[Any, Any]]]] = []  # (sentence, swapped, [(image, image)])
+    with _quiet_logger("attngan.pipeline"):
+        result = pipe(
+            prompts,
+            num_images_per_prompt=num_images,
+            seed=seed,
+            return_attention=attention,
+            progress=show_progress,
+            **options,
+        )
+        for i, prompt, swapped in swaps:
+            # Fig. 5: the same seeds give the same z and CA noise; only the sentence changes.
             ks = range(i * num_images, (i + 1) * num_images)
+            seeds = [result.seeds[k] for k in ks]
             other = pipe(
-                swapped,
-                num_images_per_prompt=num_images,
-                seed=[result.seeds[k] for k in ks],
-                ca_mean=ca_mean,
-                legacy_mask_bug=legacy_mask_bug,
-                return_attention=False,
+                swapped, num_images_per_prompt=num_images, seed=seeds, return_attention=False, **options
             )
-            swap_rows.append((prompt, [result.stage_tensors[k][-1] for k in ks]))
-            swap_rows.append((swapped, [stages[-1] for stages in other.stage_tensors]))
-        if not swap_rows:
-            raise UserError(f"--word-swap: no sentence contains the word {old!r}")
+            images = [(result.stage_tensors[k][-1], o[-1]) for k, o in zip(ks, other.stage_tensors)]
+            swap_pairs.append((prompt, swapped, images))
 
     from .. import viz
 
@@ -307,7 +329,7 @@ def sample(
         files = [save(im, f"{i:03d}_{j}_stage{s}.png") for s, im in enumerate(result.images[k])]
         if attention and result.attention_maps[k]:
             fig = viz.attention_figure(
-                result.stage_tensors[k][-1], result.attention_maps[k], result.tokens[k], len(result.tokens[k])
+                result.stage_tensors[k], result.attention_maps[k], result.tokens[k], len(result.tokens[k])
             )
             files.append(save(fig, f"{i:03d}_{j}_attention.png"))
         records.append(
@@ -321,7 +343,12 @@ def sample(
                 "files": files,
             }
         )
-    save(viz.captioned_grid([stages[-1] for stages in result.stage_tensors], result.prompts), "grid.png")
+    last = [stages[-1] for stages in result.stage_tensors]  # (3, s, s) each
+    cell = max(128, last[0].shape[-1])  # small images are enlarged so that their captions stay readable
+    save(
+        viz.captioned_grid(last, result.prompts, nrow=num_images if num_images > 1 else 4, cell=cell),
+        "grid.png",
+    )
     summary: dict[str, Any] = {
         "model": str(checkpoint if checkpoint is not None else original_generator),
         "sentences": prompts,
@@ -332,11 +359,16 @@ def sample(
         "grid": "grid.png",
     }
     if swap is not None:
-        save(viz.word_swap_figure(swap_rows), "word_swap.png")
+        # Fig. 5: one row per sentence, each image beside its swapped twin (same z and CA noise).
+        rows = [
+            viz.word_swap_figure([pair for a, b in images for pair in ((prompt, a), (swapped, b))])
+            for prompt, swapped, images in swap_pairs
+        ]
+        save(_stack(rows), "word_swap.png")
         summary["word_swap"] = {
             "old": swap[0],
             "new": swap[1],
-            "sentences": [s for s, _ in swap_rows],
+            "sentences": [[a, b] for a, b, _ in swap_pairs],
             "file": "word_swap.png",
         }
     atomic_write_json(out_dir / "prompts.json", summary)
