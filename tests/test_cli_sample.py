@@ -195,3 +195,41 @@ def test_captions_file_and_seed_per_image_independent_of_batch_size(model_dir, t
     for name in ("000_0_stage1.png", "002_0_stage1.png"):
         a, b = (np.asarray(Image.open(o / name), dtype=np.int16) for o in outs)
         assert np.abs(a - b).max() <= 1  # same image up to float rounding in the last bit
+
+
+def test_original_release_files(model_dir, tmp_path, viz):
+    import pickle
+
+    from attngan.legacy import save_original
+
+    pipe = AttnGANPipeline.from_pretrained(model_dir)
+    save_original(pipe.generator, tmp_path / "G.pth")
+    save_original(pipe.text_encoder, tmp_path / "T.pth")
+    itos = pipe.vocab.itos
+    with open(tmp_path / "captions.pickle", "wb") as f:
+        pickle.dump([[], [], dict(enumerate(itos)), {w: i for i, w in enumerate(itos)}], f, protocol=2)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "sample",
+            "--original-generator",
+            str(tmp_path / "G.pth"),
+            "--original-text-encoder",
+            str(tmp_path / "T.pth"),
+            "--captions-pickle",
+            str(tmp_path / "captions.pickle"),
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            SENTENCES[0],
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    expected = pipe(SENTENCES[0], seed=3).images[0][-1]
+    assert np.array_equal(
+        np.asarray(Image.open(out / "000_0_stage1.png").convert("RGB")), np.asarray(expected)
+    )

@@ -48,6 +48,7 @@ from .config import GeneratorConfig, ImageEncoderConfig, TextEncoderConfig
 from .errors import CheckpointError, DataError, UserError
 from .nn import Generator, ImageEncoder, TextEncoder
 from .text import EncodedCaption, Vocabulary, encode_caption
+from .viz import to_pil
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,6 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         f"{p} is neither a model folder (generator/, text_encoder/, vocab.json) nor a run folder with model/; "
         "train one with `attngan train` or convert the original release with `attngan convert`"
     )
-
-
-def _to_pil(image: torch.Tensor) -> Any:
-    """(3, s, s) in [-1, 1] -> PIL RGB image (the original's ``(x + 1) * 127.5``)."""
-    from PIL import Image
-
-    arr = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())
 
 
 @contextlib.contextmanager
@@ -350,7 +343,7 @@ class AttnGANPipeline:
                 for j, (prompt, enc) in enumerate(chunk):
                     stages = [img[j].float().cpu() for img in result.images]  # (3, s, s) per stage
                     out.stage_tensors.append(stages)
-                    out.images.append([_to_pil(x) for x in stages])
+                    out.images.append([to_pil(x) for x in stages])
                     out.attention_maps.append([a[j, : enc.length].float().cpu() for a in result.attention])
                     out.tokens.append(list(enc.tokens))
                     out.unknown_words.append(list(enc.unknown))
