@@ -78,7 +78,7 @@ def demo_preset(seed: int = 0) -> Preset:
 
 @torch.no_grad()
 def _generate(generator: Generator, text_encoder, batches, seed: int, device: torch.device):
-    """Images (last stage, [-1, 1]) and attention maps of the last stage for every batch, seeded per batch."""
+    """Per batch: the images of every stage ([-1, 1]) and the attention maps of every attention stage."""
     images, attention = [], []
     for k, batch in enumerate(batches):
         batch = batch.to(device)
@@ -87,7 +87,7 @@ def _generate(generator: Generator, text_encoder, batches, seed: int, device: to
         z = torch.randn(len(batch), generator.config.z_dim, generator=rng).to(device)
         eps = torch.randn(len(batch), generator.config.condition_dim, generator=rng).to(device)
         out = generator(z, sentence, words, batch.mask, ca_noise=eps)
-        images.append(out.images[-1].float().cpu())
+        images.append([im.float().cpu() for im in out.images])  # per stage: (B, 3, s, s)
         attention.append([a.float().cpu() for a in out.attention])  # per attention stage: (B, T, h, w)
     return images, attention
 
@@ -201,7 +201,8 @@ def run_demo(
     image_encoder.to(dev)
     test = build_dataset(preset.data, "test", sizes, vocab=vocab, train=False)
     batches = _batches(test, num_eval, 50)
-    fakes, attention = _generate(generator, text_encoder, batches, seed, dev)
+    stages, attention = _generate(generator, text_encoder, batches, seed, dev)
+    fakes = [per_stage[-1] for per_stage in stages]  # last stage per batch
     reals = [b.images[-1] for b in batches]
     texts = [t for b in batches for t in (b.texts or [])]
     attributes = [a for b in batches for a in (b.attributes or [])]
@@ -214,7 +215,7 @@ def run_demo(
         k = min(3, len(batches[0]))
         tokens = [vocab.decode(batches[0].captions[j, : int(batches[0].lengths[j])].tolist()) for j in range(k)]
         try:
-            data = attention_png(fakes[0][:k], [a[:k] for a in attention[0]], tokens)
+            data = attention_png([im[:k] for im in stages[0]], [a[:k] for a in attention[0]], tokens)
         except (ImportError, AttributeError, TypeError, ValueError) as exc:
             log.warning("no attention figure: %s", exc)
         else:

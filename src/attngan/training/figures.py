@@ -30,7 +30,7 @@ def captioned_grid_png(images: torch.Tensor, captions: list[str], ncol: int = 4)
     try:
         from .. import viz
 
-        return png_bytes(viz.captioned_grid(list(images), list(captions)))
+        return png_bytes(viz.captioned_grid(list(images), list(captions), nrow=ncol, cell=max(128, images.shape[-1])))
     except (ImportError, AttributeError, TypeError) as exc:
         log.debug("viz.captioned_grid unavailable (%s); drawing a plain grid", exc)
     from PIL import Image, ImageDraw
@@ -51,20 +51,22 @@ def captioned_grid_png(images: torch.Tensor, captions: list[str], ncol: int = 4)
 
 
 def attention_png(
-    images: torch.Tensor,  # (K, 3, s, s) in [-1, 1], the last stage
+    stage_images: list[torch.Tensor],  # per stage, smallest first: (K, 3, s, s) in [-1, 1]
     attention: list[torch.Tensor],  # per attention stage: (K, T, h, w)
     tokens: list[list[str]],  # words of each caption (T_k <= T)
-):
-    """One ``viz.attention_figure`` per image, stacked vertically, as PNG bytes (ImportError without viz)."""
+) -> bytes:
+    """One ``viz.attention_figure`` per sample (its stage images, then the top words' maps per attention
+    stage, as Fig. 4 of the paper), stacked vertically, as PNG bytes (ImportError without viz)."""
     from PIL import Image
 
     from .. import viz
 
     figures = []
-    for k in range(images.size(0)):
+    for k in range(len(tokens)):
         n = len(tokens[k])
-        maps = [a[k, :n].float().cpu() for a in attention]  # (T_k, h, w) per stage
-        figures.append(viz.attention_figure(images[k].float().cpu(), maps, tokens[k], n).convert("RGB"))
+        images = [im[k].float().cpu() for im in stage_images]  # (3, s, s) per stage
+        maps = [a[k, :n].float().cpu() for a in attention]  # (T_k, h, w) per attention stage
+        figures.append(viz.attention_figure(images, maps, tokens[k], n).convert("RGB"))
     width = max(f.width for f in figures)
     canvas = Image.new("RGB", (width, sum(f.height for f in figures)), "white")
     y = 0

@@ -206,7 +206,7 @@ class _Sampler:
             k = min(4, n)
             tokens = [vocab.decode(self.batch.captions[j, : int(self.batch.lengths[j])].tolist()) for j in range(k)]
             try:
-                data = attention_png(out.images[-1][:k], [a[:k] for a in out.attention], tokens)
+                data = attention_png([im[:k] for im in out.images], [a[:k] for a in out.attention], tokens)
             except (ImportError, AttributeError, TypeError, ValueError) as exc:  # a figure is not worth a crash
                 log.debug("no attention figure at step %d: %s", step, exc)
                 return
