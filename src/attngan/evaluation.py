@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .data.base import TextImageDataset, make_loader
-from .data.synthetic import attributes_from_caption
+from .data.synthetic import SHAPES, attributes_from_caption
 from .errors import UserError
 from .metrics import attributes as attr_mod
 from .metrics import calc_metric
@@ -336,8 +336,12 @@ def _attribute_targets(dataset: TextImageDataset, draws: EvalCaptions) -> list[d
         objects = dataset.extra(index)["attributes"]
         if len(objects) != 1:
             return "attribute accuracy is defined for single-object scenes (shapes with max_objects=1)"
-        truth, stated = objects[0], attributes_from_caption(text)
-        said = stated[0] if len(stated) == 1 else {}
+        truth = objects[0]
+        # A caption cut by words_num may end before its shape word; appending the true shape lets the parser
+        # still read the colour, size and position it states. The shape counts only if the caption names one.
+        parsed = attributes_from_caption(f"{text} {truth['shape']}")
+        said = dict(parsed[0]) if len(parsed) == 1 else {}
+        said["shape"] = truth["shape"] if set(text.split()) & set(SHAPES) else None
         targets.append({name: truth[name] if said.get(name) is not None else None for name in ATTRIBUTES})
     return targets
 

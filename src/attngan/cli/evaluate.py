@@ -1,0 +1,344 @@
+"""``attngan evaluate``: R-precision, Inception score, FID, attribute accuracy (and CLIP score) of a trained
+model, measured as in the paper (a thin layer over :func:`attngan.evaluation.evaluate_model`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UserError
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+DATASETS = ("shapes", "birds", "coco", "folder")
+
+log = logging.getLogger(__name__)
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+
+def _run_folder(checkpoint: Path | None) -> Path | None:
+    """The run folder (with ``config.json`` holding ``preset``) behind ``checkpoint``, if it is one."""
+    if checkpoint is None:
+        return None
+    for d in (checkpoint, checkpoint.parent):
+        cfg = d / "config.json"
+        if cfg.is_file() and (d / "model").is_dir():
+            try:
+                if "preset" in json.loads(cfg.read_text(encoding="utf-8")):
+                    return d
+            except (OSError, ValueError):
+                log.warning("ignoring unreadable %s", cfg)
+    return None
+
+
+def resolve_data_config(run_dir: Path | None, dataset: str | None, data_dir: Path | None) -> Any:
+    """The test data: the run's own data settings, or the preset of ``--dataset``; ``--data-dir`` wins."""
+    from ..config import PRESETS, DataConfig, from_dict
+
+    run_cfg = None
+    if run_dir is not None:
+        try:
+            preset = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["preset"]
+            run_cfg = from_dict(DataConfig, preset["data"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("could not read the data settings of %s: %s", run_dir / "config.json", exc)
+    if dataset is None:
+        if run_cfg is None:
+            raise UserError(
+                "which test set? pass --dataset shapes|birds|coco|folder (with --data-dir DIR for a dataset on "
+                "disk); a run folder's own data settings are used when --checkpoint is a run folder"
+            )
+        cfg = run_cfg
+    elif run_cfg is not None and run_cfg.dataset == dataset:
+        cfg = run_cfg
+    else:
+        cfg = PRESETS[dataset].data if dataset in PRESETS else DataConfig(dataset=dataset)
+    if data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
+    return cfg
+
+
+def load_eval_pipeline(
+    checkpoint: Path | None,
+    original_generator: Path | None,
+    original_text_encoder: Path | None,
+    original_image_encoder: Path | None,
+    captions_pickle: Path | None,
+    device: Any,
+) -> Any:
+    """The model: a model or run folder, or the original release's files (with its DAMSM image encoder)."""
+    from ..pipeline import AttnGANPipeline
+
+    originals = {
+        "--original-generator": original_generator,
+        "--original-text-encoder": original_text_encoder,
+        "--captions-pickle": captions_pickle,
+    }
+    if checkpoint is not None:
+        if any(originals.values()):
+            raise UserError(
+                "give either --checkpoint or the --original-* files with --captions-pickle, not both"
+            )
+        pipe = AttnGANPipeline.from_pretrained(checkpoint, device=device)
+        if original_image_encoder is not None:
+            from ..legacy import load_original
+
+            if not original_image_encoder.is_file():
+                raise UserError(f"--original-image-encoder {original_image_encoder} does not exist")
+            pipe.image_encoder = load_original(original_image_encoder, kind="image_encoder").to(device).eval()
+        return pipe
+    if not any(originals.values()):
+        raise UserError(
+            "no model given: use --checkpoint RUN_OR_MODEL_DIR, or --original-generator G.pth "
+            "--original-text-encoder T.pth --original-image-encoder I.pth --captions-pickle captions.pickle"
+        )
+    missing = [name for name, v in originals.items() if v is None]
+    if missing:
+        raise UserError(f"the original release also needs {', '.join(missing)}")
+    for name, path in {**originals, "--original-image-encoder": original_image_encoder}.items():
+        if path is not None and not path.is_file():
+            raise UserError(f"{name} {path} does not exist")
+    return AttnGANPipeline.from_original(
+        original_generator, original_text_encoder, captions_pickle, original_image_encoder, device=device
+    )
+
+
+def load_clip(arch: str | None, pretrained: str | None) -> Any:
+    """A :class:`~attngan.evaluation.ClipModel` from open_clip (``--clip-model``), or None."""
+    from ..evaluation import ClipModel
+
+    if arch is None:
+        if pretrained is not None:
+            raise UserError("--clip-pretrained needs --clip-model ARCH (e.g. ViT-B-32)")
+        return None
+    try:
+        import open_clip
+    except ImportError:
+        raise UserError("--clip-model needs open_clip: pip install open_clip_torch") from None
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise UserError(f"could not load the CLIP model {arch!r} ({pretrained}): {exc}") from None
+    name = f"open_clip {arch}" + (f" ({pretrained})" if pretrained else " (random weights)")
+    return ClipModel(model.eval(), open_clip.get_tokenizer(arch), preprocess, name)
+
+
+@click.command(name="evaluate", context_settings={"show_default": True})
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Trained model: a run folder (its model/ and data settings are used) or a model folder "
+    "(generator/, text_encoder/, image_encoder/, vocab.json).",
+)
+@click.option(
+    "--original-generator",
+    type=_FILE,
+    default=None,
+    help="Instead of --checkpoint: the original G (bird_AttnGAN2.pth).",
+)
+@click.option(
+    "--original-text-encoder",
+    type=_FILE,
+    default=None,
+    help="The original DAMSM text encoder (text_encoder200.pth).",
+)
+@click.option(
+    "--original-image-encoder",
+    type=_FILE,
+    default=None,
+    help="The original DAMSM image encoder (image_encoder200.pth), for R-precision; with --checkpoint it "
+    "replaces the model folder's image_encoder/.",
+)
+@click.option(
+    "--captions-pickle",
+    type=_FILE,
+    default=None,
+    help="The dataset's captions.pickle (the original vocabulary).",
+)
+@click.option(
+    "--dataset",
+    type=click.Choice(DATASETS),
+    default=None,
+    help="Test set; default: the run folder's own. birds/coco/folder need --data-dir.",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Folder of the dataset.")
+@click.option(
+    "--metrics",
+    default=None,
+    help="Comma-separated: r_precision, is, fid, attributes, clip. Default: r_precision,is,fid "
+    "(+ attributes on shapes).",
+)
+@click.option(
+    "--n-images",
+    type=click.IntRange(min=2),
+    default=30_000,
+    help="Images generated from random test captions (the paper: 30,000).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    default=50,
+    help="Images per forward pass; does not change the numbers.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Draws the captions, the noise (image k: seed + k) and the mismatching captions.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    help="Where to run; auto picks cuda, then mps, then cpu.",
+)
+@click.option(
+    "--out", type=_FILE, default=None, help="Write every figure with its protocol to this JSON file."
+)
+@click.option(
+    "--r-precision-other-classes",
+    is_flag=True,
+    help="Draw the 99 mismatching captions from other classes only (DM-GAN's evaluation on CUB).",
+)
+@click.option(
+    "--is-classifier",
+    default="torchvision-imagenet",
+    help="Inception-score classifier: torchvision-imagenet, fid-inception (improved-gan's graph) or a file "
+    "(TorchScript, .pt2, or an Inception-v3 state dict, e.g. the CUB-fine-tuned one of the paper's figures).",
+)
+@click.option(
+    "--fid-extractor",
+    type=click.Choice(["fid-inception", "torchvision-imagenet"]),
+    default="fid-inception",
+    help="fid-inception: the standard FID weights; torchvision-imagenet: the DM-GAN/DF-GAN variant, "
+    "labelled as not standard.",
+)
+@click.option(
+    "--fid-weights",
+    type=_FILE,
+    default=None,
+    help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache, where pytorch-fid puts it).",
+)
+@click.option(
+    "--allow-download",
+    is_flag=True,
+    help="Let torchvision download its ImageNet Inception-v3 weights into the torch hub cache.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cache of real-image FID statistics and of the attribute classifier "
+    "(default: $ATTNGAN_CACHE or ~/.cache/attngan).",
+)
+@click.option(
+    "--clip-model",
+    default=None,
+    metavar="ARCH",
+    help="open_clip architecture for the CLIP score (e.g. ViT-B-32).",
+)
+@click.option("--clip-pretrained", default=None, help="open_clip weights: a local file or a tag it knows.")
+@click.option("--ca-mean", is_flag=True, help="Condition on the CA mean (no CA noise); the paper samples it.")
+def evaluate(
+    checkpoint: Path | None,
+    original_generator: Path | None,
+    original_text_encoder: Path | None,
+    original_image_encoder: Path | None,
+    captions_pickle: Path | None,
+    dataset: str | None,
+    data_dir: Path | None,
+    metrics: str | None,
+    n_images: int,
+    batch_size: int,
+    seed: int,
+    device: str,
+    out: Path | None,
+    r_precision_other_classes: bool,
+    is_classifier: str,
+    fid_extractor: str,
+    fid_weights: Path | None,
+    allow_download: bool,
+    cache_dir: Path | None,
+    clip_model: str | None,
+    clip_pretrained: str | None,
+    ca_mean: bool,
+) -> None:
+    """Measure a trained model as the paper did (Sec. 4).
+
+    Generates --n-images images (last stage) from randomly drawn test captions, then computes
+    R-precision with the model's DAMSM (1 true + 99 random captions, R = 1, 10 splits), the Inception
+    score (10 splits), FID against the real test images (cached statistics), attribute accuracy on the
+    built-in shapes data and, with --clip-model, the CLIP score. The table and the --out JSON name the
+    protocol and the sample count of every figure. A metric whose weights are missing is skipped with a
+    message saying how to provide them. With a run folder, each result is also appended to
+    RUN/metric-<name>.jsonl.
+
+    \b
+    Examples:
+      attngan evaluate --checkpoint runs/00001-shapes-gan --n-images 2000 --metrics r_precision,attributes
+      attngan evaluate --checkpoint models/birds --dataset birds --data-dir data/birds --out birds.json \\
+          --fid-weights pt_inception-2015-12-05-6726825d.pth --is-classifier cub_inception.pth
+      attngan evaluate --original-generator bird_AttnGAN2.pth --original-text-encoder text_encoder200.pth \\
+          --original-image-encoder image_encoder200.pth --captions-pickle data/birds/captions.pickle \\
+          --dataset birds --data-dir data/birds --r-precision-other-classes
+    """
+    from ..checkpoint import atomic_write_json
+    from ..data.registry import build_dataset
+    from ..evaluation import evaluate_model, format_table, parse_metrics
+    from ..pipeline import resolve_model_dir
+    from .sample import resolve_device
+
+    _setup_logging()
+    if checkpoint is not None:
+        resolve_model_dir(checkpoint)  # a missing or wrong folder is reported before anything else
+    run_dir = _run_folder(checkpoint)
+    data_config = resolve_data_config(run_dir, dataset, data_dir)
+    names = parse_metrics(metrics) if metrics else ["r_precision", "is", "fid"]
+    if metrics is None and data_config.dataset == "shapes":
+        names.append("attributes")
+    clip = load_clip(clip_model, clip_pretrained)
+    dev = resolve_device(device)
+    pipe = load_eval_pipeline(
+        checkpoint, original_generator, original_text_encoder, original_image_encoder, captions_pickle, dev
+    )
+    size = pipe.generator.config.image_sizes[-1]
+    test_set = build_dataset(data_config, "test", [size], vocab=pipe.vocab, train=False)
+    result = evaluate_model(
+        pipe,
+        test_set,
+        names,
+        n_images=n_images,
+        batch_size=batch_size,
+        seed=seed,
+        device=dev,
+        r_precision_other_classes=r_precision_other_classes,
+        is_classifier=is_classifier,
+        fid_extractor=fid_extractor,
+        fid_weights=fid_weights,
+        cache_dir=cache_dir,
+        clip=clip,
+        allow_download=allow_download,
+        ca_mean=ca_mean,
+    )
+    model = str(checkpoint) if checkpoint is not None else str(original_generator)
+    result = {"model": model, "data": dataclasses.asdict(data_config), **result}
+    if out is not None:
+        atomic_write_json(out, result)
+    if run_dir is not None:
+        from ..metrics import report_metric
+
+        for res in result["metrics"].values():
+            if "skipped" not in res:
+                report_metric(res, run_dir, snapshot=str(resolve_model_dir(checkpoint)))
+    click.echo(format_table(result))
+    if out is not None:
+        click.echo(f"wrote {out}")

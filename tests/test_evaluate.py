@@ -1,0 +1,322 @@
+"""``attngan.evaluation`` and ``attngan evaluate`` on a tiny seeded model and the shapes test set."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from attngan.cli import cli, main
+from attngan.config import PRESETS, to_dict
+from attngan.data.base import image_to_tensor
+from attngan.data.synthetic import COLORS, SHAPES, ShapesDataset, shapes_vocabulary
+from attngan.errors import UserError
+from attngan.evaluation import (
+    ClipModel,
+    draw_test_captions,
+    evaluate_model,
+    format_table,
+    parse_metrics,
+    weights_problem,
+)
+from attngan.metrics.attributes import AttributeClassifier
+from attngan.metrics.r_precision import r_precision
+from attngan.nn import Generator, ImageEncoder, TextEncoder
+from attngan.pipeline import AttnGANPipeline
+
+N = 64
+SEED = 3
+ALL = ["r_precision", "is", "fid", "attributes", "clip"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    vocab = shapes_vocabulary()
+    tiny = PRESETS["tiny"]
+    te = TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab)))
+    return AttnGANPipeline(te, Generator(tiny.generator), vocab, ImageEncoder(tiny.image_encoder))
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return ShapesDataset(
+        "test", num_images=40, image_sizes=[32], words_num=10, captions_per_image=3, train=False
+    )
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    torch.manual_seed(1)
+    return AttributeClassifier(32, width=8).eval()
+
+
+def _is_classifier(images: torch.Tensor) -> torch.Tensor:
+    """A fixed toy classifier: images (B, 3, H, W) -> probabilities (B, 4) from the mean colour."""
+    w = torch.tensor([[3.0, -1.0, 0.5, 0.0], [0.0, 2.0, -2.0, 1.0], [-1.0, 0.0, 1.0, 2.0]])
+    return torch.softmax(images.mean((2, 3)) @ w * 5, dim=1)
+
+
+def _fid_features(images: torch.Tensor) -> torch.Tensor:
+    """A fixed toy feature extractor: 2 x 2 average pooling, (B, 12)."""
+    return torch.nn.functional.adaptive_avg_pool2d(images, 2).flatten(1)
+
+
+class _ToyClip:
+    """encode_image: mean colour; encode_text: (1, number of words, number of colour words)."""
+
+    def encode_image(self, pixels):
+        return pixels.mean((2, 3))
+
+    def encode_text(self, tokens):
+        return tokens
+
+
+def _toy_clip() -> ClipModel:
+    def tokenizer(texts):
+        return torch.tensor([[1.0, len(t.split()), sum(w in COLORS for w in t.split())] for t in texts])
+
+    return ClipModel(_ToyClip(), tokenizer, image_to_tensor, "toy clip")
+
+
+@pytest.fixture(scope="module")
+def result(pipe, test_set, classifier, tmp_path_factory):
+    return evaluate_model(
+        pipe,
+        test_set,
+        ALL,
+        n_images=N,
+        batch_size=16,
+        seed=SEED,
+        is_classifier=_is_classifier,
+        fid_extractor=_fid_features,
+        fid_extractor_id="toy-pool2",
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        attribute_classifier=classifier,
+        clip=_toy_clip(),
+        progress=False,
+    )
+
+
+def test_every_requested_metric_names_its_protocol_and_sample_count(result):
+    assert list(result["metrics"]) == ALL
+    for name, res in result["metrics"].items():
+        assert "skipped" not in res, name
+        assert isinstance(res["protocol"], str) and len(res["protocol"]) > 20, name
+        assert res["n"] == N, name
+    assert result["n_images"] == N and result["seed"] == SEED and result["image_size"] == 32
+    assert f"{N} images" in result["protocol"]
+    json.dumps(result, allow_nan=False)  # plain JSON
+    table = format_table(result)
+    for label in ("R-precision (%)", "Inception score", "FID", "attributes: color", "CLIP score"):
+        assert label in table
+    assert table.count(f"{N:>8}  [") >= 5  # every row shows its sample count and refers to a protocol
+    for i in range(1, 6):
+        assert f"\n[{i}] " in table
+
+
+def test_r_precision_equals_a_direct_computation(result, pipe, test_set):
+    res = result["metrics"]["r_precision"]
+    assert 0.0 <= res["r_precision"] / 100 <= 1.0
+    draws = draw_test_captions(test_set, N, SEED)
+    out = pipe(draws.texts, seed=draws.seeds, return_attention=False)
+    images = torch.stack([stages[-1] for stages in out.stage_tensors])  # (N, 3, 32, 32)
+    images = torch.round((images.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1  # 8-bit, as saved images
+    enc = pipe.encode_prompts(draws.texts)
+    lengths = torch.tensor([e.length for e in enc])
+    captions = torch.zeros(N, int(lengths.max()), dtype=torch.long)
+    for j, e in enumerate(enc):
+        captions[j, : e.length] = torch.tensor(e.ids)
+    with torch.no_grad():
+        _, image_vecs = pipe.image_encoder.eval()(images)
+        _, text_vecs = pipe.text_encoder.eval()(captions, lengths)
+    ref = r_precision(image_vecs, text_vecs, n_mismatch=N - 1, generator=torch.Generator().manual_seed(SEED))
+    assert res["r_precision"] == pytest.approx(100 * ref["r_precision"], abs=1e-9)
+    assert res["r_precision_std"] == pytest.approx(100 * ref["r_precision_std"], abs=1e-9)
+    assert res["n_mismatch"] == N - 1 and res["splits"] == 10
+
+
+def test_attribute_accuracy_in_range_and_counts_only_stated_attributes(result, test_set):
+    res = result["metrics"]["attributes"]
+    draws = draw_test_captions(test_set, N, SEED)
+    for attr in ("color", "shape", "size", "position"):
+        assert 0.0 <= res[f"{attr}_acc"] <= 1.0
+    assert 0.0 <= res["all_acc"] <= min(res[f"{a}_acc"] for a in ("color", "shape", "size", "position"))
+    assert res["chance"] == {"color": 1 / 8, "shape": 1 / 5, "size": 1 / 2, "position": 1 / 9}
+    # size is counted only for captions that name one
+    assert res["n_per_attribute"]["size"] == sum(
+        ("small" in t.split()) or ("large" in t.split()) for t in draws.texts
+    )
+    assert res["n_per_attribute"]["size"] < N
+    # a caption cut before its shape word still counts its colour, but not its shape
+    assert res["n_per_attribute"]["shape"] == sum(bool(set(t.split()) & set(SHAPES)) for t in draws.texts)
+    assert res["n_per_attribute"]["color"] == sum(bool(set(t.split()) & set(COLORS)) for t in draws.texts)
+    assert 0.0 <= res["real_reference"]["all_acc"] <= 1.0
+
+
+def test_is_fid_clip_values(result):
+    m = result["metrics"]
+    assert 1.0 <= m["is"]["is_mean"] <= 4.0 and m["is"]["num_classes"] == 4  # 1 <= IS <= number of classes
+    assert m["fid"]["fid"] > 0 and m["fid"]["n_real"] == 40
+    assert 0 <= m["clip"]["clip_score"] <= 100
+
+
+def test_numbers_do_not_depend_on_batch_size(result, pipe, test_set, classifier):
+    other = evaluate_model(
+        pipe,
+        test_set,
+        ["r_precision", "attributes"],
+        n_images=N,
+        batch_size=64,
+        seed=SEED,
+        attribute_classifier=classifier,
+        progress=False,
+    )
+    for key in ("r_precision", "r_precision_std"):
+        assert other["metrics"]["r_precision"][key] == pytest.approx(result["metrics"]["r_precision"][key])
+    for key in ("all_acc", "color_acc", "position_acc"):
+        assert other["metrics"]["attributes"][key] == result["metrics"]["attributes"][key]
+
+
+def test_caption_draws_are_seeded_and_cover_the_test_set(test_set):
+    a, b = draw_test_captions(test_set, 100, 0), draw_test_captions(test_set, 100, 0)
+    assert a.texts == b.texts and np.array_equal(a.indices, b.indices)
+    assert a.seeds == list(range(100))
+    assert sorted(a.indices[:40].tolist()) == list(range(40))  # the first pass is a permutation
+    assert draw_test_captions(test_set, 100, 1).texts != a.texts
+    for index, ids, text in zip(a.indices, a.caption_ids, a.texts):
+        assert len(ids) <= test_set.words_num
+        full = [test_set.caption_ids(int(index), k) for k in range(test_set.num_captions(int(index)))]
+        assert any(f[: len(ids)] == ids for f in full)  # a (truncated) caption of that very image
+        assert text.split() == [test_set.vocab.itos[i] for i in ids]
+
+
+def test_missing_weights_are_skipped_with_a_message(pipe, test_set, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    res = evaluate_model(
+        pipe,
+        test_set,
+        "r_precision,is,fid,clip",
+        n_images=16,
+        batch_size=16,
+        progress=False,
+        cache_dir=tmp_path,
+    )
+    m = res["metrics"]
+    assert m["r_precision"]["n"] == 16 and "skipped" not in m["r_precision"]
+    assert "inception_v3_google" in m["is"]["skipped"] and "--is-classifier" in m["is"]["skipped"]
+    assert "--fid-weights" in m["fid"]["skipped"] and "pt_inception-2015-12-05" in m["fid"]["skipped"]
+    assert "CLIP" in m["clip"]["skipped"]
+    for name in ("is", "fid", "clip"):
+        assert m[name]["n"] == 0 and m[name]["protocol"]
+    assert "skipped" in format_table(res)
+    with pytest.raises(UserError, match="nothing to evaluate: fid: .*--fid-weights"):
+        evaluate_model(pipe, test_set, ["fid"], n_images=16, progress=False)
+    with pytest.raises(UserError, match="does not exist"):  # a file named explicitly must exist
+        weights_problem(str(tmp_path / "cub_inception.pth"))
+    assert weights_problem("torchvision-imagenet", allow_download=True) is None
+
+
+def test_fid_real_statistics_are_cached(pipe, test_set, tmp_path):
+    kwargs = dict(n_images=16, batch_size=16, fid_extractor=_fid_features, cache_dir=tmp_path, progress=False)
+    first = evaluate_model(pipe, test_set, ["fid"], fid_extractor_id="toy-pool2", **kwargs)
+    files = sorted(p.name for p in (tmp_path / "fid").glob("*.npz"))
+    assert len(files) == 1
+    second = evaluate_model(pipe, test_set, ["fid"], fid_extractor_id="toy-pool2", **kwargs)
+    assert second["metrics"]["fid"]["fid"] == first["metrics"]["fid"]["fid"]
+    assert sorted(p.name for p in (tmp_path / "fid").glob("*.npz")) == files
+
+
+def test_attributes_on_a_dataset_without_ground_truth_are_skipped(pipe, test_set, classifier, monkeypatch):
+    monkeypatch.setattr(type(test_set), "extra", lambda self, index: {})
+    res = evaluate_model(
+        pipe,
+        test_set,
+        ["r_precision", "attributes"],
+        n_images=16,
+        progress=False,
+        attribute_classifier=classifier,
+    )
+    assert "shapes" in res["metrics"]["attributes"]["skipped"]
+
+
+def test_parse_metrics():
+    assert parse_metrics("fid, is,r_precision") == ["r_precision", "is", "fid"]
+    assert parse_metrics(["inception_score", "attribute_accuracy", "clip_score"]) == [
+        "is",
+        "attributes",
+        "clip",
+    ]
+    with pytest.raises(UserError, match="unknown metric 'bleu'"):
+        parse_metrics("r_precision,bleu")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def run_main(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def test_help_lists_the_options():
+    result = CliRunner().invoke(cli, ["evaluate", "--help"])
+    assert result.exit_code == 0
+    for option in (
+        "--checkpoint",
+        "--dataset",
+        "--data-dir",
+        "--metrics",
+        "--n-images",
+        "--batch-size",
+        "--seed",
+        "--device",
+        "--out",
+        "--original-image-encoder",
+        "--r-precision-other-classes",
+        "--is-classifier",
+        "--fid-extractor",
+        "--fid-weights",
+    ):
+        assert option in result.output
+    assert "30000" in result.output  # the paper's sample count is the default
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    code, out, err = run_main(
+        ["evaluate", "--checkpoint", str(tmp_path / "nope"), "--dataset", "shapes"], capsys
+    )
+    assert code == 2
+    assert err.startswith("Error: ") and "does not exist" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_on_a_run_folder(pipe, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    run = tmp_path / "00000-tiny"
+    pipe.save_pretrained(run / "model")
+    (run / "config.json").write_text(json.dumps({"preset": to_dict(PRESETS["tiny"])}))
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(run), "--n-images", "24", "--batch-size", "16", "--device", "cpu"]
+    main(args + ["--metrics", "r_precision,is", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    stdout = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["data"]["dataset"] == "shapes" and data["data"]["num_images"] == 128  # the run's own data
+    assert data["metrics"]["r_precision"]["n"] == 24 and "protocol" in data["metrics"]["r_precision"]
+    assert "torch hub cache" in data["metrics"]["is"]["skipped"]
+    assert "R-precision (%)" in stdout and "skipped" in stdout
+    lines = (run / "metric-r_precision.jsonl").read_text().splitlines()
+    assert (
+        len(lines) == 1
+        and json.loads(lines[0])["r_precision"] == data["metrics"]["r_precision"]["r_precision"]
+    )
+    assert not (run / "metric-inception_score.jsonl").exists()  # skipped metrics are not reported
+    # Only a metric whose weights are missing: a one-line error, exit code 2.
+    code, _, err = run_main(args + ["--metrics", "fid"], capsys)
+    assert code == 2 and "nothing to evaluate" in err and "Traceback" not in err
