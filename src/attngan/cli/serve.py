@@ -1,0 +1,113 @@
+"""``attngan serve``: the HTTP API and web page of :mod:`attngan.serve` (a thin layer over ``create_app``)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from .sample import load_pipeline, resolve_device
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path), help="Model folder or run folder (runs/NNNNN-...)."
+)
+@click.option(
+    "--original-generator", type=_FILE, help="The original release's generator, e.g. bird_AttnGAN2.pth."
+)
+@click.option("--original-text-encoder", type=_FILE, help="The original release's text_encoder200.pth.")
+@click.option(
+    "--captions-pickle", type=_FILE, help="The original release's captions.pickle (its vocabulary)."
+)
+@click.option(
+    "--host", default="127.0.0.1", help="Address to listen on; loopback unless you mean to share it."
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto")
+@click.option("--max-batch", type=click.IntRange(1, 256), default=8, help="Most images per forward pass.")
+@click.option(
+    "--max-images", type=click.IntRange(1, 64), default=4, help="Most images one request may ask for."
+)
+@click.option(
+    "--max-caption-chars", type=click.IntRange(1, 10000), default=300, help="Longer captions get a 422."
+)
+@click.option(
+    "--queue-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    help="Seconds a request may wait for the model before it gets a 503.",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+def serve(
+    checkpoint: Path | None,
+    original_generator: Path | None,
+    original_text_encoder: Path | None,
+    captions_pickle: Path | None,
+    host: str,
+    port: int,
+    device: str,
+    max_batch: int,
+    max_images: int,
+    max_caption_chars: int,
+    queue_timeout: float,
+    log_level: str,
+) -> None:
+    """Serve a web page and a JSON API that draw images from sentences.
+
+    Open http://127.0.0.1:8000/ for the page; the API is POST /api/v1/generate with
+    {"caption": "...", "seed": 0, "n": 1}; /docs describes it.
+
+    \b
+    Examples:
+      attngan serve --checkpoint runs/00001-shapes-gan
+      attngan serve --original-generator bird_AttnGAN2.pth \\
+          --original-text-encoder text_encoder200.pth --captions-pickle captions.pickle
+    """
+    try:
+        import uvicorn
+
+        from ..serve import create_app
+    except ImportError as exc:
+        raise UserError(
+            f"attngan serve needs FastAPI and uvicorn ({exc}); install them with: pip install 'attngan[serve]'"
+        ) from None
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pipeline = load_pipeline(
+        checkpoint, original_generator, original_text_encoder, captions_pickle, resolve_device(device)
+    )
+    if checkpoint is not None:
+        path = checkpoint.resolve()
+        name = f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
+    else:
+        name = Path(original_generator).name
+    app = create_app(
+        pipeline,
+        max_caption_chars=max_caption_chars,
+        max_images=max_images,
+        queue_timeout=queue_timeout,
+        max_batch=max_batch,
+        model_name=name,
+    )
+    if not is_loopback(host):
+        click.echo(
+            f"Warning: listening on {host}, not loopback: anyone who can reach this machine can use the model.",
+            err=True,
+        )
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"Serving {name} on {pipeline.device} at http://{shown}:{port}/ (Ctrl-C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,14 @@
+"""``attngan.serve``: an HTTP API and a web page that draw images from sentences (needs the ``serve`` extra:
+``pip install 'attngan[serve]'``). Start it with ``attngan serve --checkpoint RUN_OR_MODEL_DIR``, or::
+
+    from attngan.pipeline import AttnGANPipeline
+    from attngan.serve import BackgroundServer, create_app
+
+    app = create_app(AttnGANPipeline.from_pretrained("runs/00001-shapes-gan"))
+    with BackgroundServer(app) as server:   # uvicorn in a thread on a free loopback port
+        print(server.url)
+"""
+
+from .app import MAX_BODY_BYTES, MAX_SEED, BackgroundServer, BatchWorker, create_app, example_captions
+
+__all__ = ["create_app", "BatchWorker", "BackgroundServer", "example_captions", "MAX_SEED", "MAX_BODY_BYTES"]
