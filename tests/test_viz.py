@@ -23,7 +23,7 @@ from attngan.viz import (
 
 @pytest.fixture
 def attn() -> torch.Tensor:
-    """T=4 rows over 2x2 regions; the caption's true length is 3, so row 3 is padding (threshold 1/3).
+    """T_max=4 rows over 2x2 regions; the caption's true length is 3, so row 3 is padding (threshold 1/3).
 
     Values are binary fractions so that sums are exact. 0.3125 lies between 1/4 and 1/3: it is dropped
     with the right threshold 1/length and would be kept with the wrong 1/T_max.
@@ -49,15 +49,31 @@ def test_suppress_attention_eq15(attn):
         ]
     )
     assert torch.equal(out, expected)
-    # (T, N) layout gives the same result
-    assert torch.equal(suppress_attention(attn.reshape(4, 4), 3), expected.reshape(4, 4))
+    # (T, N) layout and numpy input give the same result
+    assert torch.equal(suppress_attention(attn.reshape(4, 4).numpy(), 3), expected.reshape(4, 4))
+    # the comparison is strict: beta == 1/T is suppressed
+    assert torch.equal(suppress_attention(torch.tensor([[0.25, 0.5]]).T, 2), torch.tensor([[0.0], [0.0]]))
+    assert torch.equal(suppress_attention(torch.full((4, 1), 0.25), 4), torch.zeros(4, 1))
 
 
 def test_top_words_hand_computed(attn):
-    assert top_words(attn, length=3, k=5) == [(1, 1.25), (0, 0.875), (2, 0.875)]
+    assert top_words(attn, length=3, k=5) == [(1, 1.25), (0, 0.875), (2, 0.875)]  # ties by index
     assert top_words(attn, length=3, k=2) == [(1, 1.25), (0, 0.875)]
-    # with the full length, the (now real) word 3 wins
-    assert top_words(attn, length=4, k=1)[0][0] == 3
+    # T=2: threshold 1/2 (strict, so the 0.5s go too); only words 0 and 1 can be listed
+    assert top_words(attn, length=2, k=5) == [(1, 0.75), (0, 0.0)]
+    # with the full length, the (now real) word 3 wins with all four regions kept
+    assert top_words(attn, length=4, k=1) == [(3, 20.0)]
+
+
+def test_top_words_ignores_padding_even_when_it_dominates():
+    torch.manual_seed(0)
+    attn = torch.rand(7, 3, 3) * 0.1
+    attn[5:] = 10.0  # padding rows with huge attention
+    words = top_words(attn, length=5, k=5)
+    assert len(words) == 5 and {i for i, _ in words} == {0, 1, 2, 3, 4}
+    assert len(top_words(attn, length=3, k=5)) == 3
+    scores = [s for _, s in words]
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_bad_length_raises(attn):
@@ -65,13 +81,15 @@ def test_bad_length_raises(attn):
         suppress_attention(attn, length=0)
     with pytest.raises(UserError):
         top_words(attn, length=5)
+    with pytest.raises(UserError):
+        suppress_attention(torch.zeros(4), 1)
 
 
 def test_upsample_map_shape_range_and_zeros():
     m = torch.zeros(4, 4)
     m[1, 2] = 1.0
     up = upsample_map(m, 32)
-    assert up.shape == (32, 32)
+    assert up.shape == (32, 32) and up.dtype == np.float32
     assert np.isfinite(up).all()
     assert up.min() == pytest.approx(0.0) and up.max() == pytest.approx(1.0)
     # the peak stays where the source region is (row 1 of 4 -> rows 8..15, col 2 -> cols 16..23)
@@ -80,6 +98,31 @@ def test_upsample_map_shape_range_and_zeros():
     for flat in (np.zeros((4, 4)), np.full((4, 4), 0.3)):
         z = upsample_map(flat, 16)
         assert z.shape == (16, 16) and not np.isnan(z).any() and (z == 0).all()
+
+
+def test_upsample_map_bilinear_with_mirrored_borders_then_gaussian():
+    # sigma=0: bilinear with half-pixel centres and mirrored borders (skimage's resize), by hand:
+    # output x-centres map to -0.25, 0.25, 0.75, 1.25 -> mirrored 0.25, 0.25, 0.75, 0.75 -> 0.25, 0.25, 0.75, 0.75
+    m = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    assert np.allclose(
+        upsample_map(m, 4, sigma=0), [[0.0, 0.0, 1.0, 1.0]] * 4
+    )  # clamped borders: 0, 1/3, ...
+    # default sigma = 2 * upscale / 6 as pyramid_expand: it blurs, and more blur spreads the peak
+    peak = torch.zeros(4, 4)
+    peak[1, 1] = 1.0
+    sharp, default, wide = (upsample_map(peak, 32, sigma=s) for s in (0, None, 6.0))
+    assert np.allclose(default, upsample_map(peak, 32, sigma=2 * 8 / 6))
+    assert (sharp > 0.5).sum() < (default > 0.5).sum() < (wide > 0.5).sum()
+
+
+def test_upsample_map_matches_skimage_pyramid_expand():
+    transform = pytest.importorskip("skimage.transform")
+    rng = np.random.default_rng(0)
+    for h, size, sigma in [(4, 32, None), (17, 256, None), (16, 64, 20.0)]:
+        m = rng.random((h, h))
+        ref = transform.pyramid_expand(m, upscale=size / h, sigma=sigma)
+        ref = (ref - ref.min()) / (ref.max() - ref.min())
+        assert np.allclose(upsample_map(m, size, sigma), ref, atol=1e-5)
 
 
 def test_to_pil_rounding_vs_truncation():
@@ -96,37 +139,78 @@ def test_to_pil_rounding_vs_truncation():
     assert rounded[1, 1].tolist() == [0, 0, 0]
     assert np.asarray(to_pil(torch.zeros(3, 1, 1)))[0, 0, 0] == 128  # 127.5: round half to even -> 128
     assert np.asarray(to_pil(torch.zeros(3, 1, 1), original_truncation=True))[0, 0, 0] == 127
+    # truncation equals the original's numpy float32 expression on in-range values
+    x = torch.linspace(-1, 1, 303).reshape(3, 1, 101)
+    expected = ((x.numpy() + 1.0) * 127.5).astype(np.uint8).transpose(1, 2, 0)
+    assert np.array_equal(np.asarray(to_pil(x, original_truncation=True)), expected)
 
 
 def test_image_grid_size():
     images = torch.zeros(5, 3, 8, 6)
     grid = image_grid(images, nrow=3, padding=2)
     assert grid.size == (3 * (6 + 2) + 2, 2 * (8 + 2) + 2)
+    arr = np.asarray(grid)
+    assert (arr[2:10, 2:8] == 128).all() and (arr[:2] == 0).all()  # images at their offsets, black padding
     pils = [Image.new("RGB", (6, 8), "white")] * 2
     assert image_grid(pils, nrow=8, padding=0).size == (12, 8)
 
 
-def test_attention_figure_layout():
-    torch.manual_seed(0)
-    stages = [torch.rand(3, s, s) * 2 - 1 for s in (8, 16, 32)]
-    attention = [torch.softmax(torch.randn(6, 4, 4), dim=0), torch.softmax(torch.randn(6, 8, 8), dim=0)]
-    tokens = ["this", "bird", "has", "a", "red", "<pad>"]
-    size = 24
-    fig = attention_figure(stages, attention, tokens, length=5, k=5, size=size)
+def _solid(rgb: tuple[float, float, float], s: int) -> torch.Tensor:
+    return torch.tensor(rgb).view(3, 1, 1).expand(3, s, s).clone()
+
+
+def _quadrant_attention(h: int, owners: list[int], length: int, t_max: int) -> torch.Tensor:
+    """(t_max, h, h): word owners[q] takes 0.9 of quadrant q (row-major), the other real words share 0.1."""
+    attn = torch.full((t_max, h, h), 0.1 / (length - 1))  # below 1/length: suppressed by Eq. 15
+    half = h // 2
+    for q, word in enumerate(owners):
+        r, c = divmod(q, 2)
+        attn[word, r * half : (r + 1) * half, c * half : (c + 1) * half] = 0.9
+    attn[length:] = 1.0  # padding words, which must never be drawn
+    return attn
+
+
+def test_attention_figure_layout_words_and_stage_images():
+    size = 32
+    stages = [_solid((1, -1, -1), 8), _solid((-1, 1, -1), 16), _solid((-1, -1, 1), 32)]  # red, green, blue
+    owners = ([2, 2, 0, 2], [1, 3, 1, 1])  # per attention stage: the word owning each quadrant
+    attention = [_quadrant_attention(4, owners[0], 4, 6), _quadrant_attention(8, owners[1], 4, 6)]
+    # Eq. 15 by hand: 3 owned quadrants (12 regions * 0.9) > 1 quadrant (3.6) > unowned words (0, by index)
+    expected = ([2, 0, 1, 3], [1, 3, 0, 2])
+    tokens = ["a", "small", "red", "bird", "<pad>", "<pad>"]
+    fig = attention_figure(stages, attention, tokens, length=4, k=5, size=size)
     cols = max(len(stages), 5)
     assert fig.size == (cols * size, (1 + 2) * (LABEL_HEIGHT + size))
     arr = np.asarray(fig).astype(int)
-    # first row, first cell holds the 8x8 stage image resized to `size`
-    first = np.asarray(to_pil(stages[0]).resize((size, size), Image.BILINEAR)).astype(int)
-    assert np.array_equal(arr[LABEL_HEIGHT : LABEL_HEIGHT + size, :size], first)
-    # attention cells are red-tinted overlays of the last stage: more red than the plain image
-    base = np.asarray(to_pil(stages[-1]).resize((size, size), Image.BILINEAR)).astype(int)
-    y = 2 * (LABEL_HEIGHT + size) + LABEL_HEIGHT
-    cell = arr[y : y + size, :size]
-    assert (cell[..., 0] - base[..., 0]).sum() > 0 and (cell[..., 1] <= base[..., 1]).all()
+
+    def cell(row: int, col: int) -> np.ndarray:
+        y = row * (LABEL_HEIGHT + size) + LABEL_HEIGHT
+        return arr[y : y + size, col * size : (col + 1) * size]
+
+    # first row: the stage images, each resized to `size`
+    for c, rgb in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        assert (cell(0, c) == rgb).all()
+    # attention stage r is drawn over image r + 1 (green, then blue), bright where the word attends
+    half = size // 2
+    for r, channel in ((0, 1), (1, 2)):
+        assert [i for i, _ in top_words(attention[r], 4)] == expected[r]
+        for col, word in enumerate(expected[r]):
+            img = cell(r + 1, col)
+            assert (np.delete(img, channel, axis=-1) == 0).all()
+            quads = [
+                img[q // 2 * half : (q // 2 + 1) * half, q % 2 * half : (q % 2 + 1) * half, channel].mean()
+                for q in range(4)
+            ]
+            own = [q for q in range(4) if owners[r][q] == word]
+            if own:
+                assert min(quads[q] for q in own) > max(quads[q] for q in range(4) if q not in own) + 50
+            else:  # all weights suppressed: the whole image is dimmed
+                assert max(quads) < 60
+        # only 4 real words: the fifth cell of each attention row stays white (padding never drawn)
+        assert (cell(r + 1, 4) == 255).all()
 
 
-def test_attention_figure_short_caption_leaves_cells_empty():
+def test_attention_figure_single_image_and_short_caption():
     img = torch.zeros(3, 16, 16)
     attention = [torch.full((4, 2, 2), 0.25)]
     fig = attention_figure(img, attention, ["a", "b", "c", "d"], length=2, k=5, size=16)
@@ -134,15 +218,64 @@ def test_attention_figure_short_caption_leaves_cells_empty():
     arr = np.asarray(fig)
     # only 2 words exist: the cells of columns 2..4 of the attention row stay white
     assert (arr[LABEL_HEIGHT + 16 :, 2 * 16 :] == 255).all()
+    # every weight is 0.25 <= 1/2: all suppressed, the maps are zero and the image is dimmed, not NaN
+    assert (arr[2 * LABEL_HEIGHT + 16 :, :16] < 128).all()
+    with pytest.raises(UserError):
+        attention_figure(img, attention, ["a"], length=2, style="jet")
 
 
-def test_captioned_grid_and_word_swap():
+def test_attention_figure_default_size_and_styles():
+    torch.manual_seed(0)
+    img = torch.rand(3, 64, 64) * 2 - 1
+    attention = [torch.softmax(torch.randn(3, 16, 16) * 3, dim=0)]
+    figs = {
+        s: attention_figure(img, attention, ["x", "y", "z"], 3, style=s)
+        for s in ("spotlight", "heat", "original")
+    }
+    assert {f.size for f in figs.values()} == {(5 * 256, 2 * (LABEL_HEIGHT + 256))}
+    cells = {s: np.asarray(f)[2 * LABEL_HEIGHT + 256 :, :256] for s, f in figs.items()}
+    assert not np.array_equal(cells["spotlight"], cells["heat"])
+    assert not np.array_equal(cells["heat"], cells["original"])
+
+
+def test_captioned_grid():
     images = torch.zeros(3, 3, 16, 16)
     long = "this small bird has a very long caption that must wrap over several lines"
     fig = captioned_grid(images, ["a red bird", "a blue bird", long], nrow=3, cell=32)
     short = captioned_grid(images, ["a", "b", "c"], nrow=3, cell=32)
     assert fig.size[0] == short.size[0] and fig.size[1] > short.size[1] > 32
+    assert (np.asarray(short)[4 : 4 + 32, 4 : 4 + 32] == 128).all()  # the first image, resized, at its place
     with pytest.raises(UserError):
         captioned_grid(images, ["only one"])
-    swap = word_swap_figure([("a red bird", images[0]), ("a blue bird", images[1])], size=20)
-    assert swap.size[0] > 2 * 20 and swap.size[1] > 20
+
+
+def _red_pixels(img: Image.Image, width: int) -> int:
+    a = np.asarray(img)[:, :width].astype(int)
+    return int(((a[..., 0] > 120) & (a[..., 1] < 80) & (a[..., 2] < 80)).sum())
+
+
+def test_word_swap_figure_rows_and_highlight():
+    torch.manual_seed(0)
+    a, b = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(3, 3, 16, 16) * 2 - 1
+    s, tw, pad = 32, 100, 4  # one-line captions: each row is as high as an image
+    fig = word_swap_figure([("a red bird", a), ("a light blue bird", list(b))], size=s, text_width=tw)
+    assert fig.size == (tw + 3 * (s + pad) + pad, 2 * s + 3 * pad)
+    arr = np.asarray(fig).astype(int)
+    # same seed in the same column: row 1, column 2 holds b[2]
+    expected = np.asarray(to_pil(b[2]).resize((s, s), Image.BILINEAR)).astype(int)
+    y, x = pad + s + pad, tw + 2 * (s + pad)
+    assert np.array_equal(arr[y : y + s, x : x + s], expected)
+    # changed words are written in red; identical captions have none
+    assert _red_pixels(fig, tw) > 0
+    same = word_swap_figure([("a red bird", a), ("a red bird", b)], size=s, text_width=tw)
+    assert _red_pixels(same, tw) == 0
+    # a long caption wraps and makes its row taller
+    long = word_swap_figure([("a red bird " * 6, a), ("a blue bird", b)], size=s, text_width=tw)
+    assert long.size[1] > fig.size[1]
+    # (caption, one image) pairs draw one image per row
+    assert word_swap_figure([("a", a[0]), ("b", b[0])], size=s, text_width=60).size == (
+        60 + s + 2 * pad,
+        2 * s + 3 * pad,
+    )
+    with pytest.raises(UserError):
+        word_swap_figure([])

@@ -1,25 +1,35 @@
-"""Figures: tensors in, PIL images out (attention maps as in Fig. 1/4, word swaps as in Fig. 5).
+"""Figures: tensors in, PIL images out (attention maps as in Fig. 1/4, word swaps as in Fig. 5, grids).
 
-Word importance follows Eq. 15 of the paper: an attention weight beta_{j,i} is kept only where it is larger
-than 1/T (T = the caption's true length), so that words which attend to nothing in particular drop out.
+Word importance follows Eq. 15 of the paper: an attention weight beta_{j,i} (Eq. 2) is kept only where it is
+larger than 1/T, T being the caption's true length, so that words which attend to nothing in particular drop
+out; the top-k words are those with the largest sum over regions j of beta_hat_{j,i}. Each kept map is
+upsampled "with Gaussian filters" (Sec. 5.2) as the original's ``skimage.transform.pyramid_expand``: bilinear
+resize with mirrored borders, then a Gaussian blur with sigma proportional to the upscale factor.
+
+Differences from the original ``build_super_images2`` (taoxugit/AttnGAN ``code/miscc/utils.py``), on purpose:
+- it selected words by ``sum(beta * [beta > 4/T])`` and drew ``beta * [beta > 2/T]``; we follow Eq. 15;
+- it blurred with a fixed ``sigma=20`` for every upscale (pass ``sigma=20`` to ``upsample_map`` to match);
+- it normalised an all-zero map to NaN; we return zeros.
+
 Nothing here reads or writes files; callers save the returned images.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-from scipy.ndimage import gaussian_filter
+from scipy import ndimage
 
 from attngan.errors import UserError
 
 __all__ = [
+    "LABEL_HEIGHT",
     "attention_figure",
     "captioned_grid",
     "image_grid",
@@ -30,17 +40,36 @@ __all__ = [
     "word_swap_figure",
 ]
 
-LABEL_HEIGHT = 20  # px of the text strip above each cell of attention_figure
-_HEAT_COLOR = (255, 0, 0)
-_HEAT_ALPHA = 0.6
+LABEL_HEIGHT = 26  # px of the text strip above each cell of attention_figure
+_LABEL_FONT = 18  # px; shrunk until the label fits its cell
+_SPOTLIGHT_FLOOR = 0.2  # brightness of the unattended parts of the image in the "spotlight" style
+_HEAT_COLOR = (255, 0, 0)  # attention tint of the "heat" style
+_HEAT_ALPHA = 0.65  # opacity of the tint where the normalised map is 1
+_ORIGINAL_ALPHA = 180 / 255  # the original pasted the gray map over the image with a constant alpha of 180
+_STYLES = ("spotlight", "heat", "original")  # see _overlay
+_CHANGED_COLOR = (200, 0, 0)  # words of a word-swap caption that differ from the first row
 
 
-def _font(size: int = 14) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's built-in font; scalable where the installed Pillow supports ``size=`` (>= 10.1)."""
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's built-in font (scalable DejaVu-like font since Pillow 10.1; bitmap fallback without FreeType)."""
     try:
         return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # older Pillow, or no FreeType
+    except (TypeError, OSError, ImportError):  # old Pillow or a build without FreeType
         return ImageFont.load_default()
+
+
+def _fit_font(text: str, width: int, size: int, draw: ImageDraw.ImageDraw) -> Any:
+    """The largest font of at most ``size`` px (down to 8 px) in which ``text`` fits in ``width`` px."""
+    font = _font(size)
+    while size > 8 and draw.textlength(text, font=font) > width:
+        size -= 1
+        font = _font(size)
+    return font
+
+
+def _line_height(font: Any) -> int:
+    left, top, right, bottom = font.getbbox("Ag")
+    return int(math.ceil(bottom)) + 2
 
 
 def _check_length(length: int, num_words: int) -> int:
@@ -54,78 +83,88 @@ def _check_length(length: int, num_words: int) -> int:
 
 
 def suppress_attention(attn: torch.Tensor | np.ndarray, length: int) -> torch.Tensor:
-    """Eq. 15: beta_hat = beta if beta > 1/T else 0, with T = ``length``; padding rows (>= length) are zeroed.
+    """Eq. 15: beta_hat_{j,i} = beta_{j,i} if beta_{j,i} > 1/T else 0, with T = ``length``.
 
-    ``attn`` is (T_max, h, w) or (T_max, N); the result is a float tensor of the same shape.
+    ``attn`` is (T_max, h, w) or (T_max, N), row i = word i; rows at and after ``length`` are padding and
+    are zeroed. Returns a float32 tensor of the same shape.
     """
     attn = torch.as_tensor(attn).detach().float().cpu()
     if attn.dim() not in (2, 3):
         raise UserError(f"attention must be (T, h, w) or (T, N), got shape {tuple(attn.shape)}")
     length = _check_length(length, attn.shape[0])
-    out = torch.where(attn > 1.0 / length, attn, torch.zeros_like(attn))
+    out = torch.where(attn > 1.0 / length, attn, torch.zeros_like(attn))  # (T_max, ...)
     out[length:] = 0
     return out
 
 
 def top_words(attn: torch.Tensor | np.ndarray, length: int, k: int = 5) -> list[tuple[int, float]]:
-    """The ``k`` words with the largest sum over regions of beta_hat (Eq. 15), as (index, score).
+    """The ``k`` words with the largest sum_j beta_hat_{j,i} (Eq. 15), as (word index, score).
 
-    Sorted by score descending, ties by lower index; only indices < ``length``, at most ``length`` entries.
+    Sorted by score descending, ties by lower index; only indices < ``length``, so at most ``length`` entries.
     """
     beta_hat = suppress_attention(attn, length)  # (T, h, w) or (T, N)
-    scores = beta_hat.reshape(beta_hat.shape[0], -1).sum(dim=1)[:length].tolist()  # (length,)
-    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
-    return [(j, float(scores[j])) for j in order[: max(0, int(k))]]
+    scores = beta_hat.reshape(beta_hat.shape[0], -1).double().sum(dim=1)[:length].tolist()  # (length,)
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return [(i, float(scores[i])) for i in order[: max(0, int(k))]]
 
 
-def upsample_map(
-    m: torch.Tensor | np.ndarray, size: int, sigma: float | None = None, mode: str = "bilinear"
-) -> np.ndarray:
-    """Upsample an (h, w) attention map to (size, size), smooth it and min-max normalise it to [0, 1].
+def upsample_map(m: torch.Tensor | np.ndarray, size: int, sigma: float | None = None) -> np.ndarray:
+    """Upsample an (h, w) attention map to (size, size) with a Gaussian filter, min-max normalised to [0, 1].
 
-    ``sigma`` defaults to 2 * upscale / 6, as skimage's ``pyramid_expand``; a constant map gives zeros.
+    As ``skimage.transform.pyramid_expand(m, upscale=size / h)``: bilinear resize with mirrored borders,
+    then a Gaussian blur (reflected borders) of ``sigma``, by default ``2 * upscale / 6`` (the filter then
+    spans about twice the upscale factor). The original used ``sigma=20``. A constant or all-zero map gives
+    zeros, never NaN.
     """
-    m = torch.as_tensor(m).detach().float().cpu()
-    if m.dim() != 2:
-        raise UserError(f"attention map must be (h, w), got shape {tuple(m.shape)}")
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    up = F.interpolate(m[None, None], size=(size, size), mode=mode, **kwargs)[0, 0].numpy()  # (size, size)
-    up = np.nan_to_num(up.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    m = torch.as_tensor(m).detach().double().cpu().numpy()
+    if m.ndim != 2:
+        raise UserError(f"attention map must be (h, w), got shape {m.shape}")
+    if int(size) < 1:
+        raise UserError(f"size must be a positive number of pixels, got {size}")
+    size = int(size)
+    m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
+    h, w = m.shape
+    # grid_mode=True: pixel centres at half-integers, as skimage's resize (align_corners=False)
+    up = ndimage.zoom(m, (size / h, size / w), order=1, mode="mirror", grid_mode=True)  # (size, size)
     if sigma is None:
-        sigma = 2.0 * (size / max(m.shape)) / 6.0
+        sigma = 2.0 * (size / max(h, w)) / 6.0
     if sigma > 0:
-        up = gaussian_filter(up, sigma=sigma)
+        up = ndimage.gaussian_filter(up, sigma=float(sigma), mode="reflect")
     lo, hi = float(up.min()), float(up.max())
-    if not hi - lo > 1e-12:
+    if not hi - lo > 1e-12 * max(1.0, abs(hi)):
         return np.zeros((size, size), dtype=np.float32)
     return ((up - lo) / (hi - lo)).clip(0.0, 1.0).astype(np.float32)
 
 
-def _to_uint8(image: torch.Tensor, original_truncation: bool = False) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+def _to_uint8(image: Any, original_truncation: bool = False) -> np.ndarray:
+    """(3, H, W) or (1, H, W) in [-1, 1] -> (H, W, 3) uint8."""
     x = torch.as_tensor(image).detach().float().cpu()
     if x.dim() != 3 or x.shape[0] not in (1, 3):
         raise UserError(f"image must be (3, H, W) or (1, H, W), got shape {tuple(x.shape)}")
     if x.shape[0] == 1:
         x = x.expand(3, -1, -1)
-    x = x.clamp(-1.0, 1.0)
+    x = (x.clamp(-1.0, 1.0) + 1.0) * 127.5  # float32 arithmetic, as the original's numpy float32
     if original_truncation:
-        arr = ((x + 1.0) * 127.5).numpy().astype(np.uint8)  # truncation, as the original code
+        arr = x.numpy().astype(np.uint8)  # truncation toward zero
     else:
-        arr = ((x + 1.0) * 127.5).round().clamp(0, 255).numpy().astype(np.uint8)
+        arr = x.round().clamp(0, 255).numpy().astype(np.uint8)
     return np.ascontiguousarray(arr.transpose(1, 2, 0))  # (H, W, 3)
 
 
-def to_pil(image: torch.Tensor, original_truncation: bool = False) -> Image.Image:
-    """(3, H, W) tensor in [-1, 1] -> RGB image, via (x + 1) * 127.5 rounded and clipped to 0..255.
+def to_pil(image: Any, original_truncation: bool = False) -> Image.Image:
+    """(3, H, W) tensor in [-1, 1] -> RGB image: (x + 1) * 127.5, rounded, in 0..255.
 
-    ``original_truncation=True`` reproduces the original ``((x + 1) * 127.5).astype(uint8)``: values are
-    clipped to [-1, 1] first (the original did not clip, so out-of-range values wrapped around), then truncated.
+    ``original_truncation=True`` reproduces the original ``((x + 1) * 127.5).astype(uint8)`` (it truncates,
+    so 0.999 -> 254 where rounding gives 255). Values are first clipped to [-1, 1] in both modes; the
+    original did not clip, which only matters outside the generator's tanh range, where it wrapped around.
     """
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
     return Image.fromarray(_to_uint8(image, original_truncation), mode="RGB")
 
 
 def _as_pil_list(images: Any) -> list[Image.Image]:
+    """A PIL image, a (3, H, W) / (N, 3, H, W) tensor or array, or a sequence of those -> list of RGB images."""
     if isinstance(images, Image.Image):
         return [images.convert("RGB")]
     if isinstance(images, (torch.Tensor, np.ndarray)):
@@ -134,19 +173,19 @@ def _as_pil_list(images: Any) -> list[Image.Image]:
             t = t[None]
         if t.dim() != 4:
             raise UserError(f"images must be (N, 3, H, W), got shape {tuple(t.shape)}")
-        return [to_pil(x) for x in t]
-    out = []
-    for im in images:
-        out.append(im.convert("RGB") if isinstance(im, Image.Image) else to_pil(im))
+        out = [to_pil(x) for x in t]
+    else:
+        out = [to_pil(im) for im in images]
     if not out:
-        raise UserError("no images to draw")
+        raise UserError("no images to draw; pass at least one image")
     return out
 
 
 def image_grid(images: Any, nrow: int = 8, padding: int = 2) -> Image.Image:
     """Images ((N, 3, H, W) in [-1, 1] or a list of PIL) in rows of ``nrow``, like torchvision's make_grid.
 
-    Size: (cols * (W + padding) + padding) x (rows * (H + padding) + padding), black padding.
+    Size: (cols * (W + padding) + padding) x (rows * (H + padding) + padding), cols = min(nrow, N); black
+    padding; images of another size are resized to the first one's.
     """
     pils = _as_pil_list(images)
     w, h = pils[0].size
@@ -161,59 +200,92 @@ def image_grid(images: Any, nrow: int = 8, padding: int = 2) -> Image.Image:
     return grid
 
 
-def _wrap(text: str, font: Any, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
-    """Greedy word wrap to ``width`` pixels (a word longer than a line gets a line of its own)."""
-    lines: list[str] = []
-    line = ""
-    for word in text.split():
-        trial = f"{line} {word}" if line else word
+def _wrap(words: Sequence[str], font: Any, width: int, draw: ImageDraw.ImageDraw) -> list[list[int]]:
+    """Greedy word wrap to ``width`` px: lists of word indices (an over-long word gets a line of its own)."""
+    lines: list[list[int]] = []
+    line: list[int] = []
+    for i in range(len(words)):
+        trial = " ".join(words[j] for j in [*line, i])
         if line and draw.textlength(trial, font=font) > width:
             lines.append(line)
-            line = word
+            line = [i]
         else:
-            line = trial
+            line.append(i)
     if line:
         lines.append(line)
-    return lines or [""]
+    return lines or [[]]
+
+
+def _draw_words(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[int, int],
+    words: Sequence[str],
+    lines: list[list[int]],
+    font: Any,
+    colors: Sequence[Any],
+) -> None:
+    """Draw wrapped ``words`` line by line from ``xy``, word i in ``colors[i]``."""
+    x0, y = xy
+    space = draw.textlength(" ", font=font)
+    for line in lines:
+        x = float(x0)
+        for i in line:
+            draw.text((x, y), words[i], fill=colors[i], font=font)
+            x += draw.textlength(words[i], font=font) + space
+        y += _line_height(font)
 
 
 def captioned_grid(
     images: Any, captions: Sequence[str], nrow: int = 4, cell: int | None = None
 ) -> Image.Image:
-    """Each image (resized to ``cell`` x ``cell``, default: the first image's width) with its wrapped caption under it."""
+    """Each image (resized to ``cell`` x ``cell``, default: the first image's width) with its caption under it.
+
+    Captions are word-wrapped to the cell width; every row of the grid gets room for the longest caption.
+    """
     pils = _as_pil_list(images)
     if len(captions) != len(pils):
         raise UserError(f"got {len(pils)} images but {len(captions)} captions; pass one caption per image")
     cell = int(cell or pils[0].size[0])
     pad = 4
-    font = _font(12)
+    font = _font(max(10, min(16, cell // 10)))
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    wrapped = [_wrap(str(c), font, cell - 2 * pad, scratch) for c in captions]
-    line_h = int(math.ceil(font.getbbox("Ag")[3])) + 2
+    words = [str(c).split() for c in captions]
+    wrapped = [_wrap(ws, font, cell - 2 * pad, scratch) for ws in words]
+    line_h = _line_height(font)
     text_h = max(len(w) for w in wrapped) * line_h + 2 * pad
     cols = max(1, min(int(nrow), len(pils)))
     rows = math.ceil(len(pils) / cols)
     cw, ch = cell + pad, cell + text_h
     canvas = Image.new("RGB", (cols * cw + pad, rows * ch + pad), "white")
     draw = ImageDraw.Draw(canvas)
-    for i, (im, lines) in enumerate(zip(pils, wrapped)):
+    for i, (im, ws, lines) in enumerate(zip(pils, words, wrapped)):
         r, c = divmod(i, cols)
         x, y = pad + c * cw, pad + r * ch
         canvas.paste(im.resize((cell, cell), Image.BILINEAR), (x, y))
-        for n, line in enumerate(lines):
-            draw.text((x + pad, y + cell + pad + n * line_h), line, fill="black", font=font)
+        _draw_words(draw, (x + pad, y + cell + pad), ws, lines, font, ["black"] * len(ws))
     return canvas
 
 
-def _overlay(base: np.ndarray, heat: np.ndarray) -> Image.Image:
-    """Alpha-blend a [0, 1] heat map (size, size) in red over an (size, size, 3) uint8 image."""
-    a = (_HEAT_ALPHA * heat)[..., None]  # (size, size, 1)
-    color = np.asarray(_HEAT_COLOR, dtype=np.float32)
-    out = base.astype(np.float32) * (1.0 - a) + color * a
+def _overlay(base: np.ndarray, heat: np.ndarray, style: str) -> Image.Image:
+    """Blend a [0, 1] map (S, S) over an (S, S, 3) uint8 image.
+
+    "spotlight": the image at full brightness where attended, dimmed elsewhere (works for any image colour);
+    "heat": red tint with opacity proportional to the map, so unattended regions show the plain image;
+    "original": the gray map pasted over the image with a constant alpha of 180/255, as the original.
+    """
+    img = base.astype(np.float32)
+    if style == "spotlight":
+        out = img * (_SPOTLIGHT_FLOOR + (1.0 - _SPOTLIGHT_FLOOR) * heat)[..., None]
+    elif style == "heat":
+        a = (_HEAT_ALPHA * heat)[..., None]  # (S, S, 1)
+        out = img * (1.0 - a) + np.asarray(_HEAT_COLOR, dtype=np.float32) * a
+    else:
+        gray = np.uint8(heat * 255.0).astype(np.float32)[..., None]  # (S, S, 1), truncated like the original
+        out = img * (1.0 - _ORIGINAL_ALPHA) + gray * _ORIGINAL_ALPHA
     return Image.fromarray(out.round().clip(0, 255).astype(np.uint8), mode="RGB")
 
 
-def _as_map(a: torch.Tensor | np.ndarray) -> torch.Tensor:
+def _as_map(a: Any) -> torch.Tensor:
     """(T, h, w), or (T, N) with square N -> (T, h, w)."""
     a = torch.as_tensor(a).detach().float().cpu()
     if a.dim() == 2:
@@ -222,62 +294,129 @@ def _as_map(a: torch.Tensor | np.ndarray) -> torch.Tensor:
             raise UserError(f"attention (T, N) needs a square number of regions, got N={a.shape[1]}")
         a = a.reshape(a.shape[0], side, side)
     if a.dim() != 3:
-        raise UserError(f"attention must be (T, h, w), got shape {tuple(a.shape)}")
+        raise UserError(f"attention must be (T, h, w) or (T, N), got shape {tuple(a.shape)}")
     return a
 
 
 def attention_figure(
-    images: Any,
-    attention: Sequence[torch.Tensor],
+    image: Any,
+    attention: Sequence[Any],
     tokens: Sequence[str],
     length: int,
     k: int = 5,
-    size: int = 128,
+    size: int = 256,
+    sigma: float | None = None,
+    style: str = "spotlight",
 ) -> Image.Image:
-    """Fig. 1/4: the stage images, then per attention stage the top-k words (Eq. 15) and their maps.
+    """Fig. 1/4: the stage images in the first row, then per attention stage the top-k words and their maps.
 
-    Layout: ``cols = max(len(images), k)`` cells of ``size`` px wide, ``1 + len(attention)`` rows of
-    ``LABEL_HEIGHT + size`` px (a text strip above each cell): width ``cols * size``, height
-    ``(1 + len(attention)) * (LABEL_HEIGHT + size)``. Each map is upsampled with ``upsample_map`` and tinted
-    red over the last-stage image; its label is the word and its share of the stage's total Eq. 15 score.
+    ``image``: (3, H, W) in [-1, 1], or a list of stage images (tensors or PIL), smallest first; each is
+    resized bilinearly to ``size``. ``attention``: per attention stage a (T, h, w) map (Eq. 2, row i = word i;
+    batch element already selected). ``length``: the caption's true length (Eq. 15's T).
+
+    Layout: ``cols = max(number of stage images, k)`` cells of ``size`` px, ``1 + len(attention)`` rows of
+    ``LABEL_HEIGHT + size`` px, a label strip above every cell: width ``cols * size``, height
+    ``(1 + len(attention)) * (LABEL_HEIGHT + size)``. Row r + 1 shows the top-k words of attention stage r
+    (Eq. 15), each map upsampled with ``upsample_map(..., sigma)`` and blended over the image that stage
+    produced (image r + 1 when there is one more image than attention stages, as F_i^attn feeds G_i; else
+    the last image) in ``style`` ("spotlight", "heat" or "original", see ``_overlay``), labelled with the
+    word and its share of the stage's Eq. 15 mass. Cells of words beyond ``length`` stay white.
     """
-    stages = [images] if isinstance(images, torch.Tensor) and images.dim() == 3 else list(images)
+    if style not in _STYLES:
+        raise UserError(f"style must be one of {', '.join(_STYLES)}, got {style!r}")
+    if int(k) < 1 or int(size) < 8:
+        raise UserError(f"need k >= 1 and size >= 8 px, got k={k}, size={size}")
+    k, size = int(k), int(size)
+    if isinstance(image, Image.Image) or (isinstance(image, (torch.Tensor, np.ndarray)) and image.ndim == 3):
+        stages = [image]
+    else:
+        stages = list(image)
     if not stages:
         raise UserError("attention_figure needs at least one image")
-    stage_pils = [to_pil(x) if not isinstance(x, Image.Image) else x.convert("RGB") for x in stages]
+    stage_pils = [to_pil(x) for x in stages]
     resized = [im.resize((size, size), Image.BILINEAR) for im in stage_pils]
-    base = np.asarray(resized[-1])  # (size, size, 3)
-    cols = max(len(resized), int(k))
-    cell_h = LABEL_HEIGHT + size
-    canvas = Image.new("RGB", (cols * size, (1 + len(attention)) * cell_h), "white")
-    font = _font(14)
+    maps = [_as_map(a) for a in attention]  # (T, h, w) per attention stage
+    shift = 1 if len(resized) == len(maps) + 1 else None
 
-    def label(text: str, x: int, y: int) -> None:
-        strip = Image.new("RGB", (size, LABEL_HEIGHT), "white")  # clipped to its cell
-        ImageDraw.Draw(strip).text((2, 2), text, fill="black", font=font)
+    cols = max(len(resized), k)
+    cell_h = LABEL_HEIGHT + size
+    canvas = Image.new("RGB", (cols * size, (1 + len(maps)) * cell_h), "white")
+    draw = ImageDraw.Draw(canvas)
+
+    def label(text: str, x: int, y: int, fill: Any = "black") -> None:
+        strip = Image.new("RGB", (size, LABEL_HEIGHT), "white")  # clips text that cannot shrink enough
+        font = _fit_font(text, size - 6, _LABEL_FONT, draw)
+        top = max(0, (LABEL_HEIGHT - _line_height(font)) // 2 + 1)
+        ImageDraw.Draw(strip).text((3, top), text, fill=fill, font=font)
         canvas.paste(strip, (x, y))
 
     for c, (im, orig) in enumerate(zip(resized, stage_pils)):
-        label(f"{orig.size[0]}x{orig.size[1]}", c * size, 0)
+        label(f"{orig.size[0]}x{orig.size[1]}", c * size, 0, fill=(90, 90, 90))
         canvas.paste(im, (c * size, LABEL_HEIGHT))
 
-    for r, att in enumerate(attention, start=1):
-        att = _as_map(att)  # (T, h, w)
-        beta_hat = suppress_attention(att, length)
+    for r, att in enumerate(maps):
+        beta_hat = suppress_attention(att, length)  # (T, h, w), Eq. 15
         ranked = top_words(att, length, k)
-        total = sum(s for _, s in top_words(att, length, length)) or 1.0
-        y = r * cell_h
-        for c, (j, score) in enumerate(ranked):
-            word = tokens[j] if j < len(tokens) else f"<{j}>"
+        total = float(beta_hat[:length].double().sum()) or 1.0
+        base = np.asarray(resized[r + shift] if shift else resized[-1])  # (size, size, 3)
+        y = (r + 1) * cell_h
+        for c, (i, score) in enumerate(ranked):
+            word = tokens[i] if i < len(tokens) else f"<{i}>"
             label(f"{word} {score / total:.2f}", c * size, y)
-            canvas.paste(_overlay(base, upsample_map(beta_hat[j], size)), (c * size, y + LABEL_HEIGHT))
+            heat = upsample_map(beta_hat[i], size, sigma)  # (size, size) in [0, 1]
+            canvas.paste(_overlay(base, heat, style), (c * size, y + LABEL_HEIGHT))
     return canvas
 
 
-def word_swap_figure(rows: Sequence[tuple[str, Any]], size: int = 128) -> Image.Image:
-    """Fig. 5: images of captions that differ by one word, side by side, each caption under its image."""
+def _changed_colors(reference: Sequence[str], words: Sequence[str]) -> list[Any]:
+    """Black for the words that ``words`` shares with ``reference`` (longest matching blocks), red for the rest."""
+    colors: list[Any] = [_CHANGED_COLOR] * len(words)
+    for block in difflib.SequenceMatcher(
+        a=list(reference), b=list(words), autojunk=False
+    ).get_matching_blocks():
+        colors[block.b : block.b + block.size] = ["black"] * block.size
+    return colors
+
+
+def word_swap_figure(
+    rows: Sequence[tuple[str, Any]], size: int = 128, text_width: int | None = None
+) -> Image.Image:
+    """Fig. 5: one row per caption (same z and CA noise, one word changed), its caption written beside it.
+
+    ``rows``: (caption, images) pairs; images are the last-stage images of that caption (one per seed):
+    (N, 3, H, W), a list of (3, H, W) tensors or PIL images, or a single image. Column n shows the same seed
+    in every row, so reading down a column shows what the changed word does. Words that differ from the
+    first row's caption (by a word diff; the first row is compared with the second) are drawn in red.
+    Each image is resized to ``size``; the caption column, ``text_width`` px wide (default ``2 * size``),
+    is word-wrapped. Size: ``text_width + cols * (size + 4) + 4`` wide, where cols = the longest row.
+    """
     if not rows:
-        raise UserError("word_swap_figure needs at least one (caption, image) pair")
-    captions = [c for c, _ in rows]
-    images = [im if isinstance(im, Image.Image) else to_pil(im) for _, im in rows]
-    return captioned_grid(images, captions, nrow=len(rows), cell=size)
+        raise UserError("word_swap_figure needs at least one (caption, images) row")
+    size = int(size)
+    text_w = int(text_width or 2 * size)
+    pad = 4
+    captions = [str(c) for c, _ in rows]
+    images = [_as_pil_list(ims) for _, ims in rows]
+    font = _font(max(11, min(18, size // 8)))
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    row_words, row_lines, row_h = [], [], []
+    for cap in captions:
+        words = cap.split()
+        lines = _wrap(words, font, text_w - 2 * pad, scratch)
+        row_words.append(words)
+        row_lines.append(lines)
+        row_h.append(max(size, len(lines) * _line_height(font) + 2 * pad))
+    ncols = max(len(ims) for ims in images)
+    width = text_w + ncols * (size + pad) + pad
+    canvas = Image.new("RGB", (width, sum(row_h) + (len(rows) + 1) * pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = pad
+    for r, (words, lines, h, ims) in enumerate(zip(row_words, row_lines, row_h, images)):
+        # the first row is compared with the second, every other row with the first
+        colors = _changed_colors(row_words[1 if r == 0 and len(rows) > 1 else 0], words)
+        text_h = len(lines) * _line_height(font)
+        _draw_words(draw, (pad, y + max(pad, (h - text_h) // 2)), words, lines, font, colors)
+        for c, im in enumerate(ims):
+            canvas.paste(im.resize((size, size), Image.BILINEAR), (text_w + c * (size + pad), y))
+        y += h + pad
+    return canvas
