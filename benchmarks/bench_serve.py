@@ -1,0 +1,195 @@
+"""Load test of ``attngan serve``: N concurrent clients (threads) send a fixed number of requests to a
+loopback server and the script prints latency percentiles, throughput, batching and errors.
+
+By default it starts its own server in a thread with a tiny untrained model (the cost of the HTTP layer,
+the queue and the rendering, not of a real generator); ``--checkpoint`` serves a trained model instead,
+and ``--url`` measures a server that is already running on this machine (loopback only).
+
+    python benchmarks/bench_serve.py --clients 8 --requests 80
+    python benchmarks/bench_serve.py --checkpoint runs/00001-shapes-gan --device cpu --max-batch 8
+    python benchmarks/bench_serve.py --url http://127.0.0.1:8000 --clients 4 --requests 40 --n 2
+
+Bounded: at most ``--requests`` requests (<= 10000) and ``--max-seconds`` of wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+
+def tiny_pipeline():
+    from attngan.config import PRESETS
+    from attngan.data.synthetic import shapes_vocabulary
+    from attngan.nn import Generator, TextEncoder
+    from attngan.pipeline import AttnGANPipeline
+
+    torch.manual_seed(0)
+    vocab = shapes_vocabulary()
+    tiny = PRESETS["tiny"]
+    te = TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab)))
+    return AttnGANPipeline(te, Generator(tiny.generator), vocab)
+
+
+def post(url: str, body: dict, timeout: float) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as res:
+            return res.status, json.loads(res.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+    except (urllib.error.URLError, TimeoutError, ConnectionError):
+        return 0, {}  # 0: no HTTP answer (refused, reset or timed out)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def run_load(base: str, clients: int, requests: int, n: int, max_seconds: float, timeout: float) -> dict:
+    with urllib.request.urlopen(base + "/health", timeout=timeout) as res:
+        health = json.loads(res.read())
+    captions = health["examples"] or ["a red circle"]
+    url = base + "/api/v1/generate"
+    for k in range(2):  # warm-up, not counted
+        post(url, {"caption": captions[k % len(captions)], "seed": k, "n": n}, timeout)
+
+    lock = threading.Lock()
+    issued = 0
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    batch_images: list[int] = []
+    deadline = time.monotonic() + max_seconds
+
+    def client() -> None:
+        nonlocal issued
+        while True:
+            with lock:
+                if issued >= requests or time.monotonic() > deadline:
+                    return
+                k = issued
+                issued += 1
+            body = {"caption": captions[k % len(captions)], "seed": 1000 + k, "n": n}
+            start = time.perf_counter()
+            status, answer = post(url, body, timeout)
+            elapsed = time.perf_counter() - start
+            with lock:
+                statuses[status] += 1
+                if status == 200:
+                    latencies.append(elapsed)
+                    batch_images.append(answer["batch_images"])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(client) for _ in range(clients)]:
+            f.result()
+    wall = time.perf_counter() - start
+    ok = statuses.get(200, 0)
+    return {
+        "device": health["device"],
+        "model": health["model"],
+        "clients": clients,
+        "requests": sum(statuses.values()),
+        "images_per_request": n,
+        "ok": ok,
+        "errors": sum(statuses.values()) - ok,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "wall_s": wall,
+        "requests_per_s": ok / wall if wall > 0 else 0.0,
+        "images_per_s": ok * n / wall if wall > 0 else 0.0,
+        "latency_ms": {
+            "p50": 1e3 * percentile(latencies, 50),
+            "p95": 1e3 * percentile(latencies, 95),
+            "max": 1e3 * max(latencies),
+            "mean": 1e3 * statistics.fmean(latencies),
+        }
+        if latencies
+        else None,
+        "mean_batch_images": statistics.fmean(batch_images) if batch_images else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", help="a running server on this machine, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--checkpoint", help="model or run folder to serve (default: tiny untrained model)")
+    parser.add_argument("--device", default="cpu", help="device of the served model (own server only)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
+    parser.add_argument("--requests", type=int, default=40, help="requests in all (<= 10000)")
+    parser.add_argument("--n", type=int, default=1, help="images per request")
+    parser.add_argument("--max-batch", type=int, default=8, help="images per forward pass (own server only)")
+    parser.add_argument("--queue-timeout", type=float, default=30.0, help="seconds (own server only)")
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="stop issuing requests after this")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-request HTTP timeout, seconds")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args()
+    if not 1 <= args.clients <= 256 or not 1 <= args.requests <= 10000 or args.n < 1:
+        parser.error("need 1 <= --clients <= 256, 1 <= --requests <= 10000 and --n >= 1")
+
+    if args.url:
+        host = urllib.parse.urlsplit(args.url).hostname or ""
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            parser.error(f"--url must be a loopback address (127.0.0.1, localhost, ::1), got {host!r}")
+        result = run_load(
+            args.url.rstrip("/"), args.clients, args.requests, args.n, args.max_seconds, args.timeout
+        )
+    else:
+        from attngan.pipeline import AttnGANPipeline
+        from attngan.serve import BackgroundServer, create_app
+
+        pipe = (
+            AttnGANPipeline.from_pretrained(args.checkpoint, device=args.device)
+            if args.checkpoint
+            else tiny_pipeline().to(args.device)
+        )
+        app = create_app(
+            pipe,
+            max_images=max(4, args.n),
+            max_batch=args.max_batch,
+            queue_timeout=args.queue_timeout,
+            max_queue=max(64, 2 * args.clients),
+            model_name=args.checkpoint or "tiny-untrained",
+        )
+        with BackgroundServer(app) as server:
+            result = run_load(server.url, args.clients, args.requests, args.n, args.max_seconds, args.timeout)
+            result["batches_run"] = app.state.worker.batches_run
+        result["max_batch"] = args.max_batch
+    result["torch_threads"] = torch.get_num_threads()
+
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    lat = result["latency_ms"]
+    print(
+        f"{result['model'].get('name') or 'model'} on {result['device']}: {result['clients']} clients, "
+        f"{result['requests']} requests x {result['images_per_request']} image(s) in {result['wall_s']:.1f} s"
+    )
+    if lat:
+        print(
+            f"latency ms  p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  max {lat['max']:.1f}  mean {lat['mean']:.1f}"
+        )
+    print(f"throughput  {result['requests_per_s']:.1f} requests/s  {result['images_per_s']:.1f} images/s")
+    if result["mean_batch_images"] is not None:
+        print(f"batching    {result['mean_batch_images']:.2f} images per model batch on average")
+    print(f"errors      {result['errors']}  (statuses: {result['statuses']}; 0 = no HTTP answer)")
+
+
+if __name__ == "__main__":
+    main()
