@@ -203,7 +203,9 @@ class BatchWorker:
     """One thread that runs the pipeline on batches of queued requests, one batch at a time.
 
     A batch takes queued jobs in order while their images fit in ``max_batch`` (a single job larger than
-    that runs alone, in chunks of ``max_batch``). Jobs cancelled while waiting are skipped. If a batch
+    that runs alone, in chunks of ``max_batch``). Every job asks for the same outputs, so any two are
+    compatible: the pipeline pads captions of different lengths and masks the padding, and each image
+    has its own seed, so batching does not change an image. Jobs cancelled while waiting are skipped. If a batch
     fails, its jobs are run again one by one so that one bad request cannot fail the others.
     """
 
