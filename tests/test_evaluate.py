@@ -112,7 +112,15 @@ def test_every_requested_metric_names_its_protocol_and_sample_count(result):
     assert f"{N} images" in result["protocol"]
     json.dumps(result, allow_nan=False)  # plain JSON
     table = format_table(result)
-    for label in ("R-precision (%)", "Inception score", "FID", "attributes: color", "CLIP score"):
+    labels = (
+        "R-precision (%)",
+        "Inception score",
+        "FID",
+        "attributes: color",
+        "real test images",
+        "CLIP score",
+    )
+    for label in labels:
         assert label in table
     assert table.count(f"{N:>8}  [") >= 5  # every row shows its sample count and refers to a protocol
     for i in range(1, 6):
@@ -242,6 +250,24 @@ def test_attributes_on_a_dataset_without_ground_truth_are_skipped(pipe, test_set
         attribute_classifier=classifier,
     )
     assert "shapes" in res["metrics"]["attributes"]["skipped"]
+
+
+def test_r_precision_options_and_mismatched_encoders(pipe, test_set):
+    res = evaluate_model(
+        pipe,
+        test_set,
+        ["r_precision"],
+        n_images=16,
+        seed=SEED,
+        r_precision_other_classes=True,
+        progress=False,
+    )
+    rp = res["metrics"]["r_precision"]
+    assert rp["exclude_same_class"] is True and "other classes only" in rp["protocol"]
+    assert "R-precision (%), other classes" in format_table(res)
+    narrow = ImageEncoder(dataclasses.replace(PRESETS["tiny"].image_encoder, embed_dim=8))
+    with pytest.raises(UserError, match="image encoder's width 8"):
+        evaluate_model(pipe, test_set, ["r_precision"], n_images=16, image_encoder=narrow, progress=False)
 
 
 def test_parse_metrics():

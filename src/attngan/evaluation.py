@@ -410,6 +410,13 @@ def evaluate_model(
             "the model has no DAMSM image encoder (image_encoder/ in the model folder); pass the original "
             "release's image_encoder*.pth with --original-image-encoder"
         )
+    if "r_precision" in names and image_encoder is not None:
+        dims = (getattr(image_encoder, "config", None), pipeline.text_encoder.config)
+        if dims[0] is not None and dims[0].embed_dim != dims[1].embed_dim:
+            raise UserError(
+                f"the DAMSM image encoder's width {dims[0].embed_dim} != the text encoder's "
+                f"{dims[1].embed_dim}: R-precision needs the image encoder trained with this text encoder"
+            )
     if "is" in names:
         is_weights = fid_weights if is_classifier == "fid-inception" else None
         problem = weights_problem(is_classifier, is_weights, allow_download, "--is-classifier")
@@ -573,6 +580,11 @@ def _rows(name: str, res: dict[str, Any]) -> list[tuple[str, str, int]]:
     if name == "attributes":
         chance, counts = res.get("chance", {}), res.get("n_per_attribute", {})
         rows = [(_LABELS[name], pm(res["all_acc"], None, 3), n)]
+        real = res.get("real_reference")
+        if real:
+            rows.append(
+                ("attributes: all correct, real test images", pm(real["all_acc"], None, 3), real["n"])
+            )
         for attr in ATTRIBUTES:
             label = f"attributes: {attr} (chance {chance.get(attr, 0):.3f})"
             rows.append((label, pm(res.get(f"{attr}_acc"), None, 3), int(counts.get(attr, n))))

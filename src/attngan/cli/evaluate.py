@@ -280,7 +280,8 @@ def evaluate(
     built-in shapes data and, with --clip-model, the CLIP score. The table and the --out JSON name the
     protocol and the sample count of every figure. A metric whose weights are missing is skipped with a
     message saying how to provide them. With a run folder, each result is also appended to
-    RUN/metric-<name>.jsonl.
+    RUN/metric-<name>.jsonl. The first attribute evaluation trains the attribute classifier once and caches
+    it (a few minutes on a CPU).
 
     \b
     Examples:
