@@ -3,6 +3,7 @@
 from .attention import WordAttention, word_attention
 from .discriminator import Discriminator
 from .encoders import ImageEncoder, TextEncoder
+from .fast import fold_batchnorm, set_fast_upsample
 from .generator import Generator, GeneratorOutput
 
 __all__ = [
@@ -13,4 +14,6 @@ __all__ = [
     "Discriminator",
     "WordAttention",
     "word_attention",
+    "set_fast_upsample",
+    "fold_batchnorm",
 ]

@@ -1,0 +1,600 @@
+"""Shared pieces of the benchmarks: plain reference computations, training steps and a sampler with
+fast-path flags, synthetic batches, timing, FLOP counting, peak memory and the machine's matmul rate.
+
+The *plain path* is what a direct transcription of the paper / original code does: float32, eager,
+channels-first, the DAMSM word loss as a per-caption Python loop (original ``words_loss`` and
+``func_attention``, Eq. 7-13), explicit word attention in the generator (Eq. 2), one backward through
+everything. The *fast path* computes the same mathematics; every option is a field of
+:class:`StepOptions`, so that each can be switched on alone. ``tests/test_fast_path.py`` checks that
+both paths agree.
+
+This module is for the scripts in ``benchmarks/`` and the tests; the library does not import it. The
+GAN step is built here from ``attngan.nn`` and ``attngan.losses`` (one D step per stage, then a G step,
+then the EMA of G, as ``trainer.py`` of the original release).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attngan import losses
+from attngan.config import PRESETS, DiscriminatorConfig, Preset, apply_overrides
+from attngan.nn import Discriminator, Generator, ImageEncoder, TextEncoder, fold_batchnorm, set_fast_upsample
+
+# ----------------------------------------------------------------------------------------------- machine
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls/convs run natively (CUDA with bf16, or a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "")
+    bf16 = "native bf16" if native_bf16(device) else "no native bf16"
+    return f"{model}, {torch.get_num_threads()} threads, {isa}, {bf16}, torch {torch.__version__}"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(
+    device: torch.device, n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """Median rate of an (n x n) @ (n x n) matmul in GFLOP/s: the machine's practical peak."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device, dtype)
+    b = torch.randn(n, n, generator=gen).to(device, dtype)
+    times = time_calls(lambda: a @ b, device, warmup=2, reps=reps)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> list[float]:
+    """Wall-clock seconds of ``reps`` calls of ``fn`` after ``warmup`` calls (device synchronised)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: ``max_memory_allocated`` on CUDA, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention; forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def run_worker(script: str | Path, args: list[str], timeout: float = 1800) -> dict:
+    """Run ``python script --worker ...`` in a fresh process (its own peak memory); returns its JSON."""
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--worker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"worker {args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------------------ plain reference losses
+
+
+def func_attention_plain(
+    query: torch.Tensor, context: torch.Tensor, gamma1: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original ``func_attention`` (Eq. 7-9), step by step.
+
+    Args:
+        query: (B, D, T) words of one caption repeated per image; context: (B, D, h, w) regions.
+    Returns:
+        weighted context (B, D, T) and attention (B, T, h, w).
+    """
+    b, d, t = query.shape
+    ih, iw = context.shape[2:]
+    n = ih * iw
+    context = context.reshape(b, d, n)  # (B, D, N)
+    attn = torch.bmm(context.transpose(1, 2), query)  # (B, N, T)  Eq. 7
+    attn = torch.softmax(attn.reshape(b * n, t), dim=1).reshape(b, n, t)  # Eq. 8: over words
+    attn = attn.transpose(1, 2).reshape(b * t, n) * gamma1
+    attn = torch.softmax(attn, dim=1).reshape(b, t, n)  # Eq. 9: over regions
+    weighted = torch.bmm(context, attn.transpose(1, 2))  # (B, D, T)
+    return weighted, attn.reshape(b, t, ih, iw)
+
+
+def words_loss_plain(
+    regions: torch.Tensor,
+    words: torch.Tensor,
+    lengths: torch.Tensor,
+    gamma1: float,
+    gamma2: float,
+    gamma3: float,
+    class_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original ``words_loss``: one caption at a time against all images (Eq. 10-13)."""
+    b = words.size(0)
+    columns = []
+    for i in range(b):
+        n_words = int(lengths[i])
+        word = words[i : i + 1, :, :n_words].repeat(b, 1, 1)  # (B, D, T_i)
+        weighted, _ = func_attention_plain(word, regions, gamma1)  # (B, D, T_i)
+        word = word.transpose(1, 2).reshape(b * n_words, -1)
+        weighted = weighted.transpose(1, 2).reshape(b * n_words, -1)
+        num = (word * weighted).sum(1)
+        den = (word.norm(dim=1) * weighted.norm(dim=1)).clamp(min=losses.EPS)
+        sim = (num / den).reshape(b, n_words)  # R(c_i, e_i) per image
+        columns.append(torch.log(torch.exp(sim * gamma2).sum(dim=1, keepdim=True)))  # Eq. 10
+    scores = torch.cat(columns, dim=1) * gamma3  # (B_img, B_cap)  Eq. 11
+    if class_ids is not None:
+        same = (class_ids[:, None] == class_ids[None, :]) & ~torch.eye(
+            b, dtype=torch.bool, device=scores.device
+        )
+        scores = scores.masked_fill(same, float("-inf"))
+    target = torch.arange(b, device=scores.device)
+    return F.cross_entropy(scores, target), F.cross_entropy(scores.t(), target)  # Eq. 12, 13
+
+
+def sent_loss_plain(
+    image_vectors: torch.Tensor, sentence: torch.Tensor, gamma3: float, class_ids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original ``sent_loss`` (cosine of v-bar and e-bar, Eq. 11-13 at sentence level)."""
+    b = image_vectors.size(0)
+    num = image_vectors @ sentence.t()
+    den = (image_vectors.norm(dim=1)[:, None] * sentence.norm(dim=1)[None, :]).clamp(min=losses.EPS)
+    scores = num / den * gamma3
+    if class_ids is not None:
+        same = (class_ids[:, None] == class_ids[None, :]) & ~torch.eye(
+            b, dtype=torch.bool, device=scores.device
+        )
+        scores = scores.masked_fill(same, float("-inf"))
+    target = torch.arange(b, device=scores.device)
+    return F.cross_entropy(scores, target), F.cross_entropy(scores.t(), target)
+
+
+def damsm_total(
+    regions: torch.Tensor,
+    image_vectors: torch.Tensor,
+    words: torch.Tensor,
+    sentence: torch.Tensor,
+    lengths: torch.Tensor,
+    class_ids: torch.Tensor | None,
+    preset: Preset,
+    vectorized: bool,
+) -> torch.Tensor:
+    """L_DAMSM (Eq. 14) in float32, by the plain loop or by ``attngan.losses.damsm_loss``."""
+    cfg = preset.damsm_loss
+    class_ids = class_ids if cfg.class_masking else None
+    regions, image_vectors = regions.to(words.dtype), image_vectors.to(words.dtype)  # fp32 under autocast
+    with torch.autocast(device_type=regions.device.type, enabled=False):
+        if vectorized:
+            return losses.damsm_loss(
+                regions, image_vectors, words, sentence, lengths,
+                gamma1=cfg.gamma1, gamma2=cfg.gamma2, gamma3=cfg.gamma3, class_ids=class_ids,
+            ).total  # fmt: skip
+        w1, w2 = words_loss_plain(regions, words, lengths, cfg.gamma1, cfg.gamma2, cfg.gamma3, class_ids)
+        s1, s2 = sent_loss_plain(image_vectors, sentence, cfg.gamma3, class_ids)
+        return w1 + w2 + s1 + s2
+
+
+# ----------------------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """Fast-path switches. ``StepOptions()`` is the plain path."""
+
+    channels_last: bool = False  # NHWC activations and weights (oneDNN/cuDNN prefer it)
+    autocast: str | None = None  # None | "bf16" | "fp16": mixed precision of the networks (losses stay fp32)
+    compile: bool = False  # torch.compile the networks
+    vectorized_damsm: bool = False  # losses.damsm_loss instead of the per-caption loop
+    fused_attention: bool = False  # Generator(need_attention=False): SDPA, no attention maps
+    fast_upsample: bool = False  # upsample + conv3x3 as one transposed conv (nn.set_fast_upsample)
+    fold_frozen_bn: bool = False  # fold the frozen Inception's eval BatchNorm into its convs
+    split_backward: bool = False  # G step: backward each D / the encoder to the images first (memory)
+    fused_optimizer: bool = False  # Adam(fused=True) and a foreach EMA
+
+    def describe(self) -> str:
+        on = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) not in (False, None)]
+        if self.autocast:
+            on[on.index("autocast")] = f"autocast={self.autocast}"
+        return ",".join(on) or "plain"
+
+
+PLAIN = StepOptions()
+
+
+def fast_options(device: torch.device, compile: bool = False) -> StepOptions:
+    """Every switch that helps on ``device``: bf16 only where it is native (emulated bf16 is slower)."""
+    return StepOptions(
+        channels_last=True,
+        autocast="bf16" if native_bf16(device) else None,
+        compile=compile,
+        vectorized_damsm=True,
+        fused_attention=True,
+        fast_upsample=True,
+        fold_frozen_bn=True,
+        split_backward=True,
+        fused_optimizer=True,
+    )
+
+
+def parse_options(spec: str, device: torch.device) -> StepOptions:
+    """``"plain"``, ``"fast"``, ``"fast+compile"``, or ``"a,b,autocast=bf16"`` (field names)."""
+    if spec == "plain":
+        return PLAIN
+    if spec in ("fast", "fast+compile"):
+        return fast_options(device, compile=spec.endswith("compile"))
+    values: dict[str, object] = {}
+    names = {f.name for f in dataclasses.fields(StepOptions)}
+    for part in spec.split(","):
+        key, _, value = part.partition("=")
+        if key not in names:
+            raise ValueError(f"unknown option {key!r}; options: {sorted(names)}")
+        values[key] = value if key == "autocast" else True
+    return StepOptions(**values)
+
+
+def autocast_context(options: StepOptions, device: torch.device):
+    if options.autocast is None:
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[options.autocast]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _format(x: torch.Tensor, options: StepOptions) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if options.channels_last and x.dim() == 4 else x
+
+
+def _maybe_compile(module: nn.Module, options: StepOptions):
+    return torch.compile(module) if options.compile else module
+
+
+# ----------------------------------------------------------------------------------------------- batches
+
+
+@dataclass
+class SyntheticBatch:
+    images: list[torch.Tensor]  # one (B, 3, s, s) per stage, in [-1, 1]
+    captions: torch.Tensor  # (B, T) long, zero-padded
+    lengths: torch.Tensor  # (B,) long, on the CPU (pack_padded_sequence wants them there)
+    mask: torch.Tensor  # (B, T) bool, True at padding
+    class_ids: torch.Tensor  # (B,) long
+
+
+def preset_by_name(name: str, overrides: list[str] | None = None) -> Preset:
+    preset = PRESETS[name]
+    return apply_overrides(preset, overrides) if overrides else preset
+
+
+def synthetic_batch(preset: Preset, batch_size: int, device: torch.device, seed: int = 0) -> SyntheticBatch:
+    """Random images, captions of random lengths (T/2..T) and classes; the same for every option."""
+    gen = torch.Generator().manual_seed(seed)
+    t = preset.data.words_num
+    lengths = torch.randint(max(1, t // 2), t + 1, (batch_size,), generator=gen)
+    lengths[0] = t  # the longest caption sets T, as in a padded batch
+    mask = torch.arange(t)[None, :] >= lengths[:, None]
+    captions = torch.randint(1, preset.text_encoder.vocab_size, (batch_size, t), generator=gen).masked_fill(
+        mask, 0
+    )
+    images = [torch.rand(batch_size, 3, s, s, generator=gen) * 2 - 1 for s in preset.generator.image_sizes]
+    class_ids = torch.randint(0, max(2, batch_size // 2), (batch_size,), generator=gen)
+    return SyntheticBatch(
+        images=[im.to(device) for im in images],
+        captions=captions.to(device),
+        lengths=lengths,
+        mask=mask.to(device),
+        class_ids=class_ids.to(device),
+    )
+
+
+def discriminator_configs(preset: Preset) -> list[DiscriminatorConfig]:
+    g = preset.generator
+    sizes = g.image_sizes[-1:] if g.dcgan else g.image_sizes
+    return [
+        DiscriminatorConfig(
+            df_dim=preset.discriminator_df_dim, embed_dim=g.embed_dim, image_size=s, unconditional=not g.dcgan
+        )
+        for s in sizes
+    ]
+
+
+def frozen_image_encoder(encoder: ImageEncoder, options: StepOptions) -> nn.Module:
+    """The image encoder as a frozen feature extractor (BN folded if asked), channels-last if asked."""
+    encoder = fold_batchnorm(encoder) if options.fold_frozen_bn else encoder.eval()
+    encoder.requires_grad_(False)
+    return encoder.to(memory_format=torch.channels_last) if options.channels_last else encoder
+
+
+# ------------------------------------------------------------------------------------------- GAN step
+
+
+class GANTrainStep:
+    """One AttnGAN iteration (original trainer.py): G forward, a D step per stage (Eq. 5), a G step
+    (Eq. 3: Eq. 4 per stage + lambda * L_DAMSM (Eq. 14) + KL), the EMA of G. Call with a batch; returns
+    the losses as detached tensors (no host-device sync inside the step).
+    """
+
+    def __init__(self, preset: Preset, options: StepOptions, device: torch.device, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.preset, self.options, self.device = preset, options, device
+        self.text_encoder = TextEncoder(preset.text_encoder).to(device).eval().requires_grad_(False)
+        image_encoder = ImageEncoder(preset.image_encoder).to(device)
+        self.generator = Generator(preset.generator).to(device).train()
+        self.discriminators = [Discriminator(c).to(device).train() for c in discriminator_configs(preset)]
+        if options.fast_upsample:
+            set_fast_upsample(self.generator)
+        if options.channels_last:
+            self.generator.to(memory_format=torch.channels_last)
+            for d in self.discriminators:
+                d.to(memory_format=torch.channels_last)
+        self.image_encoder = _maybe_compile(frozen_image_encoder(image_encoder, options), options)
+        self.g_forward = _maybe_compile(self.generator, options)
+        self.d_forward = [_maybe_compile(d, options) for d in self.discriminators]
+        tc = preset.gan_train
+        fused = {"fused": True} if options.fused_optimizer else {"foreach": False}
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=tc.g_lr, betas=tc.betas, **fused)
+        self.opt_d = [
+            torch.optim.Adam(d.parameters(), lr=tc.d_lr, betas=tc.betas, **fused) for d in self.discriminators
+        ]
+        self.ema = [p.detach().clone() for p in self.generator.parameters()]
+
+    def _text(self, batch: SyntheticBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return self.text_encoder(batch.captions, batch.lengths)  # (B, D, T), (B, D)
+
+    def __call__(self, batch: SyntheticBatch) -> dict[str, torch.Tensor]:
+        opt, gan = self.options, self.preset.gan_loss
+        words, sentence = self._text(batch)
+        reals = [_format(im, opt) for im in batch.images]
+        with autocast_context(opt, self.device):
+            fake = self.g_forward(None, sentence, words, batch.mask, need_attention=not opt.fused_attention)
+        fakes = fake.images if not self.preset.generator.dcgan else fake.images[-1:]
+        reals = reals if not self.preset.generator.dcgan else reals[-1:]
+        out: dict[str, torch.Tensor] = {}
+        # D steps (Eq. 5), one per stage, on detached fakes.
+        for i, (d, d_fwd, od) in enumerate(zip(self.discriminators, self.d_forward, self.opt_d)):
+            od.zero_grad(set_to_none=True)
+            with autocast_context(opt, self.device):
+                loss = losses.discriminator_loss(
+                    _Judge(d, d_fwd), reals[i], fakes[i], sentence, gan.uncond_weight
+                ).total
+            loss.backward()
+            od.step()
+            out[f"D{i}"] = loss.detach()
+        # G step (Eq. 3): the Ds judge with frozen parameters.
+        self.opt_g.zero_grad(set_to_none=True)
+        for d in self.discriminators:
+            d.requires_grad_(False)
+        try:
+            out.update(self._generator_step(fake, fakes, words, sentence, batch))
+        finally:
+            for d in self.discriminators:
+                d.requires_grad_(True)
+        self.opt_g.step()
+        self._update_ema()
+        return out
+
+    def _generator_step(self, fake, fakes, words, sentence, batch) -> dict[str, torch.Tensor]:
+        opt, gan = self.options, self.preset.gan_loss
+        kl = losses.kl_loss(fake.mu.float(), fake.logvar.float())
+        if not opt.split_backward:
+            with autocast_context(opt, self.device):
+                adv = sum(
+                    losses.generator_stage_loss(_Judge(d, f), img, sentence, gan.uncond_weight)
+                    for d, f, img in zip(self.discriminators, self.d_forward, fakes)
+                )
+                regions, image_vectors = self.image_encoder(fakes[-1])
+            damsm = damsm_total(
+                regions,
+                image_vectors,
+                words,
+                sentence,
+                batch.lengths,
+                batch.class_ids,
+                self.preset,
+                opt.vectorized_damsm,
+            )
+            total = adv + gan.damsm_lambda * damsm + gan.kl_weight * kl
+            total.backward()
+            return {"G": total.detach()}
+        # Same gradients, less memory: each discriminator's (and the encoder's) graph is back-propagated
+        # to the images and freed before the next is built; then one backward through G.
+        leaves = [img.detach().requires_grad_() for img in fakes]
+        total = gan.kl_weight * kl.detach()
+        for d, f, leaf in zip(self.discriminators, self.d_forward, leaves):
+            with autocast_context(opt, self.device):
+                adv = losses.generator_stage_loss(_Judge(d, f), leaf, sentence, gan.uncond_weight)
+            adv.backward()
+            total = total + adv.detach()
+        with autocast_context(opt, self.device):
+            regions, image_vectors = self.image_encoder(leaves[-1])
+        damsm = damsm_total(
+            regions,
+            image_vectors,
+            words,
+            sentence,
+            batch.lengths,
+            batch.class_ids,
+            self.preset,
+            opt.vectorized_damsm,
+        )
+        (gan.damsm_lambda * damsm).backward()
+        total = total + gan.damsm_lambda * damsm.detach()
+        torch.autograd.backward(
+            [*fakes, kl], [leaf.grad for leaf in leaves] + [torch.tensor(gan.kl_weight, device=kl.device)]
+        )
+        return {"G": total}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        params = [p.detach() for p in self.generator.parameters()]
+        decay = self.preset.gan_train.ema_decay
+        if self.options.fused_optimizer:
+            torch._foreach_lerp_(self.ema, params, 1 - decay)
+        else:
+            for avg, p in zip(self.ema, params):
+                avg.mul_(decay).add_(p, alpha=1 - decay)
+
+
+class _Judge:
+    """A discriminator whose ``forward`` may be compiled; ``logits`` stays the module's own."""
+
+    def __init__(self, disc: Discriminator, forward) -> None:
+        self.disc, self.forward = disc, forward
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward(images)
+
+    def logits(self, features: torch.Tensor, sentence: torch.Tensor | None):
+        return self.disc.logits(features, sentence)
+
+
+# ----------------------------------------------------------------------------------------- DAMSM step
+
+
+class DAMSMTrainStep:
+    """One DAMSM pre-training step (original pretrain_DAMSM.py): L_DAMSM (Eq. 14), backward, clip the
+    RNN's gradient norm at ``rnn_grad_clip``, Adam. The Inception backbone is frozen; the text encoder,
+    ``emb_features`` and ``emb_cnn_code`` are trained.
+    """
+
+    def __init__(self, preset: Preset, options: StepOptions, device: torch.device, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.preset, self.options, self.device = preset, options, device
+        self.text_encoder = TextEncoder(preset.text_encoder).to(device).train()
+        self.image_encoder = ImageEncoder(preset.image_encoder).to(device).train()
+        encoder = self.image_encoder
+        if options.fold_frozen_bn and encoder.frozen_backbone:
+            # A folded copy of the frozen backbone that shares the trained projections W and W-bar.
+            encoder = fold_batchnorm(self.image_encoder).requires_grad_(False)
+            encoder.emb_features = self.image_encoder.emb_features
+            encoder.emb_cnn_code = self.image_encoder.emb_cnn_code
+        if options.channels_last:
+            encoder.to(memory_format=torch.channels_last)
+        self.image_forward = _maybe_compile(encoder, options)
+        tc = preset.damsm_train
+        params = [
+            p for m in (self.text_encoder, self.image_encoder) for p in m.parameters() if p.requires_grad
+        ]
+        fused = {"fused": True} if options.fused_optimizer else {"foreach": False}
+        self.optimizer = torch.optim.Adam(params, lr=tc.lr, betas=tc.betas, **fused)
+
+    def __call__(self, batch: SyntheticBatch) -> dict[str, torch.Tensor]:
+        opt = self.options
+        self.optimizer.zero_grad(set_to_none=True)
+        words, sentence = self.text_encoder(batch.captions, batch.lengths)  # (B, D, T), (B, D)
+        with autocast_context(opt, self.device):
+            regions, image_vectors = self.image_forward(_format(batch.images[-1], opt))
+        loss = damsm_total(
+            regions,
+            image_vectors,
+            words,
+            sentence,
+            batch.lengths,
+            batch.class_ids,
+            self.preset,
+            opt.vectorized_damsm,
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            self.text_encoder.rnn.parameters(), self.preset.damsm_train.rnn_grad_clip
+        )
+        self.optimizer.step()
+        return {"DAMSM": loss.detach()}
+
+
+# ------------------------------------------------------------------------------------------- sampling
+
+
+class Sampler:
+    """Text encoder + generator in eval mode: images of every stage and the attention maps (Eq. 2).
+
+    Plain: the generator as trained. Fast: an inference copy with BatchNorm folded, the transposed-conv
+    upsampling and channels-last (``fold_batchnorm`` / ``set_fast_upsample``), optionally compiled.
+    """
+
+    def __init__(self, preset: Preset, options: StepOptions, device: torch.device, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.preset, self.options, self.device = preset, options, device
+        self.text_encoder = TextEncoder(preset.text_encoder).to(device).eval()
+        generator = Generator(preset.generator).to(device).eval()
+        if options.fold_frozen_bn:
+            generator = fold_batchnorm(generator)
+        if options.fast_upsample:
+            set_fast_upsample(generator)
+        if options.channels_last:
+            generator.to(memory_format=torch.channels_last)
+        self.generator = generator
+        self.forward = _maybe_compile(generator, options)
+
+    @torch.inference_mode()
+    def __call__(
+        self, batch: SyntheticBatch, need_attention: bool = True
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        words, sentence = self.text_encoder(batch.captions, batch.lengths)
+        with autocast_context(self.options, self.device):
+            out = self.forward(None, sentence, words, batch.mask, need_attention=need_attention)
+        return out.images, out.attention

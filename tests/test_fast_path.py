@@ -1,0 +1,312 @@
+"""The fast path computes the same mathematics as the plain path (benchmarks/common.py, attngan.nn.fast).
+
+Plain references: the original's per-caption ``words_loss`` / ``func_attention`` loop (Eq. 7-13), explicit
+word attention (Eq. 2), upsample-then-conv, BatchNorm as a separate op, channels-first tensors, one
+backward through the whole G objective (Eq. 3).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attngan import losses
+from attngan.config import PRESETS, ImageEncoderConfig
+from attngan.nn import (
+    Discriminator,
+    Generator,
+    ImageEncoder,
+    fold_batchnorm,
+    set_fast_upsample,
+    word_attention,
+)
+from attngan.nn.layers import GLU, upsample_conv3x3
+
+_COMMON = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_common", _COMMON)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_common"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mask(lengths: list[int], t: int) -> torch.Tensor:
+    return torch.arange(t)[None, :] >= torch.tensor(lengths)[:, None]
+
+
+def _randomize_bn(module: torch.nn.Module) -> None:
+    """Non-trivial running statistics so that folding BatchNorm is really tested."""
+    gen = torch.Generator().manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.2)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+
+
+def _tiny_preset(**damsm):
+    p = PRESETS["tiny"]
+    return dataclasses.replace(
+        p,
+        text_encoder=dataclasses.replace(p.text_encoder, vocab_size=20),
+        damsm_loss=dataclasses.replace(p.damsm_loss, **damsm),
+    )
+
+
+# ------------------------------------------------------------------------------------------ DAMSM loss
+
+
+@pytest.mark.parametrize("class_masking", [False, True])
+def test_damsm_loop_equals_vectorised(seed, bench, class_masking):
+    b, d, t = 5, 16, 7
+    regions = torch.randn(b, d, 4, 4, dtype=torch.float64)
+    image_vectors = torch.randn(b, d, dtype=torch.float64)
+    lengths = torch.tensor([7, 3, 5, 1, 6])
+    words = torch.randn(b, d, t, dtype=torch.float64).masked_fill(_mask(lengths.tolist(), t)[:, None], 0.0)
+    sentence = torch.randn(b, d, dtype=torch.float64)
+    class_ids = torch.tensor([0, 1, 0, 2, 1])
+    preset = _tiny_preset(class_masking=class_masking)
+    args = (regions, image_vectors, words, sentence, lengths, class_ids, preset)
+    loop = bench.damsm_total(*args, vectorized=False)
+    fast = bench.damsm_total(*args, vectorized=True)
+    torch.testing.assert_close(fast, loop, rtol=1e-10, atol=1e-10)
+    cfg = preset.damsm_loss
+    w1, w2 = bench.words_loss_plain(
+        regions, words, lengths, cfg.gamma1, cfg.gamma2, cfg.gamma3, class_ids if class_masking else None
+    )
+    scores = losses.word_scores(regions, words, lengths, cfg.gamma1, cfg.gamma2)
+    v1, v2 = losses.matching_losses(scores, cfg.gamma3, class_ids if class_masking else None)
+    torch.testing.assert_close((v1, v2), (w1, w2), rtol=1e-10, atol=1e-10)
+
+
+def test_damsm_loop_gradients_equal(seed, bench):
+    b, d, t = 4, 8, 5
+    lengths = torch.tensor([5, 2, 4, 3])
+    regions = torch.randn(b, d, 3, 3, dtype=torch.float64, requires_grad=True)
+    words = torch.randn(b, d, t, dtype=torch.float64).masked_fill(_mask(lengths.tolist(), t)[:, None], 0.0)
+    preset = _tiny_preset(class_masking=False)
+    grads = []
+    for vectorized in (False, True):
+        regions.grad = None
+        vec = torch.ones(b, d, dtype=torch.float64)
+        bench.damsm_total(regions, vec, words, vec, lengths, None, preset, vectorized).backward()
+        grads.append(regions.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------- attention
+
+
+def test_sdpa_equals_explicit_attention(seed):
+    h = torch.randn(3, 8, 5, 6)
+    words = torch.randn(3, 8, 7)
+    mask = _mask([7, 2, 4], 7)
+    explicit, beta = word_attention(h, words, mask, need_weights=True)
+    fused, none = word_attention(h, words, mask, need_weights=False)
+    assert none is None and beta.shape == (3, 7, 5, 6)
+    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+
+
+def test_generator_without_maps_equals_with_maps(seed, tiny_generator_config):
+    g = Generator(tiny_generator_config).eval()
+    d, t = tiny_generator_config.embed_dim, 6
+    args = (
+        torch.randn(2, tiny_generator_config.z_dim),
+        torch.randn(2, d),
+        torch.randn(2, d, t),
+        _mask([6, 3], t),
+    )
+    noise = torch.randn(2, tiny_generator_config.condition_dim)
+    with torch.no_grad():
+        a = g(*args, ca_noise=noise, need_attention=True)
+        b = g(*args, ca_noise=noise, need_attention=False)
+    assert len(a.attention) == tiny_generator_config.num_stages - 1 and b.attention == []
+    torch.testing.assert_close(b.images, a.images, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- kernels, layout
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_upsample_conv3x3_equals_upsample_then_conv(seed, bias):
+    x = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    w = torch.randn(4, 5, 3, 3, dtype=torch.float64)
+    bvec = torch.randn(4, dtype=torch.float64) if bias else None
+    plain = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, bvec, padding=1)
+    torch.testing.assert_close(upsample_conv3x3(x, w, bvec), plain, rtol=1e-12, atol=1e-12)
+
+
+def test_glu_keeps_channels_last_gradient(seed):
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = x * 2  # a non-leaf, as inside a network (leaf gradients follow the leaf's layout anyway)
+    grads = []
+    y.register_hook(grads.append)
+    out = GLU()(y)
+    torch.testing.assert_close(out, y[:, :4] * torch.sigmoid(y[:, 4:]))
+    out.backward(torch.ones_like(out))
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def _gen_inputs(cfg, b=3, t=6):
+    gen = torch.Generator().manual_seed(3)
+    return dict(
+        z=torch.randn(b, cfg.z_dim, generator=gen),
+        sentence=torch.randn(b, cfg.embed_dim, generator=gen),
+        words=torch.randn(b, cfg.embed_dim, t, generator=gen),
+        mask=_mask([6, 2, 4][:b], t),
+        ca_noise=torch.randn(b, cfg.condition_dim, generator=gen),
+    )
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_generator_fast_layout_equals_plain(seed, tiny_generator_config, train):
+    """channels_last + transposed-conv upsampling: same images, and in train mode the same gradients."""
+    g = Generator(tiny_generator_config).train(train)
+    _randomize_bn(g)
+    fast = set_fast_upsample(copy.deepcopy(g)).to(memory_format=torch.channels_last)
+    kw = _gen_inputs(tiny_generator_config)
+    a = g(kw["z"], kw["sentence"], kw["words"], kw["mask"], ca_noise=kw["ca_noise"])
+    b = fast(kw["z"], kw["sentence"], kw["words"], kw["mask"], ca_noise=kw["ca_noise"])
+    assert b.images[-1].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(b.images, a.images, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b.attention, a.attention, rtol=1e-4, atol=1e-5)
+    if train:
+        sum(i.square().sum() for i in a.images).backward()
+        sum(i.square().sum() for i in b.images).backward()
+        for (name, p), q in zip(g.named_parameters(), fast.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_generator_folded_bn_equals_plain_in_eval(seed, tiny_generator_config):
+    g = Generator(tiny_generator_config).eval()
+    _randomize_bn(g)
+    folded = set_fast_upsample(fold_batchnorm(g))
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    assert any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in g.modules()
+    )  # original untouched
+    kw = _gen_inputs(tiny_generator_config)
+    with torch.no_grad():
+        a = g(kw["z"], kw["sentence"], kw["words"], kw["mask"], ca_noise=kw["ca_noise"])
+        b = folded(kw["z"], kw["sentence"], kw["words"], kw["mask"], ca_noise=kw["ca_noise"])
+    torch.testing.assert_close(b.images, a.images, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b.attention, a.attention, rtol=1e-4, atol=1e-5)
+
+
+def test_discriminator_channels_last_equals_contiguous(seed, tiny_discriminator_configs):
+    cfg = tiny_discriminator_configs[-1]
+    d = Discriminator(cfg).train()
+    dc = copy.deepcopy(d).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, cfg.image_size, cfg.image_size)
+    s = torch.randn(4, cfg.embed_dim)
+    out = [
+        losses.discriminator_loss(m, xi, xi.flip(0), s)
+        for m, xi in ((d, x), (dc, x.contiguous(memory_format=torch.channels_last)))
+    ]
+    torch.testing.assert_close(out[1].total, out[0].total, rtol=1e-4, atol=1e-5)
+    out[0].total.backward()
+    out[1].total.backward()
+    for p, q in zip(d.parameters(), dc.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_inception_folded_bn_equals_plain(seed):
+    enc = ImageEncoder(ImageEncoderConfig(backbone="inception", input_size=299)).eval()
+    _randomize_bn(enc)
+    folded = fold_batchnorm(enc).to(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        r0, g0 = enc(x)
+        r1, g1 = folded(x.contiguous(memory_format=torch.channels_last))
+    scale = r0.abs().max()
+    torch.testing.assert_close(r1 / scale, r0 / scale, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g1 / g0.abs().max(), g0 / g0.abs().max(), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- whole steps
+
+
+def _tiny_inception_preset():
+    p = _tiny_preset()
+    return dataclasses.replace(
+        p, image_encoder=dataclasses.replace(p.image_encoder, backbone="inception", input_size=299)
+    )
+
+
+def test_gan_step_fast_equals_plain(bench):
+    """One full AttnGAN iteration (D steps then the G step): same losses and same updated weights.
+
+    (The small image encoder keeps this fast; folding the Inception BN is tested above.)
+    """
+    preset = _tiny_preset()
+    device = torch.device("cpu")
+    batch = bench.synthetic_batch(preset, 4, device, seed=0)
+    fast_opts = dataclasses.replace(bench.fast_options(device), autocast=None)
+    results = []
+    for opts in (bench.PLAIN, fast_opts):
+        step = bench.GANTrainStep(preset, opts, device, seed=0)
+        torch.manual_seed(5)  # z and the CA noise
+        out = step(batch)
+        results.append((out, step))
+    (out0, s0), (out1, s1) = results
+    for k in out0:
+        torch.testing.assert_close(out1[k], out0[k], rtol=1e-4, atol=1e-5, msg=k)
+    for (name, p), q in zip(s0.generator.named_parameters(), s1.generator.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+    for d0, d1 in zip(s0.discriminators, s1.discriminators):
+        for p, q in zip(d0.parameters(), d1.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+    changed = any(not torch.equal(p, a) for p, a in zip(s0.generator.parameters(), s0.ema))
+    assert changed  # the step really updated G (the EMA lags behind)
+
+
+def test_damsm_step_fast_equals_plain(bench):
+    preset = _tiny_inception_preset()
+    device = torch.device("cpu")
+    batch = bench.synthetic_batch(preset, 4, device, seed=0)
+    fast_opts = dataclasses.replace(bench.fast_options(device), autocast=None)
+    steps = []
+    for opts in (bench.PLAIN, fast_opts):
+        step = bench.DAMSMTrainStep(preset, opts, device, seed=0)
+        torch.manual_seed(7)  # dropout of the text encoder
+        steps.append((step(batch), step))
+    (o0, s0), (o1, s1) = steps
+    torch.testing.assert_close(o1["DAMSM"], o0["DAMSM"], rtol=1e-4, atol=1e-5)
+    for p, q in zip(s0.image_encoder.emb_features.parameters(), s1.image_encoder.emb_features.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+    for p, q in zip(s0.text_encoder.parameters(), s1.text_encoder.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+
+
+def test_sampler_fast_equals_plain(bench):
+    preset = _tiny_preset()
+    device = torch.device("cpu")
+    batch = bench.synthetic_batch(preset, 2, device, seed=0)
+    outs = []
+    for opts in (bench.PLAIN, bench.fast_options(device)):
+        sampler = bench.Sampler(preset, dataclasses.replace(opts, autocast=None), device, seed=0)
+        torch.manual_seed(9)
+        outs.append(sampler(batch))
+    assert len(outs[0][1]) == preset.generator.num_stages - 1
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-4, atol=1e-5)
+
+
+def test_parse_options(bench):
+    device = torch.device("cpu")
+    assert bench.parse_options("plain", device) == bench.PLAIN
+    opts = bench.parse_options("channels_last,autocast=bf16", device)
+    assert opts.channels_last and opts.autocast == "bf16" and not opts.fused_attention
+    with pytest.raises(ValueError, match="unknown option"):
+        bench.parse_options("warp_speed", device)
