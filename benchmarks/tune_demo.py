@@ -104,12 +104,13 @@ def train_damsm(preset, d, steps, seconds, gen):
 
 
 def train_gan(preset, d, te, ie, steps, seconds, gen, ema_decay, ema_warmup, lr_ratio, log_every=100,
-              eval_every=0, eval_fn=None):
+              eval_every=0, eval_fn=None, extra_ema=()):
     g_cfg, cfg, gl, lc = preset.generator, preset.gan_train, preset.gan_loss, preset.damsm_loss
     G = Generator(g_cfg)
     Ds = [Discriminator(DiscriminatorConfig(df_dim=preset.discriminator_df_dim, embed_dim=g_cfg.embed_dim,
                                             image_size=s)) for s in g_cfg.image_sizes]
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    extras = {decay: copy.deepcopy(G).eval().requires_grad_(False) for decay in extra_ema}  # plain EMAs
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.g_lr, betas=cfg.betas)
     opt_ds = [torch.optim.Adam(D.parameters(), lr=cfg.d_lr * lr_ratio, betas=cfg.betas) for D in Ds]
     G.train()
@@ -146,10 +147,11 @@ def train_gan(preset, d, te, ie, steps, seconds, gen, ema_decay, ema_warmup, lr_
             D.requires_grad_(True)
         decay = min(ema_decay, (1 + step) / (10 + step)) if ema_warmup else ema_decay
         with torch.no_grad():
-            for pe, p in zip(G_ema.parameters(), G.parameters()):
-                pe.lerp_(p, 1 - decay)
-            for be, b in zip(G_ema.buffers(), G.buffers()):
-                be.copy_(b)
+            for model, dec in [(G_ema, decay), *((m, k) for k, m in extras.items())]:
+                for pe, p in zip(model.parameters(), G.parameters()):
+                    pe.lerp_(p, 1 - dec)
+                for be, b in zip(model.buffers(), G.buffers()):
+                    be.copy_(b)
         hist.append((sum(d_losses), float(adv.detach()), float(dm.detach()), float(kl.detach())))
         step += 1
         if step % log_every == 0:
@@ -165,7 +167,7 @@ def train_gan(preset, d, te, ie, steps, seconds, gen, ema_decay, ema_warmup, lr_
             t_eval += time.perf_counter() - te0
     m = np.mean(hist[-50:], axis=0)
     stats = {"D": m[0], "G_adv": m[1], "G_damsm": m[2], "kl": m[3]}
-    return G, G_ema, step, time.perf_counter() - t0 - t_eval, stats, curve
+    return G, G_ema, step, time.perf_counter() - t0 - t_eval, stats, curve, extras
 
 
 @torch.no_grad()
@@ -206,6 +208,7 @@ def main() -> None:
     ap.add_argument("--gan-seconds", type=float, default=300)
     ap.add_argument("--ema-decay", type=float, default=None, help="default: gan_train.ema_decay")
     ap.add_argument("--ema-warmup", action="store_true")
+    ap.add_argument("--extra-ema", type=float, nargs="*", default=[], help="also track plain EMAs with these decays")
     ap.add_argument("--d-lr-ratio", type=float, default=1.0, help="extra factor on gan_train.d_lr")
     ap.add_argument("--n-eval", type=int, default=256)
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate the EMA G every N GAN steps")
@@ -236,13 +239,14 @@ def main() -> None:
     def eval_fn(model):
         return evaluate(model, te, ie, test, classifier, args.seed)[0]
 
-    G, G_ema, g_steps, t_gan, g_stats, curve = train_gan(
+    G, G_ema, g_steps, t_gan, g_stats, curve, extras = train_gan(
         preset, train, te, ie, args.gan_steps, args.gan_seconds, gen, ema, args.ema_warmup, args.d_lr_ratio,
-        eval_every=args.eval_every, eval_fn=eval_fn,
+        eval_every=args.eval_every, eval_fn=eval_fn, extra_ema=args.extra_ema,
     )
     t1 = time.perf_counter()
     res_ema, fakes = evaluate(G_ema, te, ie, test, classifier, args.seed)
     res_raw, _ = evaluate(G, te, ie, test, classifier, args.seed)
+    res_extra = {str(k): evaluate(m, te, ie, test, classifier, args.seed)[0] for k, m in extras.items()}
     t_eval = time.perf_counter() - t1
     if args.save_samples:
         from torchvision.utils import save_image
@@ -255,7 +259,7 @@ def main() -> None:
                 "eval": round(t_eval, 1), "total": round(time.perf_counter() - start, 1)},
         "gan_ms_per_step": round(1000 * t_gan / max(g_steps, 1)), "damsm_loss": round(d_loss, 3),
         "gan_stats": {k: round(float(v), 3) for k, v in g_stats.items()},
-        "ema_metrics": res_ema, "curve": curve, "threads": args.threads,
+        "ema_metrics": res_ema, "curve": curve, "plain_ema_metrics": res_extra, "threads": args.threads,
         "cpu_sec": round(time.process_time(), 1), "raw_metrics": res_raw,
         "sizes": sizes, "preset_generator": to_dict(preset.generator),
     }
