@@ -35,7 +35,15 @@ from torch import nn
 
 from attngan import losses
 from attngan.config import PRESETS, DiscriminatorConfig, Preset, apply_overrides
-from attngan.nn import Discriminator, Generator, ImageEncoder, TextEncoder, fold_batchnorm, set_fast_upsample
+from attngan.nn import (
+    Discriminator,
+    Generator,
+    ImageEncoder,
+    TextEncoder,
+    fold_batchnorm,
+    set_fast_upsample,
+    set_matmul_conv,
+)
 
 # ----------------------------------------------------------------------------------------------- machine
 
@@ -252,6 +260,7 @@ class StepOptions:
     vectorized_damsm: bool = False  # losses.damsm_loss instead of the per-caption loop
     fused_attention: bool = False  # Generator(need_attention=False): SDPA, no attention maps
     fast_upsample: bool = False  # upsample + conv3x3 as one transposed conv (nn.set_fast_upsample)
+    matmul_conv: bool = False  # CPU: convs with <= 64 output pixels as im2col + matmul (nn.set_matmul_conv)
     fold_frozen_bn: bool = False  # fold the frozen Inception's eval BatchNorm into its convs
     split_backward: bool = False  # G step: backward each D / the encoder to the images first (memory)
     fused_optimizer: bool = False  # Adam(fused=True) and a foreach EMA
@@ -275,6 +284,7 @@ def fast_options(device: torch.device, compile: bool = False) -> StepOptions:
         vectorized_damsm=True,
         fused_attention=True,
         fast_upsample=True,
+        matmul_conv=device.type == "cpu",
         fold_frozen_bn=True,
         split_backward=True,
         fused_optimizer=True,
@@ -386,6 +396,10 @@ class GANTrainStep:
         self.discriminators = [Discriminator(c).to(device).train() for c in discriminator_configs(preset)]
         if options.fast_upsample:
             set_fast_upsample(self.generator)
+        if options.matmul_conv:
+            set_matmul_conv(self.generator)
+            for d in self.discriminators:
+                set_matmul_conv(d)
         if options.channels_last:
             self.generator.to(memory_format=torch.channels_last)
             for d in self.discriminators:
@@ -585,6 +599,8 @@ class Sampler:
             generator = fold_batchnorm(generator)
         if options.fast_upsample:
             set_fast_upsample(generator)
+        if options.matmul_conv:
+            set_matmul_conv(generator)
         if options.channels_last:
             generator.to(memory_format=torch.channels_last)
         self.generator = generator

@@ -27,7 +27,7 @@ from attngan.nn import (
     set_fast_upsample,
     word_attention,
 )
-from attngan.nn.layers import GLU, upsample_conv3x3
+from attngan.nn.layers import GLU, Conv2d, conv2d_matmul, upsample_conv3x3
 
 _COMMON = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
 
@@ -145,6 +145,42 @@ def test_upsample_conv3x3_equals_upsample_then_conv(seed, bias):
     bvec = torch.randn(4, dtype=torch.float64) if bias else None
     plain = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, bvec, padding=1)
     torch.testing.assert_close(upsample_conv3x3(x, w, bvec), plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "bias"), [(4, 2, 1, False), (3, 1, 1, True), (4, 4, 0, True)]
+)
+def test_conv2d_matmul_equals_conv2d(seed, channels_last, kernel, stride, padding, bias):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 6, 8, 8, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    w = torch.randn(5, 6, kernel, kernel, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True) if bias else None
+    ref = F.conv2d(x, w, b, stride=stride, padding=padding)
+    out = conv2d_matmul(x, w, b, stride, padding)
+    assert out.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad(ref, [x, w], g)
+    grads = torch.autograd.grad(out, [x, w], g)
+    torch.testing.assert_close(grads, grads_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_uses_matmul_only_for_small_outputs(seed, monkeypatch):
+    import attngan.nn.layers as layers
+
+    calls = []
+    monkeypatch.setattr(
+        layers, "conv2d_matmul", lambda *a: calls.append(a) or F.conv2d(a[0], a[1], a[2], a[3], a[4])
+    )
+    conv = Conv2d(4, 4, 4, 2, 1, bias=False)
+    conv(torch.randn(1, 4, 16, 16))  # 8 x 8 = 64 output pixels, but the default is off
+    assert calls == []
+    conv.matmul_max_pixels = 64
+    conv(torch.randn(1, 4, 16, 16))
+    assert len(calls) == 1
+    conv(torch.randn(1, 4, 32, 32))  # 256 output pixels: the direct kernel
+    assert len(calls) == 1
 
 
 def test_glu_keeps_channels_last_gradient(seed):

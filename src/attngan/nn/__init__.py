@@ -3,7 +3,7 @@
 from .attention import WordAttention, word_attention
 from .discriminator import Discriminator
 from .encoders import ImageEncoder, TextEncoder
-from .fast import fold_batchnorm, set_fast_upsample
+from .fast import fold_batchnorm, set_fast_upsample, set_matmul_conv
 from .generator import Generator, GeneratorOutput
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "WordAttention",
     "word_attention",
     "set_fast_upsample",
+    "set_matmul_conv",
     "fold_batchnorm",
 ]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import DiscriminatorConfig
-from .layers import conv_bn_lrelu, down_block, encode_image_downsample, init_weights_original
+from .layers import Conv2d, conv_bn_lrelu, down_block, encode_image_downsample, init_weights_original
 
 
 class LogitHead(nn.Module):
@@ -23,7 +23,7 @@ class LogitHead(nn.Module):
         self.embed_dim = embed_dim
         if conditional:
             self.jointConv = conv_bn_lrelu(df_dim * 8 + embed_dim, df_dim * 8)
-        self.outlogits = nn.Sequential(nn.Conv2d(df_dim * 8, 1, kernel_size=4, stride=4))
+        self.outlogits = nn.Sequential(Conv2d(df_dim * 8, 1, kernel_size=4, stride=4))
 
     def forward(self, features: torch.Tensor, sentence: torch.Tensor | None = None) -> torch.Tensor:
         x = features
