@@ -14,7 +14,13 @@ EMA generator (eval mode) on held-out test captions with the cached attribute cl
 stops at ``--*-steps`` or ``--*-seconds``, whichever comes first (the preset's ``max_steps`` are ignored).
 ``--ema-decay`` / ``--ema-warmup`` override the EMA (warm-up: decay = min(decay, (1 + step) / (10 + step))).
 Every run appends one JSON line to ``--results`` and prints it: settings, steps, wall times (data, DAMSM,
-GAN, evaluation) and the metrics of the EMA and of the raw generator. Uses 2 threads.
+GAN, evaluation) and the metrics of the EMA and of the raw generator. ``--threads`` (default 2): use 1 on a
+busy shared machine, where 2 threads per process were 6-15x slower. ``--eval-every N`` adds a curve.
+The recommended demo settings (see TUNING.md), seed 0, step budgets as measured there:
+
+    python benchmarks/tune_demo.py --name rec --threads 1 --set generator.base_size=16 \\
+        --set image_encoder.input_size=32 --set image_encoder.small_blocks=2 --ema-decay 0.99 \\
+        --damsm-steps 400 --damsm-seconds 1e9 --gan-steps 1200 --gan-seconds 1e9 --eval-every 300
 """
 
 from __future__ import annotations
