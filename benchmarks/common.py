@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.adam import adam as adam_functional
 
 from attngan import losses
 from attngan.config import PRESETS, DiscriminatorConfig, Preset, apply_overrides
@@ -263,7 +264,7 @@ class StepOptions:
     matmul_conv: bool = False  # CPU: convs with <= 64 output pixels as im2col + matmul (nn.set_matmul_conv)
     fold_frozen_bn: bool = False  # fold the frozen Inception's eval BatchNorm into its convs
     split_backward: bool = False  # G step: backward each D / the encoder to the images first (memory)
-    fused_optimizer: bool = False  # Adam(fused=True) and a foreach EMA
+    fused_optimizer: bool = False  # DenseFusedAdam and a foreach EMA
 
     def describe(self) -> str:
         on = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) not in (False, None)]
@@ -320,6 +321,64 @@ def _format(x: torch.Tensor, options: StepOptions) -> torch.Tensor:
 
 def _maybe_compile(module: nn.Module, options: StepOptions):
     return torch.compile(module) if options.compile else module
+
+
+class DenseFusedAdam:
+    """Adam (the update of ``torch.optim.Adam``, no weight decay) by the fused kernel on flat views.
+
+    ``Adam(fused=True)`` copies every channels-last parameter to a contiguous tensor and back at each
+    step (three times slower than on contiguous ones); the update is elementwise, so a flat view of the
+    dense storage does the same without copies.
+    """
+
+    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float = 1e-8) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]  # same memory format as p
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+
+    @staticmethod
+    def _flat(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+            if t.stride() != like.stride():
+                t = t.contiguous(memory_format=torch.channels_last)
+            return t.permute(0, 2, 3, 1).view(-1)  # a view: fails rather than silently copying
+        return t.contiguous().view(-1) if t is not like and not t.is_contiguous() else t.view(-1)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not idx:
+            return
+        ps = [self.params[i] for i in idx]
+        adam_functional(
+            [self._flat(p, p) for p in ps],
+            [self._flat(p.grad, p) for p in ps],
+            [self._flat(self.exp_avg[i], self.params[i]) for i in idx],
+            [self._flat(self.exp_avg_sq[i], self.params[i]) for i in idx],
+            [],
+            [self.steps[i] for i in idx],
+            fused=True,
+            amsgrad=False,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            lr=self.lr,
+            weight_decay=0.0,
+            eps=self.eps,
+            maximize=False,
+        )
+
+
+def make_adam(params, lr: float, betas: tuple[float, float], options: StepOptions):
+    """The plain path's ``torch.optim.Adam`` (for-loop), or :class:`DenseFusedAdam`."""
+    if options.fused_optimizer:
+        return DenseFusedAdam(params, lr=lr, betas=betas)
+    return torch.optim.Adam(params, lr=lr, betas=betas, foreach=False)
 
 
 # ----------------------------------------------------------------------------------------------- batches
@@ -408,11 +467,8 @@ class GANTrainStep:
         self.g_forward = _maybe_compile(self.generator, options)
         self.d_forward = [_maybe_compile(d, options) for d in self.discriminators]
         tc = preset.gan_train
-        fused = {"fused": True} if options.fused_optimizer else {"foreach": False}
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=tc.g_lr, betas=tc.betas, **fused)
-        self.opt_d = [
-            torch.optim.Adam(d.parameters(), lr=tc.d_lr, betas=tc.betas, **fused) for d in self.discriminators
-        ]
+        self.opt_g = make_adam(self.generator.parameters(), tc.g_lr, tc.betas, options)
+        self.opt_d = [make_adam(d.parameters(), tc.d_lr, tc.betas, options) for d in self.discriminators]
         self.ema = [p.detach().clone() for p in self.generator.parameters()]
 
     def _text(self, batch: SyntheticBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -553,8 +609,7 @@ class DAMSMTrainStep:
         params = [
             p for m in (self.text_encoder, self.image_encoder) for p in m.parameters() if p.requires_grad
         ]
-        fused = {"fused": True} if options.fused_optimizer else {"foreach": False}
-        self.optimizer = torch.optim.Adam(params, lr=tc.lr, betas=tc.betas, **fused)
+        self.optimizer = make_adam(params, tc.lr, tc.betas, options)
 
     def __call__(self, batch: SyntheticBatch) -> dict[str, torch.Tensor]:
         opt = self.options
@@ -614,3 +669,196 @@ class Sampler:
         with autocast_context(self.options, self.device):
             out = self.forward(None, sentence, words, batch.mask, need_attention=need_attention)
         return out.images, out.attention
+
+
+# ------------------------------------------------------------------------------------- measurement
+
+
+def build_workload(kind: str, preset: Preset, batch_size: int, options: StepOptions, device: torch.device):
+    """(callable, batch) for ``kind`` in ``gan`` | ``damsm`` | ``sample``."""
+    batch = synthetic_batch(preset, batch_size, device, seed=0)
+    if kind == "gan":
+        step = GANTrainStep(preset, options, device)
+        return (lambda: step(batch)), batch
+    if kind == "damsm":
+        step = DAMSMTrainStep(preset, options, device)
+        return (lambda: step(batch)), batch
+    if kind == "sample":
+        sampler = Sampler(preset, options, device)
+        return (lambda: sampler(batch, need_attention=True)), batch
+    raise ValueError(f"unknown workload {kind!r}")
+
+
+def measure(
+    kind: str,
+    preset_name: str,
+    overrides: list[str],
+    batch_size: int,
+    config: str,
+    warmup: int,
+    reps: int,
+    device: torch.device,
+    count: bool,
+) -> dict:
+    """Times (s per call), peak memory and (optionally) FLOPs per image of one configuration.
+
+    Meant to run in a fresh process: the CPU peak is the process's maximum RSS, whose increase over the
+    state after building the models is reported as ``delta_mb``.
+    """
+    options = parse_options(config, device)
+    preset = preset_by_name(preset_name, overrides)
+    load_before = os.getloadavg()[0]
+    rate = matmul_gflops(device)
+    fn, _ = build_workload(kind, preset, batch_size, options, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else peak_memory_mb(device)
+    start = time.perf_counter()
+    cpu0 = time.process_time()
+    times = time_calls(fn, device, warmup=warmup, reps=reps)
+    cpu_per_call = (time.process_time() - cpu0) / (warmup + reps)
+    wall = time.perf_counter() - start
+    peak = peak_memory_mb(device)
+    result = {
+        "kind": kind,
+        "preset": preset_name,
+        "batch_size": batch_size,
+        "config": config,
+        "options": options.describe(),
+        "times": times,
+        "median_s": statistics.median(times),
+        "cpu_s_per_call": cpu_per_call,
+        "first_calls_s": wall - sum(times),
+        "peak_mb": peak,
+        "base_mb": base,
+        "delta_mb": peak - base,
+        "matmul_gflops": rate,
+        "load": [load_before, os.getloadavg()[0]],
+        "threads": torch.get_num_threads(),
+        "device": machine_description(device),
+    }
+    if count and not options.compile:
+        result["flops_per_image"] = count_flops(fn) / batch_size
+    return result
+
+
+def worker_main(argv: list[str]) -> None:
+    """``--worker`` mode of the scripts: one configuration, one JSON line on stdout."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", action="store_true")
+    p.add_argument("--kind", required=True)
+    p.add_argument("--preset", required=True)
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--config", required=True)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--count-flops", action="store_true")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    res = measure(a.kind, a.preset, a.set, a.batch_size, a.config, a.warmup, a.reps, device, a.count_flops)
+    print(json.dumps(res))
+
+
+def add_common_arguments(parser, configs: list[str], batch_sizes: list[int], reps: int) -> None:
+    parser.add_argument("--presets", nargs="+", default=["birds", "coco"], choices=sorted(PRESETS))
+    parser.add_argument("--set", action="append", default=[], help="preset override section.key=value")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=batch_sizes)
+    parser.add_argument("--configs", nargs="+", default=configs, help="plain | fast | fast+compile | opt,opt,...")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per worker")
+    parser.add_argument("--reps", type=int, default=reps, help="timed calls per worker")
+    parser.add_argument("--rounds", type=int, default=1, help="workers per configuration, interleaved")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+
+
+def run_configs(script: Path, kind: str, args) -> list[dict]:
+    """Every (preset, batch size, config) in fresh worker processes; ``rounds`` interleaved passes."""
+    rows: dict[tuple, dict] = {}
+    for preset in args.presets:
+        for bs in args.batch_sizes:
+            for r in range(args.rounds):
+                for config in args.configs:
+                    wargs = ["--kind", kind, "--preset", preset, "--batch-size", str(bs), "--config", config]
+                    wargs += ["--warmup", str(args.warmup), "--reps", str(args.reps), "--device", args.device]
+                    wargs += ["--threads", str(args.threads)] + [x for s in args.set for x in ("--set", s)]
+                    if r == 0 and not args.no_flops:
+                        wargs.append("--count-flops")
+                    print(f"  {kind} {preset} B={bs} {config} (round {r + 1})", file=sys.stderr, flush=True)
+                    res = run_worker(script, wargs)
+                    key = (preset, bs, config)
+                    if key in rows:
+                        prev = rows[key]
+                        prev["times"] += res["times"]
+                        prev["median_s"] = statistics.median(prev["times"])
+                        prev["peak_mb"] = max(prev["peak_mb"], res["peak_mb"])
+                        prev["delta_mb"] = max(prev["delta_mb"], res["delta_mb"])
+                        prev["matmul_all"].append(res["matmul_gflops"])
+                        prev["load"] += res["load"]
+                    else:
+                        res["matmul_all"] = [res["matmul_gflops"]]
+                        rows[key] = res
+    out = list(rows.values())
+    for row in out:
+        row["matmul_gflops"] = statistics.median(row["matmul_all"])
+    return out
+
+
+def print_table(rows: list[dict], unit: str) -> None:
+    """One line per configuration with its ratio to ``plain`` of the same preset and batch size.
+
+    ``model GFLOP/img`` is the plain path's count (the work the model defines); ``exec`` what the fast path
+    executes; ``%mm`` = model GFLOP/img x img/s over the matmul rate measured in the same worker.
+    """
+    plain = {(r["preset"], r["batch_size"]): r for r in rows if r["config"] == "plain"}
+    head = (
+        f"{'preset':7} {'B':>3} {'config':24} {unit:>9} {'s/call':>8} {'x plain':>7} {'peak MB':>8} "
+        f"{'dMB':>7} {'model GF/img':>12} {'exec GF/img':>11} {'GF/s':>6} {'mm GF/s':>7} {'%mm':>5} {'load':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ref = plain.get((r["preset"], r["batch_size"]))
+        per_s = r["batch_size"] / r["median_s"]
+        ratio = f"{ref['median_s'] / r['median_s']:.2f}" if ref else "-"
+        model_flops = (ref or {}).get("flops_per_image")
+        exec_flops = r.get("flops_per_image")
+        achieved = model_flops * per_s / 1e9 if model_flops else None
+        pct = f"{100 * achieved / r['matmul_gflops']:.0f}" if achieved else "-"
+        load = f"{min(r['load']):.1f}-{max(r['load']):.1f}"
+        print(
+            f"{r['preset']:7} {r['batch_size']:>3} {r['config']:24} {per_s:>9.2f} {r['median_s']:>8.3f} {ratio:>7} "
+            f"{r['peak_mb']:>8.0f} {r['delta_mb']:>7.0f} "
+            f"{model_flops / 1e9 if model_flops else float('nan'):>12.1f} "
+            f"{exec_flops / 1e9 if exec_flops else float('nan'):>11.1f} "
+            f"{achieved or float('nan'):>6.1f} {r['matmul_gflops']:>7.0f} {pct:>5} {load:>9}"
+        )
+
+
+def bench_main(script: str, kind: str, doc: str, configs: list[str], batch_sizes: list[int], unit: str, reps: int = 3):
+    """Entry point shared by bench_train / bench_damsm / bench_sample."""
+    import argparse
+
+    if "--worker" in sys.argv:
+        worker_main(sys.argv[1:])
+        return
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, configs, batch_sizes, reps)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {machine_description(device)}")
+    print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
+    rows = run_configs(Path(script), kind, args)
+    print_table(rows, unit)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))

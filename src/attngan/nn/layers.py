@@ -45,7 +45,7 @@ def conv2d_matmul(
     else:
         rows = cols.transpose(1, 2).reshape(b * ho * wo, i * kh * kw)
         w2 = weight.reshape(o, i * kh * kw)
-    out = rows @ w2.t() if bias is None else torch.addmm(bias, rows, w2.t())  # (B*L, O)
+    out = F.linear(rows, w2, bias)  # (B*L, O); its weight gradient comes out in w2's (= weight's) layout
     out = out.view(b, ho, wo, o).permute(0, 3, 1, 2)  # channels-last (B, O, ho, wo)
     return out if weight.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
 
