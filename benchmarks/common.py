@@ -285,7 +285,7 @@ def fast_options(device: torch.device, compile: bool = False) -> StepOptions:
         vectorized_damsm=True,
         fused_attention=True,
         fast_upsample=True,
-        matmul_conv=device.type == "cpu",
+        matmul_conv=device.type == "cpu" and not compile,  # inductor lowers unfold poorly
         fold_frozen_bn=True,
         split_backward=True,
         fused_optimizer=True,
@@ -317,6 +317,11 @@ def autocast_context(options: StepOptions, device: torch.device):
 
 def _format(x: torch.Tensor, options: StepOptions) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if options.channels_last and x.dim() == 4 else x
+
+
+def _phase(name: str):
+    """A labelled range in torch.profiler traces (free when no profiler runs)."""
+    return torch.profiler.record_function(name)
 
 
 def _maybe_compile(module: nn.Module, options: StepOptions):
@@ -479,20 +484,21 @@ class GANTrainStep:
         opt, gan = self.options, self.preset.gan_loss
         words, sentence = self._text(batch)
         reals = [_format(im, opt) for im in batch.images]
-        with autocast_context(opt, self.device):
+        with _phase("G forward"), autocast_context(opt, self.device):
             fake = self.g_forward(None, sentence, words, batch.mask, need_attention=not opt.fused_attention)
         fakes = fake.images if not self.preset.generator.dcgan else fake.images[-1:]
         reals = reals if not self.preset.generator.dcgan else reals[-1:]
         out: dict[str, torch.Tensor] = {}
         # D steps (Eq. 5), one per stage, on detached fakes.
         for i, (d, d_fwd, od) in enumerate(zip(self.discriminators, self.d_forward, self.opt_d)):
-            od.zero_grad(set_to_none=True)
-            with autocast_context(opt, self.device):
-                loss = losses.discriminator_loss(
-                    _Judge(d, d_fwd), reals[i], fakes[i], sentence, gan.uncond_weight
-                ).total
-            loss.backward()
-            od.step()
+            with _phase(f"D{i} step"):
+                od.zero_grad(set_to_none=True)
+                with autocast_context(opt, self.device):
+                    loss = losses.discriminator_loss(
+                        _Judge(d, d_fwd), reals[i], fakes[i], sentence, gan.uncond_weight
+                    ).total
+                loss.backward()
+                od.step()
             out[f"D{i}"] = loss.detach()
         # G step (Eq. 3): the Ds judge with frozen parameters.
         self.opt_g.zero_grad(set_to_none=True)
@@ -503,8 +509,9 @@ class GANTrainStep:
         finally:
             for d in self.discriminators:
                 d.requires_grad_(True)
-        self.opt_g.step()
-        self._update_ema()
+        with _phase("G optimizer + EMA"):
+            self.opt_g.step()
+            self._update_ema()
         return out
 
     def _generator_step(self, fake, fakes, words, sentence, batch) -> dict[str, torch.Tensor]:
@@ -528,18 +535,20 @@ class GANTrainStep:
                 opt.vectorized_damsm,
             )
             total = adv + gan.damsm_lambda * damsm + gan.kl_weight * kl
-            total.backward()
+            with _phase("G backward"):
+                total.backward()
             return {"G": total.detach()}
         # Same gradients, less memory: each discriminator's (and the encoder's) graph is back-propagated
         # to the images and freed before the next is built; then one backward through G.
         leaves = [img.detach().requires_grad_() for img in fakes]
         total = gan.kl_weight * kl.detach()
-        for d, f, leaf in zip(self.discriminators, self.d_forward, leaves):
-            with autocast_context(opt, self.device):
-                adv = losses.generator_stage_loss(_Judge(d, f), leaf, sentence, gan.uncond_weight)
-            adv.backward()
+        for i, (d, f, leaf) in enumerate(zip(self.discriminators, self.d_forward, leaves)):
+            with _phase(f"G step: D{i} forward + backward"):
+                with autocast_context(opt, self.device):
+                    adv = losses.generator_stage_loss(_Judge(d, f), leaf, sentence, gan.uncond_weight)
+                adv.backward()
             total = total + adv.detach()
-        with autocast_context(opt, self.device):
+        with _phase("G step: encoder forward"), autocast_context(opt, self.device):
             regions, image_vectors = self.image_encoder(leaves[-1])
         damsm = damsm_total(
             regions,
@@ -551,11 +560,12 @@ class GANTrainStep:
             self.preset,
             opt.vectorized_damsm,
         )
-        (gan.damsm_lambda * damsm).backward()
+        with _phase("G step: DAMSM + encoder backward"):
+            (gan.damsm_lambda * damsm).backward()
         total = total + gan.damsm_lambda * damsm.detach()
-        torch.autograd.backward(
-            [*fakes, kl], [leaf.grad for leaf in leaves] + [torch.tensor(gan.kl_weight, device=kl.device)]
-        )
+        with _phase("G backward"):
+            kl_grad = torch.tensor(gan.kl_weight, device=kl.device)
+            torch.autograd.backward([*fakes, kl], [leaf.grad for leaf in leaves] + [kl_grad])
         return {"G": total}
 
     @torch.no_grad()

@@ -224,6 +224,20 @@ def test_generator_fast_layout_equals_plain(seed, tiny_generator_config, train):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, msg=name)
 
 
+def test_fast_upsample_kernel_cache_follows_weight_updates(seed, tiny_generator_config):
+    g = Generator(tiny_generator_config).eval()
+    fast = set_fast_upsample(copy.deepcopy(g))
+    kw = _gen_inputs(tiny_generator_config)
+    args = (kw["z"], kw["sentence"], kw["words"], kw["mask"])
+    for _ in range(2):  # the second time the weights have changed in place (as by an optimizer step)
+        with torch.no_grad():
+            a = g(*args, ca_noise=kw["ca_noise"]).images
+            b = fast(*args, ca_noise=kw["ca_noise"]).images
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+            for m in (g, fast):
+                m.h_net2.upsample[1].weight.mul_(-1.5)
+
+
 def test_generator_folded_bn_equals_plain_in_eval(seed, tiny_generator_config):
     g = Generator(tiny_generator_config).eval()
     _randomize_bn(g)

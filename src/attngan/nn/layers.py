@@ -93,11 +93,16 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     Returns:
         (B, O, 2H, 2W).
     """
+    return F.conv_transpose2d(x, upsample_kernel(weight), bias, stride=2, padding=1)
+
+
+def upsample_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """The (I, O, 4, 4) transposed-conv kernel equal to upsample-2x-then-``weight`` (O, I, 3, 3)."""
     m = weight.new_tensor(_UPSAMPLE_TAPS)  # (4, 3)
     kernel = torch.einsum("ka,oiab,lb->iokl", m, weight, m)  # (I, O, 4, 4): conv_transpose2d layout
     if weight.is_contiguous(memory_format=torch.channels_last):  # keep the network's memory format
         kernel = kernel.contiguous(memory_format=torch.channels_last)
-    return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)
+    return kernel
 
 
 class UpBlock(nn.Sequential):
@@ -115,12 +120,21 @@ class UpBlock(nn.Sequential):
             GLU(),
         )
         self.fast_upsample = False
+        self._kernel_cache: tuple | None = None  # (weight version, inference mode, kernel) without autograd
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fast_upsample:
-            return super().forward(x)
         conv = self[1]
-        return self[3](self[2](upsample_conv3x3(x, conv.weight, conv.bias)))
+        small = 4 * x.size(2) * x.size(3) <= getattr(conv, "matmul_max_pixels", 0) and x.device.type == "cpu"
+        if not self.fast_upsample or small:  # tiny outputs: upsample + im2col matmul is faster
+            return super().forward(x)
+        if torch.is_grad_enabled():
+            kernel = upsample_kernel(conv.weight)
+        else:  # sampling: compose the kernel once per weight version, not once per call
+            key = (conv.weight._version, torch.is_inference_mode_enabled(), conv.weight.data_ptr())
+            if self._kernel_cache is None or self._kernel_cache[0] != key:
+                self._kernel_cache = (key, upsample_kernel(conv.weight))
+            kernel = self._kernel_cache[1]
+        return self[3](self[2](F.conv_transpose2d(x, kernel, conv.bias, stride=2, padding=1)))
 
 
 def up_block(in_ch: int, out_ch: int) -> UpBlock:
