@@ -16,7 +16,9 @@ then the EMA of G, as ``trainer.py`` of the original release).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -45,6 +47,7 @@ from attngan.nn import (
     set_fast_upsample,
     set_matmul_conv,
 )
+from attngan.nn.encoders import INCEPTION_BLOCKS
 
 # ----------------------------------------------------------------------------------------------- machine
 
@@ -115,11 +118,50 @@ def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, reps
     return times
 
 
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def release_freed_memory() -> None:
+    """Return memory freed by Python/torch to the OS (glibc ``malloc_trim``), so that RSS is live memory."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak: CUDA's peak stats, or the process's RSS high-water mark (Linux clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    rss = _proc_status_mb("VmRSS")
+    return rss if rss is not None else peak_memory_mb(device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: ``max_memory_allocated`` on CUDA, the process's peak RSS on CPU."""
+    """Peak memory since the last reset: ``max_memory_allocated`` on CUDA, the RSS high-water mark on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    hwm = _proc_status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -608,10 +650,13 @@ class DAMSMTrainStep:
         self.image_encoder = ImageEncoder(preset.image_encoder).to(device).train()
         encoder = self.image_encoder
         if options.fold_frozen_bn and encoder.frozen_backbone:
-            # A folded copy of the frozen backbone that shares the trained projections W and W-bar.
-            encoder = fold_batchnorm(self.image_encoder).requires_grad_(False)
-            encoder.emb_features = self.image_encoder.emb_features
-            encoder.emb_cnn_code = self.image_encoder.emb_cnn_code
+            # The frozen backbone's blocks are swapped for BN-folded ones (no second copy of the weights is
+            # kept; the encoder's state dict then lacks the BN entries, which this benchmark never saves).
+            # The trained projections W and W-bar stay as they are.
+            folded = fold_batchnorm(self.image_encoder).requires_grad_(False)
+            for name in INCEPTION_BLOCKS:
+                setattr(self.image_encoder, name, getattr(folded, name))
+            del folded
         if options.channels_last:
             encoder.to(memory_format=torch.channels_last)
         self.image_forward = _maybe_compile(encoder, options)
@@ -712,17 +757,19 @@ def measure(
 ) -> dict:
     """Times (s per call), peak memory and (optionally) FLOPs per image of one configuration.
 
-    Meant to run in a fresh process: the CPU peak is the process's maximum RSS, whose increase over the
-    state after building the models is reported as ``delta_mb``.
+    Meant to run in a fresh process. On CPU the peak is the RSS high-water mark of the process during the
+    timed calls (warm-up included: the first step allocates the optimizer states), reset after building
+    the models; ``delta_mb`` is its increase over the RSS after building (freed memory trimmed first).
     """
     options = parse_options(config, device)
     preset = preset_by_name(preset_name, overrides)
     load_before = os.getloadavg()[0]
     rate = matmul_gflops(device)
     fn, _ = build_workload(kind, preset, batch_size, options, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else peak_memory_mb(device)
+    # The peak of the steps alone: building the models may have a higher transient peak (copies).
+    release_freed_memory()
+    base = current_memory_mb(device)
+    reset_ok = reset_peak_memory(device)
     start = time.perf_counter()
     cpu0 = time.process_time()
     times = time_calls(fn, device, warmup=warmup, reps=reps)
@@ -742,6 +789,7 @@ def measure(
         "peak_mb": peak,
         "base_mb": base,
         "delta_mb": peak - base,
+        "peak_since_build": reset_ok,
         "matmul_gflops": rate,
         "load": [load_before, os.getloadavg()[0]],
         "threads": torch.get_num_threads(),
