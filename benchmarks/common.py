@@ -104,17 +104,29 @@ def matmul_gflops(
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> list[float]:
-    """Wall-clock seconds of ``reps`` calls of ``fn`` after ``warmup`` calls (device synchronised)."""
+def time_calls(
+    fn: Callable[[], object],
+    device: torch.device,
+    warmup: int,
+    reps: int,
+    cpu_times: list[float] | None = None,
+) -> list[float]:
+    """Wall-clock seconds of ``reps`` calls of ``fn`` after ``warmup`` calls (device synchronised).
+
+    ``cpu_times`` (optional) receives the process CPU seconds of each timed call: with one thread a
+    measure of the work that other processes on a shared machine barely disturb.
+    """
     for _ in range(warmup):
         fn()
     synchronize(device)
     times = []
     for _ in range(reps):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
+        if cpu_times is not None:
+            cpu_times.append(time.process_time() - cpu)
     return times
 
 
@@ -381,8 +393,8 @@ class DenseFusedAdam:
     def __init__(self, params, lr: float, betas: tuple[float, float], eps: float = 1e-8) -> None:
         self.params = [p for p in params if p.requires_grad]
         self.lr, self.betas, self.eps = lr, betas, eps
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]  # same memory format as p
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg: list[torch.Tensor] = []  # allocated at the first step, as torch.optim.Adam does
+        self.exp_avg_sq: list[torch.Tensor] = []
         self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
 
     @staticmethod
@@ -402,6 +414,9 @@ class DenseFusedAdam:
         idx = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not idx:
             return
+        if not self.exp_avg:
+            self.exp_avg = [torch.zeros_like(p) for p in self.params]  # same memory format as p
+            self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         ps = [self.params[i] for i in idx]
         adam_functional(
             [self._flat(p, p) for p in ps],
@@ -771,9 +786,8 @@ def measure(
     base = current_memory_mb(device)
     reset_ok = reset_peak_memory(device)
     start = time.perf_counter()
-    cpu0 = time.process_time()
-    times = time_calls(fn, device, warmup=warmup, reps=reps)
-    cpu_per_call = (time.process_time() - cpu0) / (warmup + reps)
+    cpu_times: list[float] = []
+    times = time_calls(fn, device, warmup=warmup, reps=reps, cpu_times=cpu_times)
     wall = time.perf_counter() - start
     peak = peak_memory_mb(device)
     result = {
@@ -784,7 +798,8 @@ def measure(
         "options": options.describe(),
         "times": times,
         "median_s": statistics.median(times),
-        "cpu_s_per_call": cpu_per_call,
+        "cpu_times": cpu_times,
+        "median_cpu_s": statistics.median(cpu_times),
         "first_calls_s": wall - sum(times),
         "peak_mb": peak,
         "base_mb": base,
@@ -857,6 +872,8 @@ def run_configs(script: Path, kind: str, args) -> list[dict]:
                         prev = rows[key]
                         prev["times"] += res["times"]
                         prev["median_s"] = statistics.median(prev["times"])
+                        prev["cpu_times"] += res["cpu_times"]
+                        prev["median_cpu_s"] = statistics.median(prev["cpu_times"])
                         prev["peak_mb"] = max(prev["peak_mb"], res["peak_mb"])
                         prev["delta_mb"] = max(prev["delta_mb"], res["delta_mb"])
                         prev["matmul_all"].append(res["matmul_gflops"])
@@ -874,11 +891,12 @@ def print_table(rows: list[dict], unit: str) -> None:
     """One line per configuration with its ratio to ``plain`` of the same preset and batch size.
 
     ``model GFLOP/img`` is the plain path's count (the work the model defines); ``exec`` what the fast path
-    executes; ``%mm`` = model GFLOP/img x img/s over the matmul rate measured in the same worker.
+    executes; ``%mm`` = model GFLOP/img x img/s over the matmul rate measured in the same worker;
+    ``cpu s`` the process CPU seconds per call (with ``--threads 1`` robust to other load).
     """
     plain = {(r["preset"], r["batch_size"]): r for r in rows if r["config"] == "plain"}
     head = (
-        f"{'preset':7} {'B':>3} {'config':24} {unit:>9} {'s/call':>8} {'x plain':>7} {'peak MB':>8} "
+        f"{'preset':7} {'B':>3} {'config':24} {unit:>9} {'s/call':>8} {'x plain':>7} {'cpu s':>7} {'x cpu':>6} {'peak MB':>8} "
         f"{'dMB':>7} {'model GF/img':>12} {'exec GF/img':>11} {'GF/s':>6} {'mm GF/s':>7} {'%mm':>5} {'load':>9}"
     )
     print(head)
@@ -887,6 +905,7 @@ def print_table(rows: list[dict], unit: str) -> None:
         ref = plain.get((r["preset"], r["batch_size"]))
         per_s = r["batch_size"] / r["median_s"]
         ratio = f"{ref['median_s'] / r['median_s']:.2f}" if ref else "-"
+        cpu_ratio = f"{ref['median_cpu_s'] / r['median_cpu_s']:.2f}" if ref else "-"
         model_flops = (ref or {}).get("flops_per_image")
         exec_flops = r.get("flops_per_image")
         achieved = model_flops * per_s / 1e9 if model_flops else None
@@ -894,6 +913,7 @@ def print_table(rows: list[dict], unit: str) -> None:
         load = f"{min(r['load']):.1f}-{max(r['load']):.1f}"
         print(
             f"{r['preset']:7} {r['batch_size']:>3} {r['config']:24} {per_s:>9.2f} {r['median_s']:>8.3f} {ratio:>7} "
+            f"{r['median_cpu_s']:>7.3f} {cpu_ratio:>6} "
             f"{r['peak_mb']:>8.0f} {r['delta_mb']:>7.0f} "
             f"{model_flops / 1e9 if model_flops else float('nan'):>12.1f} "
             f"{exec_flops / 1e9 if exec_flops else float('nan'):>11.1f} "
