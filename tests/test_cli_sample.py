@@ -110,9 +110,12 @@ def test_sample_writes_images_attention_grid_and_prompts(model_dir, tmp_path, vi
     assert meta["images"][3]["files"] == ["001_1_stage0.png", "001_1_stage1.png", "001_1_attention.png"]
     assert meta["word_swap"]["sentences"] == [[SENTENCES[0], "a small green circle at the top left"]]
     swap_fig = Image.open(out / "word_swap.png")
-    assert 4 * 128 <= swap_fig.width < 5 * 128  # two images x (original, swapped), 128 px cells + padding
+    # caption column (2 cells) + two seeds at 128 px with 4 px padding; two rows (original, swapped)
+    assert swap_fig.width == 2 * 128 + 2 * (128 + 4) + 4
+    assert 2 * 128 <= swap_fig.height < 3 * 128
     attention_fig = Image.open(out / "000_1_attention.png")
-    assert attention_fig.size == (5 * 128, 2 * (viz.LABEL_HEIGHT + 128))  # stages row + 1 attention stage
+    # default 256 px cells: stages row + 1 attention stage, 5 columns (the stage images, then the top words)
+    assert attention_fig.size == (5 * 256, 2 * (viz.LABEL_HEIGHT + 256))
 
     # The same seed draws the same pixels through the library.
     pipe = AttnGANPipeline.from_pretrained(model_dir)

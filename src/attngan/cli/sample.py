@@ -359,9 +359,12 @@ def sample(
         "grid": "grid.png",
     }
     if swap is not None:
-        # Fig. 5: one row per sentence, each image beside its swapped twin (same z and CA noise).
+        # Fig. 5: per sentence, the original row above the swapped row; column n is seed n in both
+        # (same z and CA noise), so reading down a column shows what the changed word does.
         rows = [
-            viz.word_swap_figure([pair for a, b in images for pair in ((prompt, a), (swapped, b))])
+            viz.word_swap_figure(
+                [(prompt, [a for a, _ in images]), (swapped, [b for _, b in images])], size=cell
+            )
             for prompt, swapped, images in swap_pairs
         ]
         save(_stack(rows), "word_swap.png")
