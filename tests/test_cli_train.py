@@ -64,7 +64,7 @@ def test_train_dry_run_sets_dataset_options(tmp_path):
     config = dry_run_config("train", "--damsm", tmp_path, "--dataset", "folder", "--data-dir", tmp_path / "imgs")
     assert config["preset"]["data"]["dataset"] == "folder"
     assert config["preset"]["data"]["data_dir"] == str(tmp_path / "imgs")
-    assert config["preset"]["generator"]["base_size"] == 32  # the default preset is shapes
+    assert config["preset"]["generator"]["base_size"] == 16  # the default preset is shapes
 
 
 @pytest.mark.parametrize(

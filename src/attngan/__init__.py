@@ -3,7 +3,7 @@
 Public API (imported lazily so that ``import attngan`` stays light)::
 
     from attngan import AttnGANPipeline
-    pipe = AttnGANPipeline.from_pretrained("runs/00000-demo/model")
+    pipe = AttnGANPipeline.from_pretrained("demo-out/runs/00001-shapes-attngan")
     out = pipe(["a small red circle at the top left"], seed=0)
     out.images[0][-1].save("red-circle.png")
 """

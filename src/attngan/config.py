@@ -213,16 +213,21 @@ PRESETS: dict[str, Preset] = {
         gan_train=GANTrainConfig(batch_size=14, epochs=120),
     ),
     "shapes": Preset(
-        description="built-in procedural shapes, CPU-sized: 2 stages 32-64, small image encoder",
+        # Tuned for the 10-minute CPU demo (benchmarks/TUNING.md): 16 -> 32 px, word attention at 32 x 32, the
+        # image encoder at the final size with an 8 x 8 region grid, and a short EMA (0.999 lags far behind the
+        # generator over ~1500 steps).
+        description="built-in procedural shapes, CPU-sized: 2 stages 16-32, small image encoder",
         text_encoder=TextEncoderConfig(vocab_size=0, word_dim=64, embed_dim=64, dropout=0.1),
-        image_encoder=ImageEncoderConfig(embed_dim=64, backbone="small", input_size=64, small_width=32, small_blocks=3),
-        generator=GeneratorConfig(gf_dim=16, z_dim=32, condition_dim=32, embed_dim=64, num_stages=2, res_blocks=1, base_size=32),
+        image_encoder=ImageEncoderConfig(embed_dim=64, backbone="small", input_size=32, small_width=32, small_blocks=2),
+        generator=GeneratorConfig(gf_dim=16, z_dim=32, condition_dim=32, embed_dim=64, num_stages=2, res_blocks=1, base_size=16),
         discriminator_df_dim=16,
         damsm_loss=DAMSMLossConfig(gamma1=4.0, gamma2=5.0, gamma3=10.0, class_masking=False),
         gan_loss=GANLossConfig(damsm_lambda=5.0),
         data=DataConfig(dataset="shapes", words_num=12, captions_per_image=5, num_images=4000, max_objects=1),
         damsm_train=DAMSMTrainConfig(batch_size=32, epochs=1000, max_steps=600, lr=2e-3, snapshot_every=200),
-        gan_train=GANTrainConfig(batch_size=32, epochs=1000, max_steps=1500, snapshot_every=500, sample_every=500),
+        gan_train=GANTrainConfig(
+            batch_size=32, epochs=1000, max_steps=2000, snapshot_every=500, sample_every=500, ema_decay=0.99
+        ),
     ),
     "tiny": Preset(
         description="for tests: widths 4-8, 2 stages 16-32",

@@ -18,7 +18,7 @@ depend on the batch size. Every figure names its protocol and sample count; a me
 missing is reported as skipped with a message saying how to provide them.
 
 Layer 4 (like ``training``): composes the pipeline, the data and the metrics; nothing imports it but the
-CLI and the training code (the demo).
+CLI (``attngan evaluate``); the demo (training layer) computes its own small table.
 """
 
 from __future__ import annotations

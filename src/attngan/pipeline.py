@@ -17,8 +17,8 @@ Example (runnable: builds an untrained tiny model, so the images are noise)::
     out.images[0][-1].save("red-circle.png")   # last stage of the first image (PIL)
     print(out.tokens[1], out.unknown_words[1])  # ['a', 'blue', 'square'] ['purple']
 
-    # a trained model: a model folder, a run folder (runs/00001-shapes-gan) or the original release
-    # pipe = AttnGANPipeline.from_pretrained("runs/00001-shapes-gan")
+    # a trained model: a model folder, a run folder (runs/00001-shapes-attngan) or the original release
+    # pipe = AttnGANPipeline.from_pretrained("runs/00001-shapes-attngan")
 
 Randomness comes only from ``seed`` / ``generator``: each image has its own ``torch.Generator`` (seed
 ``seed + image index``) from which z and then the conditioning-augmentation noise are drawn on the CPU

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..errors import UserError
+from .options import DEVICE
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 DATASETS = ("shapes", "birds", "coco", "folder")
@@ -197,9 +198,9 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
 )
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    type=DEVICE,
     default="auto",
-    help="Where to run; auto picks cuda, then mps, then cpu.",
+    help="Where to run; auto picks cuda (or cuda:N), then mps, then cpu.",
 )
 @click.option(
     "--out", type=_FILE, default=None, help="Write every figure with its protocol to this JSON file."
@@ -285,7 +286,7 @@ def evaluate(
 
     \b
     Examples:
-      attngan evaluate --checkpoint runs/00001-shapes-gan --n-images 2000 --metrics r_precision,attributes
+      attngan evaluate --checkpoint runs/00001-shapes-attngan --n-images 2000 --metrics r_precision,attributes
       attngan evaluate --checkpoint models/birds --dataset birds --data-dir data/birds --out birds.json \\
           --fid-weights pt_inception-2015-12-05-6726825d.pth --is-classifier cub_inception.pth
       attngan evaluate --original-generator bird_AttnGAN2.pth --original-text-encoder text_encoder200.pth \\

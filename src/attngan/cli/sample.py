@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..errors import UserError
+from .options import DEVICE
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -152,7 +153,7 @@ def _png(image: Any) -> bytes:
     "--checkpoint",
     type=click.Path(path_type=Path),
     default=None,
-    help="Trained model: a run folder (runs/00001-shapes-gan, its model/ is used) or a model folder "
+    help="Trained model: a run folder (runs/00001-shapes-attngan, its model/ is used) or a model folder "
     "(generator/, text_encoder/, vocab.json; e.g. written by `attngan convert`).",
 )
 @click.option(
@@ -195,9 +196,9 @@ def _png(image: Any) -> bytes:
 @click.option("--n", "num_images", type=click.IntRange(1, 64), default=1, help="Images per sentence.")
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    type=DEVICE,
     default="auto",
-    help="Where to run; auto picks cuda, then mps, then cpu. The images do not depend on it beyond rounding.",
+    help="Where to run; auto picks cuda (or cuda:N), then mps, then cpu. The images do not depend on it beyond rounding.",
 )
 @click.option(
     "--attention/--no-attention",
@@ -259,7 +260,7 @@ def sample(
 
     \b
     Examples:
-      attngan sample --checkpoint runs/00001-shapes-gan --out samples "a small red circle at the top left"
+      attngan sample --checkpoint runs/00001-shapes-attngan --out samples "a small red circle at the top left"
       attngan sample --checkpoint models/birds --out birds --n 4 --word-swap red=blue \\
           "this bird is red with white wings and a short beak"
       attngan sample --original-generator models/bird_AttnGAN2.pth \\

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from .options import DEVICE
 from .sample import load_pipeline, resolve_device
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -37,8 +38,10 @@ def is_loopback(host: str) -> bool:
 @click.option(
     "--host", default="127.0.0.1", help="Address to listen on; loopback unless you mean to share it."
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=8000)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, help="TCP port to listen on.")
+@click.option(
+    "--device", type=DEVICE, default="auto", help="Where to run: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."
+)
 @click.option("--max-batch", type=click.IntRange(1, 256), default=8, help="Most images per forward pass.")
 @click.option(
     "--max-images", type=click.IntRange(1, 64), default=4, help="Most images one request may ask for."
@@ -74,7 +77,7 @@ def serve(
 
     \b
     Examples:
-      attngan serve --checkpoint runs/00001-shapes-gan
+      attngan serve --checkpoint runs/00001-shapes-attngan
       attngan serve --original-generator bird_AttnGAN2.pth \\
           --original-text-encoder text_encoder200.pth --captions-pickle captions.pickle
     """

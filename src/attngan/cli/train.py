@@ -17,6 +17,7 @@ import click
 
 from ..config import PRESETS, Preset, apply_overrides, to_dict
 from ..errors import UserError
+from .options import DEVICE
 
 _PATH = click.Path(path_type=Path)
 _EXISTING = click.Path(exists=True, path_type=Path)
@@ -107,7 +108,7 @@ def _common_options(func: Callable) -> Callable:
                      help="Parent folder of the numbered run folders (runs/00000-<desc>/)."),
         click.option("--resume", type=_EXISTING, default=None,
                      help="Continue a run: its folder or one of its checkpoints/state-*.pt files."),
-        click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."),
+        click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."),
         click.option("--max-steps", type=click.IntRange(min=1), default=None,
                      help="Stop after this many steps in total (sets *_train.max_steps)."),
         click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -258,7 +259,7 @@ def train(
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data, the networks and the samples.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a setting of the shapes preset, e.g. --set gan_loss.damsm_lambda=10 (repeatable).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--damsm-share", type=click.FloatRange(0.05, 0.9), default=0.3, show_default=True,
               help="Largest share of the training time given to DAMSM pre-training (it stops earlier at "
                    "damsm_train.max_steps); the GAN gets the rest.")

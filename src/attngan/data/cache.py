@@ -46,9 +46,13 @@ CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    """``$ATTNGAN_CACHE_DIR``, else ``$XDG_CACHE_HOME/attngan/images``, else ``~/.cache/attngan/images``."""
-    if os.environ.get("ATTNGAN_CACHE_DIR"):
-        return Path(os.environ["ATTNGAN_CACHE_DIR"]).expanduser()
+    """``$ATTNGAN_CACHE/images``, else ``$XDG_CACHE_HOME/attngan/images``, else ``~/.cache/attngan/images``.
+
+    ``$ATTNGAN_CACHE`` is the one cache root of the package (the metrics keep their statistics and the
+    attribute classifier beside ``images/``).
+    """
+    if os.environ.get("ATTNGAN_CACHE"):
+        return Path(os.environ["ATTNGAN_CACHE"]).expanduser() / "images"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "attngan" / "images"
 

@@ -4,7 +4,7 @@
     from attngan.pipeline import AttnGANPipeline
     from attngan.serve import BackgroundServer, create_app
 
-    app = create_app(AttnGANPipeline.from_pretrained("runs/00001-shapes-gan"))
+    app = create_app(AttnGANPipeline.from_pretrained("runs/00001-shapes-attngan"))
     with BackgroundServer(app) as server:   # uvicorn in a thread on a free loopback port
         print(server.url)
 """

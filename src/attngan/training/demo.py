@@ -161,7 +161,7 @@ def run_demo(
     deadline = start + plan.total_seconds - plan.eval_seconds
     training_seconds = deadline - time.perf_counter() - 2 * plan.overhead_seconds
     if training_seconds < 10:
-        raise UserError(f"{plan.total_seconds / 60:.1f} minutes is too short for the demo; give it at least 2")
+        raise UserError(f"{plan.total_seconds / 60:.1f} minutes is too short for the demo; give it more minutes (--minutes)")
     runs = out / "runs"
     log.info("demo: %.0f s in all, about %.0f s of training (DAMSM %.0f%%)", plan.total_seconds, training_seconds, 100 * plan.damsm_share)
 

@@ -1,0 +1,25 @@
+"""Option types shared by the commands."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+__all__ = ["DEVICE"]
+
+
+class DeviceType(click.ParamType):
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+
+    name = "auto|cpu|cuda[:N]|mps"
+    _pattern = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+    def convert(self, value, param, ctx):  # noqa: ANN001 - click's signature
+        text = str(value).strip().lower()
+        if not self._pattern.fullmatch(text):
+            self.fail(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps", param, ctx)
+        return text
+
+
+DEVICE = DeviceType()
