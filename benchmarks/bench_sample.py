@@ -8,6 +8,10 @@ generator as trained (float32, eager, channels-first, upsample then conv, BatchN
 Fast: an inference copy with BatchNorm folded into the convs, the upsample+conv as one transposed conv,
 channels-last, im2col matmuls for the 8x8 and 4x4 layers (see common.Sampler). Both return the images of
 every stage and the attention maps (explicit attention). Random weights and captions.
+
+``--configs pipeline pipeline-plain`` measure what a user calls, ``attngan.AttnGANPipeline`` (tokenising,
+the per-image noise generators and the PIL images included), with its default inference copy of G
+(``pipeline``, the library's fast path) or with the generator as trained (``pipeline-plain``).
 """
 
 from __future__ import annotations

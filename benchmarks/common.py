@@ -744,6 +744,29 @@ class Sampler:
 # ------------------------------------------------------------------------------------- measurement
 
 
+PIPELINE_CONFIGS = ("pipeline", "pipeline-plain")  # sampling through attngan.AttnGANPipeline itself
+
+
+def pipeline_workload(preset: Preset, batch_size: int, device: torch.device, fast: bool):
+    """What a user calls: ``AttnGANPipeline(...)(sentences)`` with attention maps, PIL images included.
+
+    ``fast=True`` is the library's default (its BN-folded, channels-last inference copy of G);
+    ``fast=False`` draws with the generator as trained. Random weights; a vocabulary of made-up words.
+    """
+    from attngan.pipeline import AttnGANPipeline
+    from attngan.text import Vocabulary
+
+    torch.manual_seed(0)
+    words = [f"w{i}" for i in range(1, preset.text_encoder.vocab_size)]
+    vocab = Vocabulary(["<end>", *words])
+    pipe = AttnGANPipeline(
+        TextEncoder(preset.text_encoder), Generator(preset.generator), vocab, fast=fast
+    ).to(device)
+    t = preset.data.words_num
+    sentences = [" ".join(words[(k * t + j) % len(words)] for j in range(t)) for k in range(batch_size)]
+    return lambda: pipe(sentences, seed=0, batch_size=batch_size, return_attention=True)
+
+
 def build_workload(kind: str, preset: Preset, batch_size: int, options: StepOptions, device: torch.device):
     """(callable, batch) for ``kind`` in ``gan`` | ``damsm`` | ``sample``."""
     batch = synthetic_batch(preset, batch_size, device, seed=0)
@@ -776,11 +799,15 @@ def measure(
     timed calls (warm-up included: the first step allocates the optimizer states), reset after building
     the models; ``delta_mb`` is its increase over the RSS after building (freed memory trimmed first).
     """
-    options = parse_options(config, device)
     preset = preset_by_name(preset_name, overrides)
     load_before = os.getloadavg()[0]
     rate = matmul_gflops(device)
-    fn, _ = build_workload(kind, preset, batch_size, options, device)
+    if kind == "sample" and config in PIPELINE_CONFIGS:
+        options = PLAIN  # the library decides (AttnGANPipeline(fast=...))
+        fn = pipeline_workload(preset, batch_size, device, fast=config == "pipeline")
+    else:
+        options = parse_options(config, device)
+        fn, _ = build_workload(kind, preset, batch_size, options, device)
     # The peak of the steps alone: building the models may have a higher transient peak (copies).
     release_freed_memory()
     base = current_memory_mb(device)

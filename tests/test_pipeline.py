@@ -160,3 +160,41 @@ def test_from_original_round_trip(pipe, tmp_path):
         atol=1e-6,
         rtol=0,
     )
+
+
+def _randomise_batchnorm(module: torch.nn.Module, seed: int) -> None:
+    """Non-trivial running statistics and affine parameters, so that folding them is really tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+
+
+def test_fast_sampling_copy_equals_plain_and_follows_weight_changes():
+    torch.manual_seed(1)
+    vocab = shapes_vocabulary()
+    tiny = PRESETS["tiny"]
+    te = TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab)))
+    g = Generator(dataclasses.replace(tiny.generator, num_stages=3))  # 16 -> 32 -> 64: upsampling in every stage
+    _randomise_batchnorm(g, 0)
+    fast = AttnGANPipeline(te, g, vocab, fast=True)
+    plain = AttnGANPipeline(te, g, vocab, fast=False)
+    a, b = fast(PROMPTS, seed=5), plain(PROMPTS, seed=5)
+    for k in range(len(PROMPTS)):
+        for x, y in zip(a.stage_tensors[k], b.stage_tensors[k]):
+            torch.testing.assert_close(x, y, atol=2e-4, rtol=0)
+        for x, y in zip(a.attention_maps[k], b.attention_maps[k]):
+            torch.testing.assert_close(x, y, atol=2e-4, rtol=0)
+    # The copy is really different code: folded BN (no BatchNorm left) and the transposed-conv upsampling.
+    copy = fast._sampling_generator()
+    assert copy is not g and not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
+    assert copy is fast._sampling_generator()  # cached while the weights do not change
+    # New weights in the original generator reach the next call (the copy is rebuilt).
+    _randomise_batchnorm(g, 1)
+    c, d = fast(PROMPTS, seed=5), plain(PROMPTS, seed=5)
+    assert not torch.allclose(c.stage_tensors[0][-1], a.stage_tensors[0][-1], atol=1e-3)
+    torch.testing.assert_close(c.stage_tensors[0][-1], d.stage_tensors[0][-1], atol=2e-4, rtol=0)

@@ -280,3 +280,77 @@ def test_update_ema_averages_parameters_and_copies_buffers():
         assert torch.allclose(p_ema, 0.9 * p0 + 0.1 * p)
     for b_ema, b in zip(ema.buffers(), model.buffers()):
         assert torch.equal(b_ema, b)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_kernels_give_the_same_losses_and_weights(tmp_path, damsm_run, channels_last):
+    """gan_train.fast_kernels (transposed-conv upsampling, im2col convs, fused attention, folded encoder
+    BN) and channels-last change only float rounding: same losses at every step, same weights after them."""
+    runs = {}
+    for fast in (False, True):
+        seen: list[dict[str, float]] = []
+        result = run_gan(
+            tmp_path / f"fast{fast}",
+            damsm_run,
+            3,
+            "data.num_images=32",
+            f"gan_train.fast_kernels={fast}",
+            f"gan_train.channels_last={channels_last and fast}",
+            "gan_train.snapshot_every=1000",
+            callback=lambda info, seen=seen: seen.append(dict(info.losses)),
+        )
+        runs[fast] = (seen, weights(result.checkpoint))
+    (plain_losses, plain_w), (fast_losses, fast_w) = runs[False], runs[True]
+    assert plain_losses[0].keys() == fast_losses[0].keys() and len(plain_losses) == 3
+    for a, b in zip(plain_losses, fast_losses):
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
+    for name in ("generator", "discriminator0", "discriminator1"):
+        for key, value in plain_w[name].items():
+            # Adam normalises each update: a rounding-level gradient change moves a weight by at most ~lr.
+            torch.testing.assert_close(fast_w[name][key].contiguous(), value.contiguous(), atol=1e-3, rtol=0)
+
+
+def test_damsm_fast_kernels_fold_the_frozen_inception_and_train_the_same(tmp_path):
+    """damsm_train.fast_kernels folds the frozen Inception's BatchNorm (non-trivial statistics here) into a
+    forward copy that shares the trained projections: same losses step after step, same saved encoder."""
+    preset = apply_overrides(
+        PRESETS["tiny"],
+        [
+            "image_encoder.backbone=inception",
+            "image_encoder.input_size=299",  # as the birds preset
+            "data.num_images=8",
+            "damsm_train.batch_size=4",
+            "damsm_train.snapshot_every=100",
+        ],
+    )
+    from attngan.nn import ImageEncoder
+
+    gen = torch.Generator().manual_seed(0)
+    reference = ImageEncoder(preset.image_encoder, backbone_weights=None)
+    with torch.no_grad():  # "pre-trained" BN statistics, so that folding changes the ops for real
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    backbone = {k: v for k, v in reference.state_dict().items() if not k.startswith("emb_")}
+    runs = {}
+    for fast in (False, True):
+        seen: list[float] = []
+        result = train_damsm(
+            apply_overrides(preset, [f"damsm_train.fast_kernels={fast}"]),
+            runs_dir=tmp_path / f"fast{fast}",
+            max_steps=3,
+            backbone_weights=backbone,
+            val_set=False,
+            progress=False,
+            tensorboard=False,
+            callback=lambda info, seen=seen: seen.append(info.losses["loss/damsm"]),
+        )
+        runs[fast] = (seen, load_state(result.checkpoint, "damsm")["models"]["image_encoder"])
+    (plain, plain_w), (fast, fast_w) = runs[False], runs[True]
+    assert fast == pytest.approx(plain, rel=1e-4)
+    assert fast_w.keys() == plain_w.keys()  # the saved encoder is the unfolded one, BatchNorm included
+    for key in ("emb_features.weight", "emb_cnn_code.weight"):
+        assert not torch.equal(fast_w[key], reference.state_dict()[key])  # the shared projections trained
+        torch.testing.assert_close(fast_w[key], plain_w[key], atol=1e-4, rtol=0)

@@ -154,6 +154,29 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
+MATMUL_CONV_MIN_WEIGHT = 1 << 20  # im2col convs only for layers with >= 1M weights (benchmarks/README.md)
+
+
+def _fast_modules(
+    generator: Generator,
+    discriminators: list[Discriminator],
+    image_encoder: ImageEncoder,
+    dev: torch.device,
+    memory_format: torch.memory_format,
+) -> ImageEncoder:
+    """Switch G and the Ds to the faster kernels of ``attngan.nn.fast`` (same parameters, same maths) and
+    return the frozen image encoder with its BatchNorm folded (a copy used only to judge G's images; the
+    exported encoder is the original)."""
+    from ..nn.fast import fold_batchnorm, set_fast_upsample, set_matmul_conv
+
+    set_fast_upsample(generator)
+    if dev.type == "cpu":
+        for m in (generator, *discriminators):
+            set_matmul_conv(m, min_weight=MATMUL_CONV_MIN_WEIGHT)
+    folded = fold_batchnorm(image_encoder).requires_grad_(False)
+    return folded.to(memory_format=memory_format)
+
+
 def _resolve_gan_preset(preset: Preset, te: TextEncoder, ie: ImageEncoder) -> Preset:
     """The encoders define their own settings; G and D condition on their width D."""
     if preset.generator.embed_dim != te.config.embed_dim:
@@ -290,10 +313,11 @@ def train_gan(
 
     # Build G, its EMA copy, the Ds and the optimizers. Same initial weights on every process.
     mp = check_mixed_precision(dev, cfg.mixed_precision)
-    memory_format = torch.channels_last if cfg.channels_last and dev.type == "cuda" else torch.contiguous_format
+    memory_format = torch.channels_last if cfg.channels_last and dev.type != "mps" else torch.contiguous_format
     torch.manual_seed(cfg.seed)
     generator = Generator(preset.generator).to(dev, memory_format=memory_format)
     discriminators = [Discriminator(c).to(dev, memory_format=memory_format) for c in d_cfgs]
+    judge_encoder = _fast_modules(generator, discriminators, image_encoder, dev, memory_format) if cfg.fast_kernels else image_encoder
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.g_lr, betas=tuple(cfg.betas))
     opt_d = [torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas)) for d in discriminators]
@@ -330,11 +354,12 @@ def train_gan(
         generator=g_forward,
         discriminators=discriminators,
         d_objectives=d_objectives,
-        image_encoder=image_encoder,
+        image_encoder=judge_encoder,
         gan_cfg=preset.gan_loss,
         damsm_cfg=preset.damsm_loss,
         autocast=lambda: autocast(dev, mp),
         scaler=scaler,
+        need_attention=not cfg.fast_kernels,
     )
     phases = [(name, opt) for name, opt in zip(loss.phases, opt_d + [opt_g])]
 

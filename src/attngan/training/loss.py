@@ -136,6 +136,7 @@ class GANLoss:
         damsm_cfg: DAMSMLossConfig,
         autocast,  # () -> context manager for mixed precision (nullcontext on CPU)
         scaler: torch.amp.GradScaler,
+        need_attention: bool = True,  # False: G's word attention may use the fused kernel (no maps kept)
     ) -> None:
         self.generator = generator
         self.discriminators = list(discriminators)
@@ -145,12 +146,13 @@ class GANLoss:
         self.damsm_cfg = damsm_cfg
         self.autocast = autocast
         self.scaler = scaler
+        self.need_attention = need_attention
         self.phases = tuple(f"D{i}" for i in range(len(self.discriminators))) + ("G",)
 
     def generate(self, batch: Batch, text: TextFeatures, with_grad: bool) -> GeneratorOutput:
         """Fake images of every stage for the batch, noise z and CA noise drawn from the global RNG."""
         with torch.set_grad_enabled(with_grad), self.autocast():
-            return self.generator(None, text.sentence, text.words, batch.mask)
+            return self.generator(None, text.sentence, text.words, batch.mask, need_attention=self.need_attention)
 
     def accumulate_gradients(
         self, phase: str, batch: Batch, text: TextFeatures, fake: GeneratorOutput
