@@ -1,0 +1,103 @@
+"""The library's own training loop (``attngan.training.train_gan``), plain against its fast settings.
+
+    python benchmarks/bench_trainer.py                          # birds settings, batch 4, 8 steps, 2 rounds
+    python benchmarks/bench_trainer.py --preset shapes --batch-size 32 --steps 60
+
+``bench_train.py`` times a bare training step built from ``attngan.nn`` and ``attngan.losses`` (every
+fast-path switch separately). This script times what ``attngan train`` runs: data loading from the
+built-in shapes dataset rendered at the preset's resolutions (64/128/256 for birds), the frozen DAMSM
+encoders, the D and G phases, the EMA, statistics and logging; no sample grids or snapshots inside the
+timed steps. The encoders come from a one-step DAMSM run with a randomly initialised Inception (speed
+does not depend on the weights). Rows, each run twice in interleaved rounds in this process:
+
+* ``plain``: ``gan_train.fast_kernels=false gan_train.channels_last=false`` (float32, eager, upsample then
+  conv, explicit attention with maps, BatchNorm as separate ops, channels-first);
+* ``fast_kernels``: ``gan_train.fast_kernels=true gan_train.channels_last=false``;
+* ``fast`` (the default settings): ``fast_kernels`` and channels-last.
+
+The median seconds per step of each run (after 2 warm-up steps) are printed, and images/s from their
+median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+
+from attngan.config import PRESETS, apply_overrides
+from attngan.training.damsm import train_damsm
+from attngan.training.gan import train_gan
+
+CONFIGS = {
+    "plain": ["gan_train.fast_kernels=false", "gan_train.channels_last=false"],
+    "fast_kernels": ["gan_train.fast_kernels=true", "gan_train.channels_last=false"],
+    "fast": ["gan_train.fast_kernels=true", "gan_train.channels_last=true"],
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="birds", choices=sorted(PRESETS))
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=8, help="steps per run (the first 2 are not timed)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], help="preset override section.key=value")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    base = apply_overrides(
+        PRESETS[a.preset],
+        [
+            "data.dataset=shapes",
+            "data.data_dir=",
+            "text_encoder.vocab_size=0",
+            f"data.num_images={max(64, 4 * a.batch_size)}",
+            f"damsm_train.batch_size={a.batch_size}",
+            f"gan_train.batch_size={a.batch_size}",
+            "gan_train.sample_every=1000000",
+            "gan_train.snapshot_every=1000000",
+            "damsm_train.snapshot_every=1000000",
+            *a.set,
+        ],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        damsm = train_damsm(
+            base, runs_dir=tmp, device="cpu", max_steps=1, backbone_weights=None, val_set=False,
+            progress=False, tensorboard=False,
+        )  # fmt: skip
+        per_step: dict[str, list[float]] = {}
+        for rnd in range(a.rounds):
+            for name in a.configs:
+                stamps: list[float] = []
+                train_gan(
+                    apply_overrides(base, CONFIGS[name]), damsm=damsm.run_dir, runs_dir=tmp, device="cpu",
+                    max_steps=a.steps, progress=False, tensorboard=False, num_samples=0, keep_checkpoints=1,
+                    callback=lambda info, stamps=stamps: stamps.append(time.perf_counter()),
+                )  # fmt: skip
+                gaps = [b - c for b, c in zip(stamps[1:], stamps[:-1])][2:]
+                per_step.setdefault(name, []).append(statistics.median(gaps))
+                print(f"  {name} round {rnd + 1}: {per_step[name][-1]:.3f} s/step", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, load {os.getloadavg()[0]:.1f}"
+    )
+    print(f"# preset {a.preset}, batch {a.batch_size}, {a.steps} steps per run, {a.rounds} rounds")
+    print(f"{'config':<14}{'s/step (runs)':>24}{'img/s':>8}{'x plain':>9}")
+    ref = statistics.median(per_step["plain"]) if "plain" in per_step else None
+    for name, values in per_step.items():
+        med = statistics.median(values)
+        runs = ", ".join(f"{v:.3f}" for v in values)
+        ratio = f"{ref / med:.2f}" if ref else "-"
+        print(f"{name:<14}{runs:>24}{a.batch_size / med:>8.2f}{ratio:>9}")
+
+
+if __name__ == "__main__":
+    main()
