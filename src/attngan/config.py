@@ -231,7 +231,7 @@ PRESETS: dict[str, Preset] = {
         data=DataConfig(dataset="shapes", words_num=12, captions_per_image=5, num_images=4000, max_objects=1),
         damsm_train=DAMSMTrainConfig(batch_size=32, epochs=1000, max_steps=600, lr=2e-3, snapshot_every=200),
         gan_train=GANTrainConfig(
-            batch_size=32, epochs=1000, max_steps=2000, snapshot_every=500, sample_every=500, ema_decay=0.99
+            batch_size=32, epochs=1000, max_steps=3000, snapshot_every=1000, sample_every=1000, ema_decay=0.99
         ),
     ),
     "tiny": Preset(
