@@ -22,7 +22,12 @@ def data() -> None:
     "official annotations/captions_*2014.json), folder (images + same-named .txt, or a CSV/JSONL manifest), "
     "shapes (the built-in procedural dataset; nothing on disk).",
 )
-@click.option("--data-dir", type=click.Path(file_okay=True, dir_okay=True), default="", help="Root of the dataset.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=True, dir_okay=True),
+    default=None,
+    help="Root of the dataset (a folder, or a CSV/JSONL manifest for folder); not needed for shapes.",
+)
 @click.option(
     "--captions-per-image",
     type=click.IntRange(min=1),
@@ -31,7 +36,7 @@ def data() -> None:
 )
 @click.option("--no-decode", is_flag=True, help="Only check image headers (faster; misses truncated JPEGs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of text.")
-def check(dataset: str, data_dir: str, captions_per_image: int | None, no_decode: bool, as_json: bool) -> None:
+def check(dataset: str, data_dir: str | None, captions_per_image: int | None, no_decode: bool, as_json: bool) -> None:
     """Validate a dataset: every listed image and caption file exists and can be read.
 
     Prints a summary (images, captions, vocabulary, problems) and exits with status 1 when the dataset
@@ -44,7 +49,7 @@ def check(dataset: str, data_dir: str, captions_per_image: int | None, no_decode
     if dataset != "shapes" and not data_dir:
         raise click.UsageError("--data-dir is required for this dataset")
     report = check_dataset(
-        dataset, data_dir, captions_per_image=captions_per_image, decode=not no_decode, progress=sys.stderr.isatty()
+        dataset, data_dir or "", captions_per_image=captions_per_image, decode=not no_decode, progress=sys.stderr.isatty()
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
