@@ -6,7 +6,7 @@ the queue and the rendering, not of a real generator); ``--checkpoint`` serves a
 and ``--url`` measures a server that is already running on this machine (loopback only).
 
     python benchmarks/bench_serve.py --clients 8 --requests 80
-    python benchmarks/bench_serve.py --checkpoint runs/00001-shapes-gan --device cpu --max-batch 8
+    python benchmarks/bench_serve.py --checkpoint runs/00001-shapes-attngan --device cpu --max-batch 8
     python benchmarks/bench_serve.py --url http://127.0.0.1:8000 --clients 4 --requests 40 --n 2
 
 Bounded: at most ``--requests`` requests (<= 10000) and ``--max-seconds`` of wall time.
