@@ -89,7 +89,7 @@ def main() -> None:
         "pipeline-plain": lambda s: run_pipeline("pipeline-plain", s),
         "pipeline": lambda s: run_pipeline("pipeline", s),
     }
-    for name, fn in calls.items():
+    for fn in calls.values():
         for k in range(a.warmup):
             fn(k)
     times: dict[str, list[float]] = {name: [] for name in calls}
