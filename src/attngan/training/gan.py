@@ -52,6 +52,7 @@ from .common import (
 from .data import batches_per_epoch, epoch_loader
 from .figures import attention_png
 from .loss import DiscriminatorObjective, GANLoss, TextFeatures
+from .optim import FlatAdam
 from .runtime import (
     InterruptGuard,
     all_reduce_mean,
@@ -319,8 +320,10 @@ def train_gan(
     discriminators = [Discriminator(c).to(dev, memory_format=memory_format) for c in d_cfgs]
     judge_encoder = _fast_modules(generator, discriminators, image_encoder, dev, memory_format) if cfg.fast_kernels else image_encoder
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.g_lr, betas=tuple(cfg.betas))
-    opt_d = [torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas)) for d in discriminators]
+    # FlatAdam: Adam's update and state dict, by the fused kernel without copies or temporaries (optim.py).
+    adam = FlatAdam if cfg.fast_kernels else torch.optim.Adam
+    opt_g = adam(generator.parameters(), lr=cfg.g_lr, betas=tuple(cfg.betas))
+    opt_d = [adam(d.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas)) for d in discriminators]
     scaler = make_grad_scaler(dev, mp)
     step = epoch = batch_in_epoch = 0
     if state is not None:

@@ -1,0 +1,77 @@
+"""FlatAdam: the update and the state dict of torch.optim.Adam, on channels-last and other parameters."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from attngan.training.optim import FlatAdam
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    return m.to(memory_format=torch.channels_last)
+
+
+def _grads(model: nn.Module, step: int, channels_last_grads: bool) -> None:
+    g = torch.Generator().manual_seed(step)
+    for p in model.parameters():
+        grad = torch.randn(p.shape, generator=g) * (1 + step)
+        if channels_last_grads and grad.dim() == 4:
+            grad = grad.contiguous(memory_format=torch.channels_last)
+        p.grad = grad  # 4-D gradients alternate between the two layouts
+
+
+@pytest.mark.parametrize("lr", [1e-3, 2e-4])
+def test_flat_adam_equals_adam_and_shares_its_state_dict(lr):
+    a, b = _model(), _model()
+    assert a[0].weight.is_contiguous(memory_format=torch.channels_last) and not a[0].weight.is_contiguous()
+    ref = torch.optim.Adam(a.parameters(), lr=lr, betas=(0.5, 0.999), foreach=False)
+    flat = FlatAdam(b.parameters(), lr=lr, betas=(0.5, 0.999))
+    for step in range(6):
+        for model in (a, b):
+            _grads(model, step, channels_last_grads=step % 2 == 0)
+        ref.step()
+        flat.step()
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5, msg=name)
+    # Parameters keep their layout; the moments are stored like them.
+    assert b[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert flat.state[b[0].weight]["exp_avg"].stride() == b[0].weight.stride()
+    # State dicts are interchangeable both ways (a resume across the two optimizers continues the same).
+    sd = flat.state_dict()
+    assert set(sd["state"][0]) == set(ref.state_dict()["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    for k in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(sd["state"][0][k], ref.state_dict()["state"][0][k], atol=1e-6, rtol=1e-5)
+    c = copy.deepcopy(b)
+    again = FlatAdam(c.parameters(), lr=lr, betas=(0.5, 0.999))
+    # (a copy, as from a checkpoint file: load_state_dict keeps the step tensors, shared with ref otherwise)
+    loaded = copy.deepcopy(ref.state_dict())
+    for state in loaded["state"].values():  # moments saved in the default layout (another writer)
+        state["exp_avg"], state["exp_avg_sq"] = state["exp_avg"].contiguous(), state["exp_avg_sq"].contiguous()
+    again.load_state_dict(loaded)
+    for model in (a, c):
+        _grads(model, 99, channels_last_grads=False)
+    ref.step()
+    again.step()
+    for p, q in zip(a.parameters(), c.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5)
+
+
+def test_flat_adam_falls_back_for_options_the_fused_path_does_not_cover():
+    a, b = _model(), _model()
+    ref = torch.optim.Adam(a.parameters(), lr=1e-3, amsgrad=True, foreach=False)
+    flat = FlatAdam(b.parameters(), lr=1e-3)
+    for group in flat.param_groups:
+        group["amsgrad"] = True
+    for step in range(3):
+        for model in (a, b):
+            _grads(model, step, channels_last_grads=True)
+        ref.step()
+        flat.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5)
