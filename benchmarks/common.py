@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.adam import adam as adam_functional
 
 from attngan import losses
 from attngan.config import PRESETS, DiscriminatorConfig, Preset, apply_overrides
@@ -48,6 +47,7 @@ from attngan.nn import (
     set_matmul_conv,
 )
 from attngan.nn.encoders import INCEPTION_BLOCKS
+from attngan.training.optim import FlatAdam
 
 # ----------------------------------------------------------------------------------------------- machine
 
@@ -318,7 +318,7 @@ class StepOptions:
     matmul_conv: bool = False  # CPU: convs with <= 64 output pixels as im2col + matmul (nn.set_matmul_conv)
     fold_frozen_bn: bool = False  # fold the frozen Inception's eval BatchNorm into its convs
     split_backward: bool = False  # G step: backward each D / the encoder to the images first (memory)
-    fused_optimizer: bool = False  # DenseFusedAdam and a foreach EMA
+    fused_optimizer: bool = False  # attngan.training.optim.FlatAdam and a foreach EMA
 
     def describe(self) -> str:
         on = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) not in (False, None)]
@@ -382,64 +382,11 @@ def _maybe_compile(module: nn.Module, options: StepOptions):
     return torch.compile(module) if options.compile else module
 
 
-class DenseFusedAdam:
-    """Adam (the update of ``torch.optim.Adam``, no weight decay) by the fused kernel on flat views.
-
-    ``Adam(fused=True)`` copies every channels-last parameter to a contiguous tensor and back at each
-    step (three times slower than on contiguous ones); the update is elementwise, so a flat view of the
-    dense storage does the same without copies.
-    """
-
-    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float = 1e-8) -> None:
-        self.params = [p for p in params if p.requires_grad]
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.exp_avg: list[torch.Tensor] = []  # allocated at the first step, as torch.optim.Adam does
-        self.exp_avg_sq: list[torch.Tensor] = []
-        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
-
-    @staticmethod
-    def _flat(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if t.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
-            if t.stride() != like.stride():
-                t = t.contiguous(memory_format=torch.channels_last)
-            return t.permute(0, 2, 3, 1).view(-1)  # a view: fails rather than silently copying
-        return t.contiguous().view(-1) if t is not like and not t.is_contiguous() else t.view(-1)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if not idx:
-            return
-        if not self.exp_avg:
-            self.exp_avg = [torch.zeros_like(p) for p in self.params]  # same memory format as p
-            self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        ps = [self.params[i] for i in idx]
-        adam_functional(
-            [self._flat(p, p) for p in ps],
-            [self._flat(p.grad, p) for p in ps],
-            [self._flat(self.exp_avg[i], self.params[i]) for i in idx],
-            [self._flat(self.exp_avg_sq[i], self.params[i]) for i in idx],
-            [],
-            [self.steps[i] for i in idx],
-            fused=True,
-            amsgrad=False,
-            beta1=self.betas[0],
-            beta2=self.betas[1],
-            lr=self.lr,
-            weight_decay=0.0,
-            eps=self.eps,
-            maximize=False,
-        )
-
-
 def make_adam(params, lr: float, betas: tuple[float, float], options: StepOptions):
-    """The plain path's ``torch.optim.Adam`` (for-loop), or :class:`DenseFusedAdam`."""
+    """The plain path's ``torch.optim.Adam`` (for-loop), or the library's ``FlatAdam`` (the fused kernel on
+    flat views of the parameters; what ``attngan train`` uses with ``gan_train.fast_kernels``)."""
     if options.fused_optimizer:
-        return DenseFusedAdam(params, lr=lr, betas=betas)
+        return FlatAdam(params, lr=lr, betas=betas)
     return torch.optim.Adam(params, lr=lr, betas=betas, foreach=False)
 
 

@@ -219,7 +219,7 @@ class AttnGANPipeline:
 
         The copy (``attngan.nn.fast``: BatchNorm folded into the convs, upsample + conv3x3 as one
         transposed conv, im2col convs for tiny maps on CPU, channels-last) computes the same images up to
-        float rounding, about 1.6-1.9x faster on CPU (benchmarks/README.md). It is rebuilt whenever the
+        float rounding, 1.3-1.6x faster on CPU (benchmarks/README.md). It is rebuilt whenever the
         generator's weights, device or dtype change (tracked by the tensors' version counters), so
         ``pipe.generator.load_state_dict(...)`` or ``pipe.to(...)`` is picked up on the next call.
         """

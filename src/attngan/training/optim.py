@@ -18,6 +18,22 @@ import torch
 __all__ = ["FlatAdam"]
 
 
+def _has_fused_adam() -> bool:
+    """Whether ``torch.optim.adam.adam`` takes ``fused`` (its CPU kernel arrived in torch 2.4)."""
+    import inspect
+
+    from torch.optim.adam import adam
+
+    try:
+        version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+        return "fused" in inspect.signature(adam).parameters and version >= (2, 4)
+    except (TypeError, ValueError):  # pragma: no cover - unusual version strings or builtins
+        return False
+
+
+_FUSED_ADAM = _has_fused_adam()  # read once at import
+
+
 def _dense_flat(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``t`` (laid out as ``like``) as a 1-D view of its storage; raises if that is not possible."""
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
@@ -41,14 +57,7 @@ class FlatAdam(torch.optim.Adam):
 
     @staticmethod
     def _fused_available(device: torch.device) -> bool:
-        from torch.optim.adam import adam
-
-        try:
-            import inspect
-
-            return "fused" in inspect.signature(adam).parameters and device.type in ("cpu", "cuda")
-        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-            return False
+        return _FUSED_ADAM and device.type in ("cpu", "cuda")
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
