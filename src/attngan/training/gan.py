@@ -13,6 +13,10 @@ Differences from the original: ``gan_train.d_steps`` > 1 updates the discriminat
 generator only on every ``d_steps``-th (1 = the original); samples are drawn with the EMA generator in
 eval mode (the original used train mode, perturbing BatchNorm statistics); everything needed to continue
 exactly is checkpointed (the original saved bare EMA weights only).
+
+Speed (same mathematics, ``gan_train.fast_kernels`` and ``gan_train.channels_last``, both on by default):
+the kernels of :mod:`attngan.nn.fast` in G and the Ds, the fused attention kernel in G's training forward,
+a BN-folded copy of the frozen image encoder to judge G's images, NHWC tensors and :class:`FlatAdam`.
 """
 
 from __future__ import annotations

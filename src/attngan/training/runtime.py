@@ -1,8 +1,8 @@
 """Where and how a training loop runs: device, mixed precision, processes, seeds, Ctrl-C.
 
-Nothing here assumes CUDA: the device is picked as CUDA, then MPS, then CPU; mixed precision, the
-GradScaler and ``channels_last`` are used on CUDA only (the CPU default is plain float32, as diffusers'
-"usability over performance"). Distributed training is started by ``torchrun`` (environment variables
+Nothing here assumes CUDA: the device is picked as CUDA, then MPS, then CPU; mixed precision and the
+GradScaler are used on CUDA only (the CPU default is float32; emulated bf16 is slower there). The
+memory format (``gan_train.channels_last``) and the kernels (``*.fast_kernels``) are chosen by the loops. Distributed training is started by ``torchrun`` (environment variables
 ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``): gloo on CPU, nccl on CUDA.
 """
 
