@@ -34,19 +34,23 @@ def _has_fused_adam() -> bool:
 _FUSED_ADAM = _has_fused_adam()  # read once at import
 
 
-def _dense_flat(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``t`` (laid out as ``like``) as a 1-D view of its storage; raises if that is not possible."""
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor (contiguous or channels-last) as a 1-D view of its storage; raises if it is not dense."""
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
         return t.permute(0, 2, 3, 1).view(-1)
     return t.view(-1)
 
 
-def _same_layout(t: torch.Tensor, like: torch.Tensor) -> bool:
-    return t.shape == like.shape and t.stride() == like.stride()
-
-
 def _dense(t: torch.Tensor) -> bool:
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def _like(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of ``p`` (itself when they agree, else a copy), so both flatten alike."""
+    if t.stride() == p.stride():
+        return t
+    out = torch.empty_like(p, memory_format=torch.preserve_format)
+    return out.copy_(t)
 
 
 class FlatAdam(torch.optim.Adam):
@@ -60,54 +64,37 @@ class FlatAdam(torch.optim.Adam):
         return _FUSED_ADAM and device.type in ("cpu", "cuda")
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001 - torch's signature
-        if closure is not None:
-            return super().step(closure)
+    def step(self, closure=None):
         from torch.optim.adam import adam
 
-        for group in self.param_groups:
-            if group["amsgrad"] or group["weight_decay"] or group["maximize"] or group.get("differentiable"):
-                return super().step()
-            if isinstance(group["lr"], torch.Tensor):
-                return super().step()
-        fallback = False
-        work = []
+        unsupported = closure is not None or any(
+            g["amsgrad"] or g["weight_decay"] or g["maximize"] or g.get("differentiable") or torch.is_tensor(g["lr"])
+            for g in self.param_groups
+        )
+        with_grad = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if unsupported or any(
+            p.grad.is_sparse or p.is_complex() or not _dense(p) or not self._fused_available(p.device) for p in with_grad
+        ):
+            return super().step(closure)
         for group in self.param_groups:
             params, grads, avgs, sqs, steps = [], [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse or p.is_complex() or not _dense(p) or not self._fused_available(p.device):
-                    fallback = True
-                    break
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                for key in ("exp_avg", "exp_avg_sq"):  # e.g. loaded from a checkpoint in another layout
-                    if not _same_layout(state[key], p):
-                        fresh = torch.empty_like(p, memory_format=torch.preserve_format)
-                        fresh.copy_(state[key])
-                        state[key] = fresh
+                # Moments loaded from a checkpoint in another layout are re-laid out once, for good.
+                state["exp_avg"], state["exp_avg_sq"] = _like(state["exp_avg"], p), _like(state["exp_avg_sq"], p)
                 if state["step"].device != p.device or state["step"].dtype != torch.float32:
                     state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
-                grad = p.grad
-                if not _same_layout(grad, p):
-                    fresh = torch.empty_like(p, memory_format=torch.preserve_format)
-                    fresh.copy_(grad)
-                    grad = fresh
-                params.append(_dense_flat(p, p))
-                grads.append(_dense_flat(grad, p))
-                avgs.append(_dense_flat(state["exp_avg"], p))
-                sqs.append(_dense_flat(state["exp_avg_sq"], p))
+                params.append(_flat(p))
+                grads.append(_flat(_like(p.grad, p)))
+                avgs.append(_flat(state["exp_avg"]))
+                sqs.append(_flat(state["exp_avg_sq"]))
                 steps.append(state["step"])
-            if fallback:
-                break
-            work.append((group, params, grads, avgs, sqs, steps))
-        if fallback:
-            return super().step()
-        for group, params, grads, avgs, sqs, steps in work:
             if not params:
                 continue
             beta1, beta2 = group["betas"]
