@@ -33,6 +33,7 @@ import torch
 from attngan.config import PRESETS, apply_overrides
 from attngan.training.damsm import train_damsm
 from attngan.training.gan import train_gan
+from attngan.training.runtime import tune_cpu_allocator
 
 CONFIGS = {
     "plain": ["gan_train.fast_kernels=false", "gan_train.channels_last=false"],
@@ -50,9 +51,15 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="preset override section.key=value")
+    p.add_argument(
+        "--tune-malloc", action="store_true",
+        help="keep freed memory for reuse in this process, for every row (as `attngan train` does by default)",
+    )  # fmt: skip
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.tune_malloc and not tune_cpu_allocator():
+        p.error("--tune-malloc needs Linux with glibc")
     base = apply_overrides(
         PRESETS[a.preset],
         [
@@ -87,7 +94,8 @@ def main() -> None:
                 print(f"  {name} round {rnd + 1}: {per_step[name][-1]:.3f} s/step", flush=True)
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, load {os.getloadavg()[0]:.1f}"
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, load {os.getloadavg()[0]:.1f}, "
+        f"malloc {'tuned' if a.tune_malloc else 'default'}"
     )
     print(f"# preset {a.preset}, batch {a.batch_size}, {a.steps} steps per run, {a.rounds} rounds")
     print(f"{'config':<14}{'s/step (runs)':>24}{'img/s':>8}{'x plain':>9}")

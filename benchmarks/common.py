@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -47,6 +48,7 @@ from attngan.nn import (
     set_matmul_conv,
 )
 from attngan.nn.encoders import INCEPTION_BLOCKS
+from attngan.training import tune_cpu_allocator
 from attngan.training.optim import FlatAdam
 
 # ----------------------------------------------------------------------------------------------- machine
@@ -64,11 +66,27 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+@functools.cache
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls/convs run natively (CUDA with bf16, or a CPU with AVX512-BF16 or AMX)."""
+    """Whether bf16 pays: CUDA with bf16, or a CPU with AMX, or with AVX512-BF16 where a bf16 matmul is
+    measured faster than a float32 one (one host with AVX512-BF16 but no AMX ran bf16 at 190 against
+    343 GFLOP/s for float32, 2026-11-27)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return True
+    if "avx512_bf16" not in flags:
+        return False
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(1024, 1024, dtype=dtype)
+        a @ a
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ a
+        rates[dtype] = 1 / (time.perf_counter() - start)
+    return rates[torch.bfloat16] > 1.2 * rates[torch.float32]
 
 
 def machine_description(device: torch.device) -> str:
@@ -84,7 +102,11 @@ def machine_description(device: torch.device) -> str:
         pass
     flags = cpu_flags()
     isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "")
-    bf16 = "native bf16" if native_bf16(device) else "no native bf16"
+    bf16 = (
+        "native bf16"
+        if native_bf16(device)
+        else ("bf16 slower than fp32" if "avx512_bf16" in flags else "no native bf16")
+    )
     return f"{model}, {torch.get_num_threads()} threads, {isa}, {bf16}, torch {torch.__version__}"
 
 
@@ -319,6 +341,7 @@ class StepOptions:
     fold_frozen_bn: bool = False  # fold the frozen Inception's eval BatchNorm into its convs
     split_backward: bool = False  # G step: backward each D / the encoder to the images first (memory)
     fused_optimizer: bool = False  # attngan.training.optim.FlatAdam and a foreach EMA
+    joint_d_batches: bool = False  # D step: real and fake in one pass, per-part BatchNorm
 
     def describe(self) -> str:
         on = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) not in (False, None)]
@@ -343,6 +366,7 @@ def fast_options(device: torch.device, compile: bool = False) -> StepOptions:
         fold_frozen_bn=True,
         split_backward=True,
         fused_optimizer=True,
+        joint_d_batches=True,
     )
 
 
@@ -499,7 +523,7 @@ class GANTrainStep:
                 od.zero_grad(set_to_none=True)
                 with autocast_context(opt, self.device):
                     loss = losses.discriminator_loss(
-                        _Judge(d, d_fwd), reals[i], fakes[i], sentence, gan.uncond_weight
+                        _Judge(d, d_fwd), reals[i], fakes[i], sentence, gan.uncond_weight, opt.joint_d_batches
                     ).total
                 loss.backward()
                 od.step()
@@ -589,11 +613,11 @@ class _Judge:
     def __init__(self, disc: Discriminator, forward) -> None:
         self.disc, self.forward = disc, forward
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward(images)
+    def __call__(self, images: torch.Tensor, groups=None) -> torch.Tensor:
+        return self.forward(images) if groups is None else self.forward(images, groups)
 
-    def logits(self, features: torch.Tensor, sentence: torch.Tensor | None):
-        return self.disc.logits(features, sentence)
+    def logits(self, features: torch.Tensor, sentence: torch.Tensor | None, groups=None):
+        return self.disc.logits(features, sentence, groups)
 
 
 # ----------------------------------------------------------------------------------------- DAMSM step
@@ -805,7 +829,10 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--count-flops", action="store_true")
+    p.add_argument("--tune-malloc", action="store_true")
     a = p.parse_args(argv)
+    if a.tune_malloc:
+        tune_cpu_allocator()
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -824,6 +851,10 @@ def add_common_arguments(parser, configs: list[str], batch_sizes: list[int], rep
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
+    parser.add_argument(
+        "--tune-malloc", action="store_true",
+        help="every worker (all rows) keeps freed memory for reuse: attngan.training.tune_cpu_allocator",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
 
 
@@ -839,6 +870,8 @@ def run_configs(script: Path, kind: str, args) -> list[dict]:
                     wargs += ["--threads", str(args.threads)] + [x for s in args.set for x in ("--set", s)]
                     if r == 0 and not args.no_flops:
                         wargs.append("--count-flops")
+                    if args.tune_malloc:
+                        wargs.append("--tune-malloc")
                     print(f"  {kind} {preset} B={bs} {config} (round {r + 1})", file=sys.stderr, flush=True)
                     res = run_worker(script, wargs)
                     key = (preset, bs, config)

@@ -18,16 +18,17 @@ import torch
 import torch.nn.functional as F
 
 from attngan import losses
-from attngan.config import PRESETS, ImageEncoderConfig
+from attngan.config import PRESETS, DiscriminatorConfig, ImageEncoderConfig
 from attngan.nn import (
     Discriminator,
     Generator,
     ImageEncoder,
     fold_batchnorm,
     set_fast_upsample,
+    set_matmul_conv,
     word_attention,
 )
-from attngan.nn.layers import GLU, Conv2d, conv2d_matmul, upsample_conv3x3
+from attngan.nn.layers import GLU, BatchNorm2d, Conv2d, batch_groups, conv2d_matmul, upsample_conv3x3
 
 _COMMON = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
 
@@ -360,3 +361,55 @@ def test_parse_options(bench):
     assert opts.channels_last and opts.autocast == "bf16" and not opts.fused_attention
     with pytest.raises(ValueError, match="unknown option"):
         bench.parse_options("warp_speed", device)
+
+
+@pytest.mark.parametrize("batch", [3, 1])
+@pytest.mark.parametrize("unconditional", [True, False])
+@pytest.mark.parametrize("fast_layout", [False, True])
+def test_discriminator_joint_batches_equal_separate_calls(seed, batch, unconditional, fast_layout):
+    """Eq. 5 with real, fake (and mismatched) images in one pass and per-part BatchNorm: the same loss
+    terms, weight gradients, running statistics and BatchNorm counters as the separate calls."""
+    cfg = DiscriminatorConfig(df_dim=4, embed_dim=6, image_size=128, unconditional=unconditional)
+    d = Discriminator(cfg).double().train()
+    with torch.no_grad():  # non-trivial running statistics, so that their update is checked
+        for m in d.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    memory_format = torch.channels_last if fast_layout else torch.contiguous_format
+    joint = copy.deepcopy(d).to(memory_format=memory_format)
+    if fast_layout:
+        set_matmul_conv(joint)
+    real = torch.randn(batch, 3, 128, 128, dtype=torch.float64)
+    fake = torch.randn(batch, 3, 128, 128, dtype=torch.float64).requires_grad_(True)
+    s = torch.randn(batch, 6, dtype=torch.float64)
+    a = losses.discriminator_loss(d, real, fake, s)
+    b = losses.discriminator_loss(
+        joint, real.contiguous(memory_format=memory_format), fake.contiguous(memory_format=memory_format), s,
+        joint_batches=True,
+    )  # fmt: skip
+    for name in ("total", "real_cond", "fake_cond", "wrong_cond", "real_uncond", "fake_uncond"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-12, msg=name)
+    a.total.backward()
+    b.total.backward()
+    assert fake.grad is None
+    for (name, p), q in zip(d.named_parameters(), joint.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+    for (name, x), y in zip(d.named_buffers(), joint.buffers()):
+        torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-12, msg=name)
+    counts = {int(t) for n, t in d.named_buffers() if n.endswith("num_batches_tracked")}
+    assert (
+        counts == {2, 3} if batch > 1 else counts == {2}
+    )  # D trunk: real + fake; conditional head: + mismatched
+
+
+def test_batchnorm_groups_must_cover_the_batch(seed):
+    bn = BatchNorm2d(3).train()
+    with batch_groups(bn, (2, 2)), pytest.raises(ValueError, match="do not add up"):
+        bn(torch.randn(5, 3, 2, 2))
+    with batch_groups(bn, (2, 3)):
+        y = bn(torch.randn(5, 3, 2, 2))
+    assert bn.group_sizes is None and y.shape == (5, 3, 2, 2)

@@ -350,10 +350,10 @@ class StubDisc(nn.Module):
         self.a = nn.Parameter(torch.tensor(0.7, dtype=DT))
         self.unconditional = unconditional
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.a * images.flatten(1).sum(1, keepdim=True)  # (B, 1)
+    def forward(self, images: torch.Tensor, groups=None) -> torch.Tensor:
+        return self.a * images.flatten(1).sum(1, keepdim=True)  # (B, 1); no BatchNorm: groups change nothing
 
-    def logits(self, features, sentence):
+    def logits(self, features, sentence, groups=None):
         f = features[:, 0]
         uncond = 0.5 * f - 0.2 if self.unconditional else None
         cond = f * sentence[:, 0] + sentence[:, 1] if sentence is not None else None
@@ -406,14 +406,15 @@ def ref_discriminator_loss(real, fake, sent, unconditional, w=1.0):
     return real_c + sum(fake_terms) / len(fake_terms)
 
 
+@pytest.mark.parametrize("joint", [False, True])
 @pytest.mark.parametrize("batch", [4, 1])
 @pytest.mark.parametrize("unconditional", [True, False])
-def test_discriminator_loss_eq5(seed, batch, unconditional):
+def test_discriminator_loss_eq5(seed, batch, unconditional, joint):
     disc = StubDisc(unconditional)
     real = torch.randn(batch, 3, 2, 2, dtype=DT) * 0.2
     fake = (torch.randn(batch, 3, 2, 2, dtype=DT) * 0.2).requires_grad_(True)
     sent = torch.randn(batch, 4, dtype=DT)
-    out = losses.discriminator_loss(disc, real, fake, sent)
+    out = losses.discriminator_loss(disc, real, fake, sent, joint_batches=joint)
     ref = ref_discriminator_loss(real, fake.detach(), sent, unconditional)
     torch.testing.assert_close(out.total, torch.tensor(ref, dtype=DT), rtol=0, atol=1e-12)
     assert (out.wrong_cond is None) == (batch == 1)

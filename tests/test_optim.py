@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -75,3 +76,39 @@ def test_flat_adam_falls_back_for_options_the_fused_path_does_not_cover():
         flat.step()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5)
+
+
+_MALLOC_PROBE = r"""
+import ctypes, ctypes.util, sys
+from attngan.training import tune_cpu_allocator
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+applied = tune_cpu_allocator() if sys.argv[1] == "tuned" else False
+block = libc.malloc(64 << 20)
+mapped = libc.mallinfo2().hblkhd  # bytes in mmap'ed blocks (returned to the system when freed)
+libc.free(block)
+print(applied, mapped >= 64 << 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_tune_cpu_allocator_keeps_large_blocks_in_the_heap():
+    import ctypes
+    import ctypes.util
+    import subprocess
+
+    if not hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallinfo2"):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    run = lambda mode: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", _MALLOC_PROBE, mode], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert run("default") == ["False", "True"]  # a 64 MB block is mmap'ed by default ...
+    assert run("tuned") == ["True", "False"]  # ... and comes from the reusable heap once tuned

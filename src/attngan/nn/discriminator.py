@@ -7,11 +7,20 @@ original applied a sigmoid and ``BCELoss``; ``losses`` uses BCE-with-logits, the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from ..config import DiscriminatorConfig
-from .layers import Conv2d, conv_bn_lrelu, down_block, encode_image_downsample, init_weights_original
+from .layers import (
+    Conv2d,
+    batch_groups,
+    conv_bn_lrelu,
+    down_block,
+    encode_image_downsample,
+    init_weights_original,
+)
 
 
 class LogitHead(nn.Module):
@@ -62,19 +71,26 @@ class Discriminator(nn.Module):
         self.COND_DNET = LogitHead(df, config.embed_dim, conditional=True)
         init_weights_original(self)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, groups: Sequence[int] | None = None) -> torch.Tensor:
+        """Image features (B, 8*df, 4, 4). ``groups``: ``images`` is a concatenation of batches of these
+        sizes, each normalised by its own BatchNorm statistics (as separate calls would be)."""
         s = self.config.image_size
         if images.shape[1:] != (3, s, s):
             raise ValueError(f"discriminator expects (B, 3, {s}, {s}), got {tuple(images.shape)}")
-        x = self.img_code_s16(images)
-        for name in self.extra_names:
-            x = getattr(self, name)(x)
-        return x  # (B, 8*df, 4, 4)
+        with batch_groups(self, groups):
+            x = self.img_code_s16(images)
+            for name in self.extra_names:
+                x = getattr(self, name)(x)
+        return x
 
     def logits(
-        self, features: torch.Tensor, sentence: torch.Tensor | None
+        self, features: torch.Tensor, sentence: torch.Tensor | None, groups: Sequence[int] | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(unconditional logits (B,) or None, conditional logits (B,) or None if no sentence)."""
+        """(unconditional logits (B,) or None, conditional logits (B,) or None if no sentence);
+        ``groups`` as in :meth:`forward` (the conditional head has a BatchNorm)."""
         uncond = self.UNCOND_DNET(features) if self.UNCOND_DNET is not None else None
-        cond = self.COND_DNET(features, sentence) if sentence is not None else None
+        cond = None
+        if sentence is not None:
+            with batch_groups(self.COND_DNET, groups):
+                cond = self.COND_DNET(features, sentence)
         return uncond, cond

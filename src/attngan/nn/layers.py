@@ -6,6 +6,9 @@ keys match the original release (e.g. ``upsample1.1.weight`` is the conv after t
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,6 +72,42 @@ class Conv2d(nn.Conv2d):
                 if ho * wo <= limit:
                     return conv2d_matmul(x, self.weight, self.bias, sh, pad[0])
         return super().forward(x)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same parameters and keys) that can normalise one batch as several.
+
+    With ``group_sizes`` set (by :func:`batch_groups`), a training-mode call on a concatenation of
+    batches normalises each part by its own statistics and updates the running statistics once per part,
+    in order: the same as calling the layer on each part separately. It lets the discriminators judge
+    real and fake images in one pass (one conv per layer, one weight gradient) while keeping the original's
+    separate BatchNorm batches (Eq. 5).
+    """
+
+    group_sizes: tuple[int, ...] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = self.group_sizes
+        if sizes is None or len(sizes) == 1 or not (self.training or self.running_mean is None):
+            return super().forward(x)
+        if sum(sizes) != x.size(0):
+            raise ValueError(f"batch groups {sizes} do not add up to the batch of {x.size(0)}")
+        return torch.cat([super(BatchNorm2d, self).forward(part) for part in x.split(list(sizes))])
+
+
+@contextmanager
+def batch_groups(module: nn.Module, sizes: Sequence[int] | None) -> Iterator[None]:
+    """Within the block, every :class:`BatchNorm2d` in ``module`` treats its input as the batches of
+    ``sizes`` (``None``: one batch)."""
+    norms = [m for m in module.modules() if isinstance(m, BatchNorm2d)]
+    value = tuple(int(s) for s in sizes) if sizes is not None else None
+    for m in norms:
+        m.group_sizes = value
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.group_sizes = None
 
 
 def conv1x1(in_ch: int, out_ch: int, bias: bool = False) -> nn.Conv2d:
@@ -144,13 +183,13 @@ def up_block(in_ch: int, out_ch: int) -> UpBlock:
 
 def conv_bn_lrelu(in_ch: int, out_ch: int) -> nn.Sequential:
     """conv3x3 -> BN -> LeakyReLU(0.2) (original ``Block3x3_leakRelu``)."""
-    return nn.Sequential(conv3x3(in_ch, out_ch), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(conv3x3(in_ch, out_ch), BatchNorm2d(out_ch), nn.LeakyReLU(0.2, inplace=True))
 
 
 def down_block(in_ch: int, out_ch: int) -> nn.Sequential:
     """4x4 stride-2 conv -> BN -> LeakyReLU(0.2) (original ``downBlock``)."""
     return nn.Sequential(
-        Conv2d(in_ch, out_ch, 4, 2, 1, bias=False), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.2, inplace=True)
+        Conv2d(in_ch, out_ch, 4, 2, 1, bias=False), BatchNorm2d(out_ch), nn.LeakyReLU(0.2, inplace=True)
     )
 
 
@@ -167,7 +206,7 @@ def encode_image_downsample(df_dim: int, num_down: int = 4) -> nn.Sequential:
     for j in range(1, num_down):
         layers += [
             Conv2d(widths[j - 1], widths[j], 4, 2, 1, bias=False),
-            nn.BatchNorm2d(widths[j]),
+            BatchNorm2d(widths[j]),
             nn.LeakyReLU(0.2, inplace=True),
         ]
     return nn.Sequential(*layers)

@@ -7,6 +7,7 @@
 from .common import NonFiniteLossError, StepInfo, TrainingInterrupted, TrainResult
 from .damsm import evaluate_damsm, train_damsm
 from .gan import load_encoders, train_gan
+from .runtime import tune_cpu_allocator
 
 __all__ = [
     "train_damsm",
@@ -17,4 +18,5 @@ __all__ = [
     "StepInfo",
     "NonFiniteLossError",
     "TrainingInterrupted",
+    "tune_cpu_allocator",
 ]

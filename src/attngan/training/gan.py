@@ -16,7 +16,9 @@ exactly is checkpointed (the original saved bare EMA weights only).
 
 Speed (same mathematics, ``gan_train.fast_kernels`` and ``gan_train.channels_last``, both on by default):
 the kernels of :mod:`attngan.nn.fast` in G and the Ds, the fused attention kernel in G's training forward,
-a BN-folded copy of the frozen image encoder to judge G's images, NHWC tensors and :class:`FlatAdam`.
+a BN-folded copy of the frozen image encoder to judge G's images, each D step's real and fake (and
+mismatched) batches in one pass with per-part BatchNorm (``discriminator_loss(joint_batches=True)``), NHWC
+tensors and :class:`FlatAdam`.
 """
 
 from __future__ import annotations
@@ -349,7 +351,9 @@ def train_gan(
 
     # Wrap for distributed training (one forward per backward: G itself, and the Eq. 5 objective per D).
     g_forward: nn.Module = generator
-    d_objectives: list[nn.Module] = [DiscriminatorObjective(d, preset.gan_loss.uncond_weight) for d in discriminators]
+    d_objectives: list[nn.Module] = [
+        DiscriminatorObjective(d, preset.gan_loss.uncond_weight, joint_batches=cfg.fast_kernels) for d in discriminators
+    ]
     if dist_info.distributed:
         ids = [dev] if dev.type == "cuda" else None
         g_forward = nn.parallel.DistributedDataParallel(generator, device_ids=ids)

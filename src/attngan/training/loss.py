@@ -106,13 +106,14 @@ class TextFeatures:
 class DiscriminatorObjective(nn.Module):
     """D_i -> L_{D_i} (Eq. 5) on real images of its scale, detached fakes, and the sentence vectors."""
 
-    def __init__(self, disc: Discriminator, uncond_weight: float) -> None:
+    def __init__(self, disc: Discriminator, uncond_weight: float, joint_batches: bool = False) -> None:
         super().__init__()
         self.disc = disc
         self.uncond_weight = uncond_weight
+        self.joint_batches = joint_batches  # real and fake in one pass, per-part BatchNorm (same values)
 
     def forward(self, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = discriminator_loss(self.disc, real, fake, sentence, self.uncond_weight)
+        out = discriminator_loss(self.disc, real, fake, sentence, self.uncond_weight, self.joint_batches)
         zero = out.total.new_zeros(())
         wrong = out.wrong_cond if out.wrong_cond is not None else zero
         return out.total, out.real_cond, out.fake_cond, wrong
