@@ -1,8 +1,11 @@
-"""Sampling latency of one sentence: the original AttnGAN code against ``attngan.AttnGANPipeline``, same run.
+"""The original AttnGAN code against this package, same process, same run: sampling and training.
 
     git clone https://github.com/taoxugit/AttnGAN /tmp/AttnGAN       # not part of this repository
     pip install easydict                                               # the original config needs it
-    python benchmarks/bench_original.py --original-code /tmp/AttnGAN/code
+    python benchmarks/bench_original.py --original-code /tmp/AttnGAN/code                # sampling
+    python benchmarks/bench_original.py --original-code /tmp/AttnGAN/code --task train   # training
+
+**Sampling** (``--task sample``): one sentence.
 
 The original ``code/model.py`` is imported from the given folder, unmodified, and set to the birds settings
 of ``code/cfg/bird_attn2.yml`` (3 stages to 256 x 256, GF 32, R 2, 18 words, CPU). Its ``RNN_ENCODER`` and
@@ -16,6 +19,23 @@ outputs, max abs difference 0.0). Timed per call, after warm-up, with alternatin
 * ``pipeline-plain``: ``AttnGANPipeline(fast=False)(sentence)``: tokenising, seeded noise, text encoder,
   generator as trained, attention maps, PIL images of every stage;
 * ``pipeline``: the same with the library default (the BN-folded, fused-upsampling, channels-last copy).
+
+**Training** (``--task train``): iterations with the birds settings at ``--batch-size`` (4).
+
+* ``original``: the body of the original ``trainer.train`` loop with its own modules and losses
+  (``model.py``, ``miscc/losses.py``), unmodified: frozen ``RNN_ENCODER`` and ``CNN_ENCODER`` (Inception-v3
+  with random weights: torchvision's download is replaced by a fresh state dict, although the original still
+  prints its "Load pretrained model from <url>" line), ``G_NET``, ``D_NET64/128/256``,
+  ``discriminator_loss`` per D with ``Adam``, ``generator_loss`` (its per-caption ``words_loss``) + ``KL_loss``,
+  ``Adam``, the EMA loop. Random batches of the right shapes, no data loading. Two concessions to modern
+  PyTorch, neither changing the work: ``class_ids=None`` (its same-class masks are ``uint8`` tensors, which
+  ``masked_fill_`` no longer takes; the masking is a few element writes), and its log lines' ``x.data[0]``
+  on 0-dim losses is answered with ``x`` while ``generator_loss`` runs.
+* ``plain`` and ``fast``: ``attngan.training.train_gan`` itself (``benchmarks/bench_trainer.py``), with the
+  built-in shapes data rendered at 64/128/256, data loading, statistics and EMA included; ``plain`` with
+  ``gan_train.fast_kernels=false gan_train.channels_last=false``, ``fast`` with the defaults.
+
+The rows alternate in rounds; each round times ``--steps`` iterations after 2 warm-up ones.
 """
 
 from __future__ import annotations
@@ -30,23 +50,43 @@ import time
 import torch
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--original-code", required=True, help="the code/ folder of a taoxugit/AttnGAN checkout")
-    p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0)
-    a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    sys.path.insert(0, os.path.abspath(a.original_code))
+def _original_birds(code_dir: str):
+    """The original ``model`` module and ``cfg`` set to the birds settings (code/cfg/bird_attn2.yml)."""
+    sys.path.insert(0, os.path.abspath(code_dir))
     from miscc.config import cfg  # the original's global config object
 
     cfg.CUDA = False
     cfg.TREE.BRANCH_NUM = 3
     cfg.GAN.GF_DIM, cfg.GAN.DF_DIM, cfg.GAN.Z_DIM, cfg.GAN.CONDITION_DIM, cfg.GAN.R_NUM = 32, 64, 100, 100, 2
     cfg.TEXT.EMBEDDING_DIM, cfg.TEXT.WORDS_NUM = 256, 18
+    cfg.TRAIN.SMOOTH.GAMMA1, cfg.TRAIN.SMOOTH.GAMMA2, cfg.TRAIN.SMOOTH.GAMMA3, cfg.TRAIN.SMOOTH.LAMBDA = 4.0, 5.0, 10.0, 5.0
     import model as original  # code/model.py
+
+    return original, cfg
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--original-code", required=True, help="the code/ folder of a taoxugit/AttnGAN checkout")
+    p.add_argument("--task", choices=["sample", "train"], default="sample")
+    p.add_argument("--reps", type=int, default=20, help="sample: timed calls per row")
+    p.add_argument("--warmup", type=int, default=3, help="sample: untimed calls per row")
+    p.add_argument("--batch-size", type=int, default=4, help="train: images per iteration")
+    p.add_argument("--steps", type=int, default=6, help="train: timed iterations per row and round")
+    p.add_argument("--rounds", type=int, default=2, help="train: alternating rounds")
+    p.add_argument("--tune-malloc", action="store_true", help="train: keep freed memory for reuse, every row")
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.task == "train":
+        bench_train(a)
+    else:
+        bench_sample(a)
+
+
+def bench_sample(a) -> None:
+    original, _ = _original_birds(a.original_code)
 
     from attngan.legacy import load_original
     from attngan.pipeline import AttnGANPipeline
@@ -98,17 +138,137 @@ def main() -> None:
             start = time.perf_counter()
             fn(k)
             times[name].append(time.perf_counter() - start)
-    ref = statistics.median(times["original"])
-    print(
+    _print_rows(
         f"# {time.strftime('%Y-%m-%d %H:%M')}  {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"load {os.getloadavg()[0]:.1f}; birds settings, one sentence of 18 words, 3 stages to 256 px, maps"
-    )
-    print(f"{'config':<16}{'median ms':>10}{'p10 ms':>8}{'p90 ms':>8}{'x original':>12}")
+        f"load {os.getloadavg()[0]:.1f}; birds settings, one sentence of 18 words, 3 stages to 256 px, maps",
+        times, 1000.0, "ms",
+    )  # fmt: skip
+
+
+def _print_rows(header: str, times: dict[str, list[float]], unit_scale: float, unit: str, per_image: int = 0) -> None:
+    ref = statistics.median(times["original"])
+    print(header)
+    extra = f"{'img/s':>8}" if per_image else ""
+    print(f"{'config':<16}{'median ' + unit:>12}{'p10 ' + unit:>10}{'p90 ' + unit:>10}{extra}{'x original':>12}")
     for name, values in times.items():
         values = sorted(values)
         med = statistics.median(values)
         p10, p90 = values[len(values) // 10], values[(9 * len(values)) // 10]
-        print(f"{name:<16}{1000 * med:>10.1f}{1000 * p10:>8.1f}{1000 * p90:>8.1f}{ref / med:>12.2f}")
+        rate = f"{per_image / med:>8.2f}" if per_image else ""
+        print(f"{name:<16}{unit_scale * med:>12.3f}{unit_scale * p10:>10.3f}{unit_scale * p90:>10.3f}{rate}{ref / med:>12.2f}")
+
+
+def _original_train_step(original, cfg, batch_size: int, n_words: int = 5450):
+    """One iteration of the original ``trainer.train`` loop body (see the module docstring)."""
+    import torch.utils.model_zoo as model_zoo
+    import torchvision
+    from miscc import losses as original_losses  # code/miscc/losses.py
+    from miscc.utils import weights_init  # the original's initialisation, applied as its trainer does
+
+    # CNN_ENCODER loads ImageNet weights by URL: give it a fresh (random) state dict instead.
+    fresh = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict()
+    saved_load_url, model_zoo.load_url = model_zoo.load_url, lambda *args, **kwargs: fresh
+    try:
+        image_encoder = original.CNN_ENCODER(cfg.TEXT.EMBEDDING_DIM)
+    finally:
+        model_zoo.load_url = saved_load_url
+    image_encoder.eval().requires_grad_(False)
+    text_encoder = original.RNN_ENCODER(n_words, nhidden=cfg.TEXT.EMBEDDING_DIM).eval().requires_grad_(False)
+    netG = original.G_NET()
+    netG.apply(weights_init)
+    netsD = [original.D_NET64(), original.D_NET128(), original.D_NET256()]
+    for d in netsD:
+        d.apply(weights_init)
+    avg_param_G = [p.detach().clone() for p in netG.parameters()]
+    optimizersD = [torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999)) for d in netsD]
+    optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    real_labels, fake_labels = torch.ones(batch_size), torch.zeros(batch_size)
+    match_labels = torch.arange(batch_size)
+    noise = torch.empty(batch_size, cfg.GAN.Z_DIM)
+    gen = torch.Generator().manual_seed(0)
+    imgs = [torch.rand(batch_size, 3, s, s, generator=gen) * 2 - 1 for s in (64, 128, 256)]
+    cap_lens = torch.tensor(sorted(torch.randint(6, 19, (batch_size,), generator=gen).tolist(), reverse=True))
+    captions = torch.randint(1, n_words, (batch_size, 18), generator=gen)
+    for row, length in enumerate(cap_lens.tolist()):
+        captions[row, length:] = 0
+
+    def step() -> None:
+        hidden = text_encoder.init_hidden(batch_size)
+        words_embs, sent_emb = text_encoder(captions, cap_lens, hidden)
+        words_embs, sent_emb = words_embs.detach(), sent_emb.detach()
+        mask = captions == 0
+        mask = mask[:, : words_embs.size(2)]
+        noise.normal_(0, 1)
+        fake_imgs, _, mu, logvar = netG(noise, sent_emb, words_embs, mask)
+        for i in range(len(netsD)):
+            netsD[i].zero_grad()
+            errD = original_losses.discriminator_loss(netsD[i], imgs[i], fake_imgs[i], sent_emb, real_labels, fake_labels)
+            errD.backward()
+            optimizersD[i].step()
+        netG.zero_grad()
+        with _zero_dim_data_index():
+            errG_total, _ = original_losses.generator_loss(
+                netsD, image_encoder, fake_imgs, real_labels, words_embs, sent_emb, match_labels, cap_lens, None
+            )
+        errG_total = errG_total + original_losses.KL_loss(mu, logvar)
+        errG_total.backward()
+        optimizerG.step()
+        for p, avg_p in zip(netG.parameters(), avg_param_G):
+            avg_p.mul_(0.999).add_(p.data, alpha=0.001)
+
+    return step
+
+
+class _zero_dim_data_index:
+    """While active, ``t[0]`` on a 0-dim tensor returns ``t`` (PyTorch 0.3's ``loss.data[0]`` in the
+    original's log lines); every other indexing is unchanged."""
+
+    def __enter__(self):
+        self.saved = torch.Tensor.__getitem__
+        saved = self.saved
+
+        def getitem(t, index):
+            if t.dim() == 0 and isinstance(index, int) and index == 0:
+                return t
+            return saved(t, index)
+
+        torch.Tensor.__getitem__ = getitem
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.Tensor.__getitem__ = self.saved
+
+
+def bench_train(a) -> None:
+    original, cfg = _original_birds(a.original_code)
+    from bench_trainer import library_preset, loop_step_times, make_encoders
+
+    from attngan.training import tune_cpu_allocator
+
+    if a.tune_malloc:
+        tune_cpu_allocator()
+    step = _original_train_step(original, cfg, a.batch_size)
+    base = library_preset("birds", a.batch_size, [])
+    times: dict[str, list[float]] = {"original": [], "plain": [], "fast": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        damsm_dir = make_encoders(base, tmp)
+        for rnd in range(a.rounds):
+            for _ in range(2):
+                step()
+            for _ in range(a.steps):
+                start = time.perf_counter()
+                step()
+                times["original"].append(time.perf_counter() - start)
+            print(f"  original round {rnd + 1}: {statistics.median(times['original'][-a.steps:]):.3f} s/step", flush=True)
+            for name in ("plain", "fast"):
+                times[name] += loop_step_times(base, name, damsm_dir, tmp, a.steps + 3)
+                print(f"  {name} round {rnd + 1}: {statistics.median(times[name][-a.steps:]):.3f} s/step", flush=True)
+    _print_rows(
+        f"# {time.strftime('%Y-%m-%d %H:%M')}  {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"load {os.getloadavg()[0]:.1f}, malloc {'tuned' if a.tune_malloc else 'default'}; birds settings, batch "
+        f"{a.batch_size}, one training iteration (G, 3 D steps, G step, EMA)",
+        times, 1.0, "s", per_image=a.batch_size,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -40,6 +41,46 @@ CONFIGS = {
     "fast_kernels": ["gan_train.fast_kernels=true", "gan_train.channels_last=false"],
     "fast": ["gan_train.fast_kernels=true", "gan_train.channels_last=true"],
 }
+
+
+def library_preset(preset: str, batch_size: int, sets: list[str]):
+    """The preset's settings on the built-in shapes data rendered at its resolutions, no samples/snapshots."""
+    return apply_overrides(
+        PRESETS[preset],
+        [
+            "data.dataset=shapes",
+            "data.data_dir=",
+            "text_encoder.vocab_size=0",
+            f"data.num_images={max(64, 4 * batch_size)}",
+            f"damsm_train.batch_size={batch_size}",
+            f"gan_train.batch_size={batch_size}",
+            "gan_train.sample_every=1000000",
+            "gan_train.snapshot_every=1000000",
+            "damsm_train.snapshot_every=1000000",
+            *sets,
+        ],
+    )
+
+
+def make_encoders(base, tmp: str) -> Path:
+    """DAMSM encoders from a one-step run with a randomly initialised Inception (speed does not depend on
+    the weights): the run folder ``train_gan(damsm=...)`` takes."""
+    damsm = train_damsm(
+        base, runs_dir=tmp, device="cpu", max_steps=1, backbone_weights=None, val_set=False, progress=False,
+        tensorboard=False,
+    )  # fmt: skip
+    return damsm.run_dir
+
+
+def loop_step_times(base, config: str, damsm_dir: Path, tmp: str, steps: int) -> list[float]:
+    """Seconds per step of ``train_gan`` with the settings of ``CONFIGS[config]``, warm-up steps dropped."""
+    stamps: list[float] = []
+    train_gan(
+        apply_overrides(base, CONFIGS[config]), damsm=damsm_dir, runs_dir=tmp, device="cpu", max_steps=steps,
+        progress=False, tensorboard=False, num_samples=0, keep_checkpoints=1,
+        callback=lambda info: stamps.append(time.perf_counter()),
+    )  # fmt: skip
+    return [b - c for b, c in zip(stamps[1:], stamps[:-1])][2:]
 
 
 def main() -> None:
@@ -60,37 +101,13 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     if a.tune_malloc and not tune_cpu_allocator():
         p.error("--tune-malloc needs Linux with glibc")
-    base = apply_overrides(
-        PRESETS[a.preset],
-        [
-            "data.dataset=shapes",
-            "data.data_dir=",
-            "text_encoder.vocab_size=0",
-            f"data.num_images={max(64, 4 * a.batch_size)}",
-            f"damsm_train.batch_size={a.batch_size}",
-            f"gan_train.batch_size={a.batch_size}",
-            "gan_train.sample_every=1000000",
-            "gan_train.snapshot_every=1000000",
-            "damsm_train.snapshot_every=1000000",
-            *a.set,
-        ],
-    )
+    base = library_preset(a.preset, a.batch_size, a.set)
     with tempfile.TemporaryDirectory() as tmp:
-        damsm = train_damsm(
-            base, runs_dir=tmp, device="cpu", max_steps=1, backbone_weights=None, val_set=False,
-            progress=False, tensorboard=False,
-        )  # fmt: skip
+        damsm_dir = make_encoders(base, tmp)
         per_step: dict[str, list[float]] = {}
         for rnd in range(a.rounds):
             for name in a.configs:
-                stamps: list[float] = []
-                train_gan(
-                    apply_overrides(base, CONFIGS[name]), damsm=damsm.run_dir, runs_dir=tmp, device="cpu",
-                    max_steps=a.steps, progress=False, tensorboard=False, num_samples=0, keep_checkpoints=1,
-                    callback=lambda info, stamps=stamps: stamps.append(time.perf_counter()),
-                )  # fmt: skip
-                gaps = [b - c for b, c in zip(stamps[1:], stamps[:-1])][2:]
-                per_step.setdefault(name, []).append(statistics.median(gaps))
+                per_step.setdefault(name, []).append(statistics.median(loop_step_times(base, name, damsm_dir, tmp, a.steps)))
                 print(f"  {name} round {rnd + 1}: {per_step[name][-1]:.3f} s/step", flush=True)
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, "
