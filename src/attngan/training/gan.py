@@ -480,25 +480,22 @@ def train_gan(
                     # Generate: G runs once; the D phases see its images detached.
                     fake = loss.generate(batch, text, with_grad=g_step)
 
-                    # Execute training phases: D0 .. Dk, then G.
-                    scalars: dict[str, float] = {}
-                    flags = 0
+                    # Execute training phases: D0 .. Dk, then G. The losses stay on the device until the
+                    # step is queued: one host-device synchronisation (and one collective) per step.
+                    values: dict[str, torch.Tensor] = {}
                     for name, opt in phases:
                         if name == "G" and not g_step:
                             continue
                         opt.zero_grad(set_to_none=True)
-                        values = loss.accumulate_gradients(name, batch, text, fake)
-                        if name == "G":
-                            time_up = max_seconds is not None and time.perf_counter() - start_time >= max_seconds
-                            flags = (_STOP if guard.requested else 0) | (_TIME_UP if time_up else 0)
-                        reduced, flags = all_reduce_mean(values, dist_info, flags)
-                        check_finite(reduced, step + 1, last_checkpoint, hint)
+                        values |= loss.accumulate_gradients(name, batch, text, fake)
                         scaler.step(opt)
-                        scalars |= reduced
                     scaler.update()
-                    if not g_step:
-                        time_up = max_seconds is not None and time.perf_counter() - start_time >= max_seconds
-                        _, flags = all_reduce_mean({}, dist_info, (_STOP if guard.requested else 0) | (_TIME_UP if time_up else 0))
+                    time_up = max_seconds is not None and time.perf_counter() - start_time >= max_seconds
+                    flags = (_STOP if guard.requested else 0) | (_TIME_UP if time_up else 0)
+                    scalars, flags = all_reduce_mean(values, dist_info, flags)
+                    # A non-finite loss stops training before anything is saved: the weights in memory may
+                    # have taken the step, the checkpoints on disk have not.
+                    check_finite(scalars, step + 1, last_checkpoint, hint)
 
                     # Update the EMA of G's parameters.
                     if g_step:

@@ -200,8 +200,9 @@ def all_reduce_mean(values: dict[str, torch.Tensor], info: DistInfo, flags: int 
     request) are the same everywhere and no process is left waiting in a collective.
     """
     names = list(values)
-    if not info.distributed:
-        return {k: float(v) for k, v in values.items()}, flags
+    if not info.distributed:  # one device-to-host copy for all values
+        host = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist() if values else []
+        return dict(zip(names, host)), flags
     device = next(iter(values.values())).device if values else torch.device("cpu")
     if dist.get_backend() == "nccl" and device.type != "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
@@ -210,8 +211,9 @@ def all_reduce_mean(values: dict[str, torch.Tensor], info: DistInfo, flags: int 
     buf = torch.stack(scalars + bits)  # (n + 8,)
     dist.all_reduce(buf)
     n = len(names)
-    out = {k: float(buf[i]) / info.world_size for i, k in enumerate(names)}
-    merged = sum(1 << b for b in range(8) if float(buf[n + b]) > 0)
+    host = buf.tolist()
+    out = {k: host[i] / info.world_size for i, k in enumerate(names)}
+    merged = sum(1 << b for b in range(8) if host[n + b] > 0)
     return out, merged
 
 
