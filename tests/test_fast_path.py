@@ -413,3 +413,40 @@ def test_batchnorm_groups_must_cover_the_batch(seed):
     with batch_groups(bn, (2, 3)):
         y = bn(torch.randn(5, 3, 2, 2))
     assert bn.group_sizes is None and y.shape == (5, 3, 2, 2)
+
+
+@pytest.mark.parametrize("need_attention", [True, False])
+def test_padding_the_words_to_a_fixed_count_changes_nothing(seed, tiny_generator_config, need_attention):
+    """gan.pad_words (used with gan_train.compile): extra zero, masked words leave G's images, its
+    gradients and the DAMSM word and sentence losses unchanged."""
+    from attngan.config import DAMSMLossConfig
+    from attngan.data.base import Batch
+    from attngan.training.gan import pad_words
+    from attngan.training.loss import TextFeatures, _damsm_terms
+
+    cfg = tiny_generator_config
+    g = Generator(cfg).train()
+    kw = _gen_inputs(cfg, b=3, t=6)
+    lengths = (~kw["mask"]).sum(1)
+    batch = Batch(
+        images=[torch.zeros(3, 3, s, s) for s in cfg.image_sizes], captions=torch.ones(3, 6, dtype=torch.long),
+        lengths=lengths, mask=kw["mask"], class_ids=torch.arange(3),
+    )  # fmt: skip
+    padded_batch, padded = pad_words(batch, TextFeatures(kw["words"], kw["sentence"]), 10)
+    assert padded.words.shape[2] == 10 and padded_batch.mask.shape == (3, 10) and padded_batch.mask[:, 6:].all()
+    outs, grads, terms = [], [], []
+    for words, mask in ((kw["words"], kw["mask"]), (padded.words, padded_batch.mask)):
+        g.zero_grad()
+        torch.manual_seed(1)
+        out = g(kw["z"], kw["sentence"], words, mask, ca_noise=kw["ca_noise"], need_attention=need_attention)
+        regions = out.images[-1].mean(1, keepdim=True).expand(-1, cfg.embed_dim, -1, -1)[:, :, :4, :4]
+        term = _damsm_terms(regions, out.images[-1].flatten(1)[:, : cfg.embed_dim], words, kw["sentence"], lengths,
+                            None, DAMSMLossConfig())  # fmt: skip
+        (term.total + sum(i.square().sum() for i in out.images)).backward()
+        outs.append(out.images)
+        terms.append(term.total.detach())
+        grads.append([p.grad.clone() for p in g.parameters()])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms[1], terms[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads[0], grads[1]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

@@ -169,6 +169,8 @@ class GANTrainConfig:
     log_every: int = 50
     seed: int = 0
     mixed_precision: str = "no"  # no | bf16 | fp16
+    # torch.compile G and the D objectives (word features padded to data.words_num). On a 2-core CPU it was
+    # slower than the eager fast path (birds, batch 4: 2.7-2.8 against 2.1 s per step); untested on GPUs.
     compile: bool = False
     channels_last: bool = True  # NHWC activations and weights (CUDA and CPU; ignored on MPS)
     # Same mathematics, faster kernels (attngan.nn.fast): upsample + conv3x3 as one transposed conv, im2col

@@ -184,6 +184,19 @@ def _fast_modules(
     return folded.to(memory_format=memory_format)
 
 
+def pad_words(batch: Batch, text: TextFeatures, t: int) -> tuple[Batch, TextFeatures]:
+    """The batch's word features and mask padded from its longest caption to ``t`` words: zero word
+    vectors, masked (Eq. 2's softmax and the DAMSM word loss leave them out), so the same values. Compiled
+    networks then see one shape; with the word count varying per batch, inductor's CPU attention backward
+    failed with a stride mismatch (torch 2.14) and every new count recompiled."""
+    extra = t - text.words.size(2)
+    if extra <= 0:
+        return batch, text
+    words = torch.nn.functional.pad(text.words, (0, extra))
+    mask = torch.nn.functional.pad(batch.mask, (0, extra), value=True)
+    return dataclasses.replace(batch, mask=mask), TextFeatures(words, text.sentence)
+
+
 def _resolve_gan_preset(preset: Preset, te: TextEncoder, ie: ImageEncoder) -> Preset:
     """The encoders define their own settings; G and D condition on their width D."""
     if preset.generator.embed_dim != te.config.embed_dim:
@@ -475,6 +488,8 @@ def train_gan(
                     with torch.no_grad():
                         words, sentence = text_encoder(batch.captions, batch.lengths)  # (B, D, T), (B, D)
                     text = TextFeatures(words.detach(), sentence.detach())
+                    if cfg.compile:  # one word count for every batch: compiled code without dynamic shapes
+                        batch, text = pad_words(batch, text, preset.data.words_num)
                     g_step = (step + 1) % cfg.d_steps == 0
 
                     # Generate: G runs once; the D phases see its images detached.
