@@ -41,6 +41,7 @@ The rows alternate in rounds; each round times ``--steps`` iterations after 2 wa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -219,24 +220,20 @@ def _original_train_step(original, cfg, batch_size: int, n_words: int = 5450):
     return step
 
 
-class _zero_dim_data_index:
+@contextlib.contextmanager
+def _zero_dim_data_index():
     """While active, ``t[0]`` on a 0-dim tensor returns ``t`` (PyTorch 0.3's ``loss.data[0]`` in the
     original's log lines); every other indexing is unchanged."""
+    saved = torch.Tensor.__getitem__
 
-    def __enter__(self):
-        self.saved = torch.Tensor.__getitem__
-        saved = self.saved
+    def getitem(t, index):
+        return t if t.dim() == 0 and isinstance(index, int) and index == 0 else saved(t, index)
 
-        def getitem(t, index):
-            if t.dim() == 0 and isinstance(index, int) and index == 0:
-                return t
-            return saved(t, index)
-
-        torch.Tensor.__getitem__ = getitem
-        return self
-
-    def __exit__(self, *exc) -> None:
-        torch.Tensor.__getitem__ = self.saved
+    torch.Tensor.__getitem__ = getitem
+    try:
+        yield
+    finally:
+        torch.Tensor.__getitem__ = saved
 
 
 def bench_train(a) -> None:

@@ -401,9 +401,7 @@ def test_discriminator_joint_batches_equal_separate_calls(seed, batch, unconditi
     for (name, x), y in zip(d.named_buffers(), joint.buffers()):
         torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-12, msg=name)
     counts = {int(t) for n, t in d.named_buffers() if n.endswith("num_batches_tracked")}
-    assert (
-        counts == {2, 3} if batch > 1 else counts == {2}
-    )  # D trunk: real + fake; conditional head: + mismatched
+    assert counts == ({2, 3} if batch > 1 else {2})  # D trunk: real + fake; conditional head: + mismatched
 
 
 def test_batchnorm_groups_must_cover_the_batch(seed):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 
 import pytest
@@ -107,8 +108,11 @@ def test_tune_cpu_allocator_keeps_large_blocks_in_the_heap():
 
     if not hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallinfo2"):
         pytest.skip("needs glibc >= 2.33 (mallinfo2)")
-    run = lambda mode: subprocess.run(  # noqa: E731
-        [sys.executable, "-c", _MALLOC_PROBE, mode], capture_output=True, text=True, check=True
-    ).stdout.split()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults
+
+    def run(mode: str) -> list[str]:
+        cmd = [sys.executable, "-c", _MALLOC_PROBE, mode]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.split()
+
     assert run("default") == ["False", "True"]  # a 64 MB block is mmap'ed by default ...
     assert run("tuned") == ["True", "False"]  # ... and comes from the reusable heap once tuned

@@ -199,14 +199,14 @@ def _judge_jointly(disc, real: torch.Tensor, fake: torch.Tensor, sentence: torch
     # One pass over [real; fake] and one over [real; fake; real[:-1]] for the conditional head, each part
     # with its own BatchNorm statistics: the same values as _judge_separately with one conv per layer.
     b = real.size(0)
+    wrong = b - 1  # mismatched pairs: image k with sentence k + 1
     features = disc(torch.cat((real, fake)), groups=(b, b))
     uncond, _ = disc.logits(features, None)  # the unconditional head has no BatchNorm
-    groups = (b, b, b - 1) if b > 1 else (b, b)
-    pairs = torch.cat((features, features[: b - 1])) if b > 1 else features
-    text = torch.cat((sentence, sentence, sentence[1:b])) if b > 1 else torch.cat((sentence, sentence))
-    _, cond = disc.logits(pairs, text, groups=groups)
-    u_real, u_fake = (uncond[:b], uncond[b:]) if uncond is not None else (None, None)
-    return u_real, cond[:b], u_fake, cond[b : 2 * b], (cond[2 * b :] if b > 1 else None)
+    pairs = torch.cat((features, features[:wrong]))
+    text = torch.cat((sentence, sentence, sentence[1:]))
+    _, cond = disc.logits(pairs, text, groups=(b, b, wrong) if wrong else (b, b))
+    u_real, u_fake = uncond.split(b) if uncond is not None else (None, None)
+    return u_real, cond[:b], u_fake, cond[b : 2 * b], (cond[2 * b :] if wrong else None)
 
 
 def discriminator_loss(

@@ -188,7 +188,7 @@ def pad_words(batch: Batch, text: TextFeatures, t: int) -> tuple[Batch, TextFeat
     """The batch's word features and mask padded from its longest caption to ``t`` words: zero word
     vectors, masked (Eq. 2's softmax and the DAMSM word loss leave them out), so the same values. Compiled
     networks then see one shape; with the word count varying per batch, inductor's CPU attention backward
-    failed with a stride mismatch (torch 2.14) and every new count recompiled."""
+    failed with a stride mismatch (torch 2.14)."""
     extra = t - text.words.size(2)
     if extra <= 0:
         return batch, text
