@@ -161,6 +161,34 @@ def test_python3_protocol2_bytes_and_numpy_class_info(tmp_path):
     assert load_class_info(path) == [3, 1, 200]
 
 
+def release_class_info_bytes(ids: list[int]) -> bytes:
+    """``class_info.pickle`` as the birds release encodes it: Python 2 protocol 0, a list of ``numpy.int64``
+    scalars (``numpy.core.multiarray.scalar(dtype('i8'), raw little-endian bytes)``)."""
+    parts = ["(lp0\n"]
+    for n, v in enumerate(ids):
+        raw = "".join(f"\\x{b:02x}" for b in struct.pack("<q", v))
+        if n == 0:
+            parts.append(
+                "cnumpy.core.multiarray\nscalar\np1\n(cnumpy\ndtype\np2\n(S'i8'\np3\nI0\nI1\ntp4\nRp5\n"
+                f"(I3\nS'<'\np6\nNNNI-1\nI-1\nI0\ntp7\nbS'{raw}'\np8\ntp9\nRp10\na"
+            )
+        else:
+            m = 8 + 3 * n
+            parts.append(f"g1\n(g5\nS'{raw}'\np{m}\ntp{m + 1}\nRp{m + 2}\na")
+    return ("".join(parts) + ".").encode("latin1")
+
+
+def test_release_class_info_of_numpy_scalars_protocol_0(tmp_path):
+    path = tmp_path / "class_info.pickle"
+    path.write_bytes(release_class_info_bytes([1, 1, 200, 37]))
+    assert load_class_info(path) == [1, 1, 200, 37]
+    # An object-dtype scalar could hold anything: refused.
+    evil = b"cnumpy.core.multiarray\nscalar\n(cnumpy\ndtype\n(S'O8'\nI0\nI1\ntRp0\nS''\ntR."
+    path.write_bytes(evil)
+    with pytest.raises(DataError, match="dtype\\('O'\\) are not allowed"):
+        safe_load_pickle(path)
+
+
 class _Evil:
     def __init__(self, marker: Path):
         self.marker = marker

@@ -164,7 +164,8 @@ def check_dataset(
                 problem(
                     f"image {key!r} ({split}): none of its captions has a word; write a caption with words"
                 )
-        if listing.keys and listing.class_ids is None and dataset == "birds":
+        no_class_file = not (root / split / "class_info.pickle").is_file()  # else its problem is reported
+        if listing.keys and listing.class_ids is None and dataset == "birds" and no_class_file:
             report.notes.append(f"{split}: no class_info.pickle and no class folders: class id = image index")
     if dataset == "folder" and report.splits["test"].images == 0 and report.splits["train"].images:
         report.notes.append("the test split is empty (add a 'split' column or train/ and test/ folders)")

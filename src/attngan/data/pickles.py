@@ -3,8 +3,9 @@
 
 The files were written by Python 2 with pickle protocol 2 (reference section 3.1). They are read with
 ``encoding="latin1"`` (Python 2 ``str`` objects become ``str``; numpy needs latin1 for its raw array
-bytes) by an unpickler whose ``find_class`` allows only builtin containers and scalars, plus numpy's array
-reconstruction for ``class_info.pickle``. Anything else (``os.system``, ``subprocess.Popen``, arbitrary
+bytes) by an unpickler whose ``find_class`` allows only builtin containers and scalars, plus numpy's
+array and numeric scalar reconstruction for ``class_info.pickle`` (the birds release's holds
+``numpy.int64`` scalars, protocol 0). Anything else (``os.system``, ``subprocess.Popen``, arbitrary
 classes) is refused with a :class:`~attngan.errors.DataError` naming the global. ``bytes`` left in the
 result (Python 3 protocol-2 writers encode them through ``_codecs.encode``) are decoded to ``str``.
 """
@@ -42,6 +43,18 @@ def _latin1_bytes(text: str = "", encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _numpy_scalar(dtype: np.dtype, *args: Any) -> Any:
+    """numpy's scalar reconstruction (a ``numpy.int64`` in the release's ``class_info.pickle`` of the birds)
+    for plain numeric dtypes only: an object scalar could hold anything."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError(f"numpy scalars of dtype {dtype!r} are not allowed")
+    try:  # numpy >= 2
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import scalar
+    return scalar(dtype, *args)
+
+
 _BUILTINS = "list dict tuple set frozenset int float complex bool str bytes bytearray".split()
 
 
@@ -59,6 +72,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         from numpy.core.multiarray import _reconstruct
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = _reconstruct
+        allowed[(module, "scalar")] = _numpy_scalar
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = np.dtype
     return allowed
