@@ -354,3 +354,36 @@ def test_damsm_fast_kernels_fold_the_frozen_inception_and_train_the_same(tmp_pat
     for key in ("emb_features.weight", "emb_cnn_code.weight"):
         assert not torch.equal(fast_w[key], reference.state_dict()[key])  # the shared projections trained
         torch.testing.assert_close(fast_w[key], plain_w[key], atol=1e-4, rtol=0)
+
+
+def test_damsm_validation_batches_mix_the_classes_of_a_sorted_split():
+    """A real test split is sorted by class (CUB); with class masking, batches in file order would hold
+    one class each and no negatives (a validation loss of exactly 0)."""
+    from attngan.training.damsm import evaluate_damsm
+
+    class SortedByClass(torch.utils.data.Dataset):
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            caption = torch.tensor([1, 2, 3])
+            return {"images": [torch.zeros(3, 4, 4)], "caption": caption, "length": 3, "class_id": i // 10, "key": str(i)}
+
+    seen: list[list[int]] = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text_encoder = lambda captions, lengths: (None, torch.randn(len(captions), 4))
+            self.image_encoder = lambda images: (None, torch.randn(len(images), 4))
+
+        def forward(self, images, captions, lengths, class_ids):
+            seen.append(class_ids.tolist())
+            return (torch.tensor(1.0),) * 5
+
+    evaluate_damsm(Recorder(), SortedByClass(), batch_size=10)
+    first = list(seen)
+    assert len(first) == 4 and all(len(set(ids)) > 1 for ids in first)
+    seen.clear()
+    evaluate_damsm(Recorder(), SortedByClass(), batch_size=10)
+    assert seen == first  # the same batches at every validation

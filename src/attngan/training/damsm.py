@@ -80,7 +80,12 @@ def evaluate_damsm(
     max_batches: int = 50,  # the original evaluated at most 51 test batches
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Mean L_DAMSM terms (eval mode) over the first ``max_batches`` batches of ``dataset``, in order.
+    """Mean L_DAMSM terms (eval mode) over the first ``max_batches`` batches of ``dataset``.
+
+    The batches are drawn in one fixed shuffled order (the same at every call, so values are comparable
+    across a run), as the original's shuffled test loader: real test splits are sorted by class, and with
+    class masking (captions of the same class are not negatives) a batch of one class would have no
+    negative caption and a loss of 0.
 
     Also reports ``val/top1``: how often an image's best-scoring caption (sentence cosine) in its batch is
     its own, a quick retrieval accuracy (chance = 1 / batch size).
@@ -88,7 +93,7 @@ def evaluate_damsm(
     batch_size = min(batch_size, len(dataset))
     if batch_size < 2:
         return {}
-    loader = epoch_loader(dataset, batch_size, epoch=0, shuffle=False)
+    loader = epoch_loader(dataset, batch_size, epoch=0, seed=0, shuffle=True)
     sums: dict[str, float] = {}
     n = 0
     with eval_mode(objective):
