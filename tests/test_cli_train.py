@@ -67,6 +67,22 @@ def test_train_dry_run_sets_dataset_options(tmp_path):
     assert config["preset"]["generator"]["base_size"] == 16  # the default preset is shapes
 
 
+def test_dataset_birds_or_coco_brings_its_preset_or_its_caption_count(tmp_path):
+    # No --preset: the dataset's own (the original release's settings).
+    preset = dry_run_config("pretrain-damsm", "--dataset", "birds", "--data-dir", tmp_path)["preset"]
+    assert (preset["data"]["captions_per_image"], preset["data"]["words_num"]) == (10, 18)
+    # Another preset: its model settings, but the layout's caption count (10 lines per birds text file).
+    preset = dry_run_config("train", "--damsm", tmp_path, "--preset", "tiny", "--dataset", "birds")["preset"]
+    assert (preset["data"]["captions_per_image"], preset["data"]["words_num"]) == (10, 10)
+    preset = dry_run_config("train", "--damsm", tmp_path, "--preset", "birds", "--dataset", "coco")["preset"]
+    assert (preset["data"]["captions_per_image"], preset["data"]["words_num"]) == (5, 18)
+    # --set still wins.
+    preset = dry_run_config(
+        "pretrain-damsm", "--preset", "tiny", "--dataset", "coco", "--set", "data.captions_per_image=7"
+    )["preset"]
+    assert preset["data"]["captions_per_image"] == 7
+
+
 @pytest.mark.parametrize(
     "bad, words",
     [("generator.nope=1", ["generator.nope", "gf_dim"]), ("generator.gf_dim=abc", ["abc"]), ("nonsense", ["nonsense"])],

@@ -78,15 +78,25 @@ def resolve_preset(
     return preset
 
 
-def _base_preset(name: str | None, resume: Path | None, kind: str) -> Preset | None:
-    """The named preset; when resuming without one, the checkpoint's; otherwise ``shapes``."""
+def _base_preset(name: str | None, resume: Path | None, kind: str, dataset: str | None = None) -> Preset | None:
+    """The named preset; when resuming without one, the checkpoint's; else the preset of ``dataset``
+    (birds, coco); otherwise ``shapes``.
+
+    With another preset than the dataset's, an original layout's caption count per image (10 for the
+    birds, 5 for COCO: how many lines of each text file are read) comes from the dataset's preset;
+    ``--config`` and ``--set`` still override it.
+    """
     if name is not None:
-        return PRESETS[name]
-    if resume is not None:
+        base = PRESETS[name]
+    elif resume is not None:
         from ..training.state import load_state, preset_from_state
 
         return preset_from_state(load_state(resume, kind))
-    return PRESETS["shapes"]
+    else:
+        base = PRESETS[dataset] if dataset in ("birds", "coco") else PRESETS["shapes"]
+    if dataset in ("birds", "coco") and base.data.dataset != dataset:
+        base = apply_overrides(base, {"data.captions_per_image": PRESETS[dataset].data.captions_per_image})
+    return base
 
 
 def _print_config(preset: Preset, **run: Any) -> None:
@@ -104,7 +114,8 @@ def _common_options(func: Callable) -> Callable:
     options = [
         click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
                      help="Settings to start from (birds/coco: the original release; shapes: the built-in CPU dataset; "
-                          "tiny: tests). Default: shapes, or the checkpoint's with --resume."),
+                          "tiny: tests). Default: the checkpoint's with --resume, else that of --dataset birds|coco, "
+                          "else shapes."),
         click.option("--config", "config_file", type=_FILE, default=None,
                      help="YAML file of 'section: {key: value}' overrides, applied after --preset."),
         click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -167,7 +178,7 @@ def pretrain_damsm(
     """
     _setup_logging()
     try:
-        base = _base_preset(preset, resume, "damsm")
+        base = _base_preset(preset, resume, "damsm", dataset)
     except UserError as exc:
         raise click.ClickException(str(exc)) from None
     extra = {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "damsm_train.max_steps": max_steps}
@@ -233,7 +244,7 @@ def train(
     if bool(original_text_encoder) != bool(original_image_encoder):
         raise click.UsageError("--original-text-encoder and --original-image-encoder go together")
     try:
-        base = _base_preset(preset, resume, "gan")
+        base = _base_preset(preset, resume, "gan", dataset)
     except UserError as exc:
         raise click.ClickException(str(exc)) from None
     extra = {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "gan_train.max_steps": max_steps}
