@@ -49,6 +49,30 @@ def test_images_do_not_depend_on_batch_size_or_neighbours(pipe):
     torch.testing.assert_close(big.stage_tensors[2][-1], alone.stage_tensors[0][-1], atol=1e-5, rtol=0)
 
 
+def test_legacy_mask_bug_draws_the_original_batches(pipe):
+    """With the bug, an image depends on its batch: the pipeline must form the original's (gen_example)
+    batch, every sentence sorted longest first, whatever the prompt order and batch_size."""
+    prompts = ["a yellow triangle", PROMPTS[1], "red", PROMPTS[0]]  # 3, 9, 1, 8 words
+    m = 2
+    out = pipe(prompts, num_images_per_prompt=m, seed=20, batch_size=1, legacy_mask_bug=True, return_attention=False)
+    _, z, eps = pipe._noise(len(prompts) * m, 20, None)
+    order = [1, 3, 0, 2]
+    encoded = pipe.encode_prompts([prompts[i] for i in order])
+    captions, lengths, mask = pipe._batch(encoded)
+    with torch.no_grad():
+        pipe.generator.eval()
+        pipe.text_encoder.eval()
+        words, sentence = pipe.text_encoder(captions, lengths)
+        for j in range(m):
+            ks = [i * m + j for i in order]
+            expected = pipe.generator(z[ks], sentence, words, mask, ca_noise=eps[ks], legacy_mask_bug=True)
+            for row, k in enumerate(ks):
+                torch.testing.assert_close(out.stage_tensors[k][-1], expected.images[-1][row], atol=1e-5, rtol=0)
+    # The bug matters here: the same images in file order differ.
+    alone = pipe(prompts[2], seed=20 + 2 * m, return_attention=False, legacy_mask_bug=True)
+    assert (alone.stage_tensors[0][-1] - out.stage_tensors[2 * m][-1]).abs().max() > 1e-3
+
+
 def test_expected_slice(pipe):
     out = pipe("a small red circle at the top left", seed=0)
     got = out.stage_tensors[0][-1][0, :3, :3]

@@ -49,7 +49,9 @@ re-implementation of the original forward pass). To get the original's numbers:
    rows ordered ``b*Q + q``, so pixel q of sample b used the mask of sample ``(b*Q + q) % B``
    (section 2.6, issue #93). Pass ``legacy_mask_bug=True`` to reproduce it; it only matters when a
    batch holds captions of unequal lengths (batch 1 or equal lengths are unaffected). Its effect
-   depends on the order of the batch, so keep the original's order (sorted by length, longest first).
+   depends on the whole batch and its order, so use the original's batch: ``gen_example`` put every
+   sentence of one example file into one batch, sorted by length, longest first
+   (``AttnGANPipeline(..., legacy_mask_bug=True)`` forms exactly these batches).
 5. **DAMSM image encoder.** The original resized 256 -> 299 with ``nn.Upsample(mode='bilinear')``,
    which under PyTorch 0.3 meant ``align_corners=True``; ``ImageEncoder`` does exactly that (R-precision
    and the DAMSM loss depend on it). Use the released ``image_encoder*.pth``: its Inception BatchNorm

@@ -332,10 +332,16 @@ class AttnGANPipeline:
         return_attention: bool = True,  # False skips the maps (allows the fused attention kernel)
         progress: bool = False,  # tqdm bar over batches
         batch_size: int = 16,  # images per forward pass; does not change the images
-        legacy_mask_bug: bool = False,  # the original's attention-mask bug (parity only; batch-dependent)
+        legacy_mask_bug: bool = False,  # the original's attention-mask bug (parity only; see the docstring)
         max_words: int | None = None,  # keep the first max_words known words (None: the pipeline's setting)
     ) -> AttnGANOutput:
-        """Draw ``num_images_per_prompt`` images per prompt; see :class:`AttnGANOutput`."""
+        """Draw ``num_images_per_prompt`` images per prompt; see :class:`AttnGANOutput`.
+
+        Image ``k`` does not depend on ``batch_size`` or on the other prompts, except with
+        ``legacy_mask_bug=True``: the bug lets a sample read the masks of the others in its batch, so then
+        the batches are the original's (``gen_example``): image ``j`` of every prompt in one batch, sorted by
+        caption length, longest first, whatever ``batch_size``.
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = list(prompts)
@@ -352,34 +358,47 @@ class AttnGANPipeline:
 
         out = AttnGANOutput(seeds=seeds)
         device, dtype = self.device, self.dtype
-        starts: Any = range(0, n, batch_size)
+        if legacy_mask_bug:
+            # The bug mixes the masks of a batch, so reproduce the original's batches (gen_example): image j
+            # of every sentence in one batch, sorted by length, longest first. (The order of equal lengths
+            # does not matter: their masks are the same.)
+            order = sorted(range(len(encoded)), key=lambda i: encoded[i].length, reverse=True)
+            m = num_images_per_prompt
+            batches: Any = [[i * m + j for i in order] for j in range(m)]
+        else:
+            batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="sampling", unit="batch")
+            batches = tqdm(batches, desc="sampling", unit="batch")
         sampling_generator = self._sampling_generator()
+        done: dict[int, tuple] = {}  # image index -> (stages, maps)
         with _eval_mode(self.text_encoder, self.generator):
-            for start in starts:
-                chunk = per_image[start : start + batch_size]
+            for ks in batches:
+                chunk = [per_image[k] for k in ks]
                 captions, lengths, mask = (x.to(device) for x in self._batch([e for _, e in chunk]))
                 words, sentence = self.text_encoder(captions, lengths)  # (B, D, T), (B, D)
                 result = sampling_generator(
-                    z_all[start : start + batch_size].to(device=device, dtype=dtype),
+                    z_all[ks].to(device=device, dtype=dtype),
                     sentence,
                     words,
                     mask,
-                    ca_noise=eps_all[start : start + batch_size].to(device=device, dtype=dtype),
+                    ca_noise=eps_all[ks].to(device=device, dtype=dtype),
                     ca_mean=ca_mean,
                     legacy_mask_bug=legacy_mask_bug,
                     need_attention=return_attention,
                 )
-                for j, (prompt, enc) in enumerate(chunk):
+                for j, (k, (_, enc)) in enumerate(zip(ks, chunk)):
                     # (3, s, s) per stage, contiguous (the fast copy works channels-last)
                     stages = [img[j].float().cpu().contiguous() for img in result.images]
-                    out.stage_tensors.append(stages)
-                    out.images.append([to_pil(x) for x in stages])
-                    out.attention_maps.append([a[j, : enc.length].float().cpu().contiguous() for a in result.attention])
-                    out.tokens.append(list(enc.tokens))
-                    out.unknown_words.append(list(enc.unknown))
-                    out.prompts.append(prompt)
+                    maps = [a[j, : enc.length].float().cpu().contiguous() for a in result.attention]
+                    done[k] = (stages, maps)
+        for k, (prompt, enc) in enumerate(per_image):
+            stages, maps = done[k]
+            out.stage_tensors.append(stages)
+            out.images.append([to_pil(x) for x in stages])
+            out.attention_maps.append(maps)
+            out.tokens.append(list(enc.tokens))
+            out.unknown_words.append(list(enc.unknown))
+            out.prompts.append(prompt)
         return out

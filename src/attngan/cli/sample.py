@@ -215,7 +215,7 @@ def _png(image: Any) -> bytes:
     "--batch-size",
     type=click.IntRange(1, 1024),
     default=16,
-    help="Images per forward pass; does not change the images.",
+    help="Images per forward pass; does not change the images (ignored with --legacy-mask-bug).",
 )
 @click.option(
     "--ca-mean",
@@ -225,8 +225,9 @@ def _png(image: Any) -> bytes:
 @click.option(
     "--legacy-mask-bug",
     is_flag=True,
-    help="Reproduce the original code's attention-mask bug, to match its outputs (original weights); an image "
-    "then depends on the other sentences of its batch, as in the original.",
+    help="Reproduce the original code's attention-mask bug, to match its outputs (original weights). An image "
+    "then depends on the other sentences of its batch, so the batches are the original's: image j of every "
+    "sentence in one batch, sorted longest first (give the sentences of one original example file).",
 )
 @click.option(
     "--overwrite",
