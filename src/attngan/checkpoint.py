@@ -10,52 +10,20 @@ half-written file in place of the last good one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import atomic_write_bytes, atomic_write_text
 from .config import from_dict, to_dict
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
-            raise CheckpointError(
-                f"no space left on the device while writing {path}; the previous file (if any) is intact. "
-                "Free some disk space or choose another output folder."
-            ) from exc
-        raise
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -11,3 +11,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, unsafe, or belongs to another configuration."""
+
+
+class DiskFullError(UserError):
+    """The disk filled up while writing a file; the previous version of the file is intact."""

@@ -35,7 +35,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any
 
 import torch
 
+from .atomic import make_staging_dir
 from .checkpoint import load_component, save_component
 from .config import GeneratorConfig, ImageEncoderConfig, TextEncoderConfig
 from .errors import CheckpointError, DataError, UserError
@@ -186,7 +186,7 @@ class AttnGANPipeline:
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".save-", dir=d))
+        staging = make_staging_dir(d, ".save-")
         try:
             names = []
             for name in COMPONENTS:

@@ -10,11 +10,9 @@ Layer 0: standard library and numpy only.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .errors import DataError
 
 __all__ = ["END_TOKEN", "tokenize", "Vocabulary", "EncodedCaption", "encode_caption"]
@@ -148,17 +147,7 @@ class Vocabulary:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps({"itos": self.itos}, indent=1, ensure_ascii=False) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, data)
         return path
 
     @classmethod

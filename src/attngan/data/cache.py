@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..atomic import atomic_write_text, temporary_file
 from ..errors import DataError
 from .base import to_rgb
 
@@ -85,20 +85,6 @@ def source_fingerprint(paths: Sequence[str | os.PathLike], extra: str = "") -> s
         except OSError:
             h.update(f"{os.path.abspath(p)}\0missing\n".encode())
     return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class ImageCache:
@@ -176,8 +162,7 @@ class ImageCache:
                 return cls(data_path, keys, size)
 
         log.info("building the image cache %s (%d images at %d px)", data_path, len(keys), size)
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".u8.tmp", dir=cache_dir)
-        os.close(fd)
+        tmp = temporary_file(data_path, suffix=".u8.tmp")
         try:
             array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(keys), size, size, 3))
             for i in tqdm(range(len(keys)), desc=f"caching {name} {split}", unit="img", disable=not progress):
@@ -194,5 +179,5 @@ class ImageCache:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _atomic_write_text(index_path, json.dumps(index) + "\n")
+        atomic_write_text(index_path, json.dumps(index) + "\n")
         return cls(data_path, keys, size)

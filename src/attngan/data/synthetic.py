@@ -17,12 +17,10 @@ can produce, so it is the same for every seed and split.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atomic import atomic_write_bytes
 from ..config import DataConfig
 from ..errors import DataError
 from ..text import END_TOKEN, Vocabulary, tokenize
@@ -464,18 +463,6 @@ class ShapesDataset(TextImageDataset):
         return {"attributes": [dict(o) for o in self.scenes[index]]}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_folder(dataset: ShapesDataset, out_dir: str | os.PathLike, size: int | None = None) -> list[Path]:
     """Write every image as ``<key>.png`` (largest scale, or ``size``) with ``<key>.txt`` (its captions, one
     per line): the own-data folder format. Refuses to overwrite: raises DataError if any file exists."""
@@ -492,7 +479,7 @@ def write_folder(dataset: ShapesDataset, out_dir: str | os.PathLike, size: int |
     for index, (png, txt) in enumerate(names):
         buf = io.BytesIO()
         Image.fromarray(dataset.render(index, size)).save(buf, format="PNG")
-        _atomic_write_bytes(png, buf.getvalue())
-        _atomic_write_bytes(txt, ("\n".join(dataset.texts[index]) + "\n").encode("utf-8"))
+        atomic_write_bytes(png, buf.getvalue())
+        atomic_write_bytes(txt, ("\n".join(dataset.texts[index]) + "\n").encode("utf-8"))
         written.append(png)
     return written

@@ -1,0 +1,51 @@
+"""Atomic writes: usual permissions, nothing damaged or left behind when the disk fills up."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+
+from attngan.atomic import atomic_write, atomic_write_bytes, make_staging_dir, umask
+from attngan.errors import DiskFullError
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_umask_is_read_without_changing_it(umask_027):
+    assert umask() == 0o027
+    assert umask() == 0o027
+
+
+def test_files_and_staging_folders_get_the_usual_permissions(tmp_path, umask_027):
+    atomic_write_bytes(tmp_path / "a.bin", b"x")
+    assert mode(tmp_path / "a.bin") == 0o640  # 0666 & ~0027, not mkstemp's 0600
+    assert mode(make_staging_dir(tmp_path, ".s-")) == 0o750
+
+
+def test_full_disk_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "state.pt"
+    atomic_write_bytes(path, b"old")
+
+    def fill_up(f):
+        f.write(b"new, half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError, match="no space left.*state.pt.*previous file.*intact"):
+        atomic_write(path, fill_up)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C: same, and the interrupt goes on
+        atomic_write(path, lambda f: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert path.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
