@@ -387,3 +387,18 @@ def test_damsm_validation_batches_mix_the_classes_of_a_sorted_split():
     seen.clear()
     evaluate_damsm(Recorder(), SortedByClass(), batch_size=10)
     assert seen == first  # the same batches at every validation
+
+
+def test_gan_with_an_empty_test_split_samples_training_captions(tmp_path, damsm_run, caplog):
+    from attngan.data.synthetic import ShapesDataset, write_folder
+
+    data = tmp_path / "data"
+    write_folder(ShapesDataset(num_images=8, image_sizes=[32], captions_per_image=2, seed=3), data / "train")
+    (data / "test").mkdir()
+    with caplog.at_level("WARNING", logger="attngan.training.gan"):
+        result = run_gan(tmp_path / "runs", damsm_run, 1, "data.dataset=folder", f"data.data_dir={data}")
+    assert "test split" in caplog.text and "training split" in caplog.text
+    captions = (result.run_dir / "samples" / "captions.txt").read_text().splitlines()
+    train_texts = {line for p in (data / "train").glob("*.txt") for line in p.read_text().splitlines()}
+    assert len(captions) == 4  # each the start of a training caption (cut to data.words_num)
+    assert all(any(t.lower().startswith(c) for t in train_texts) for c in captions)

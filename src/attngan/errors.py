@@ -9,6 +9,10 @@ class DataError(UserError):
     """A dataset on disk is missing, unreadable or inconsistent."""
 
 
+class EmptySplitError(DataError):
+    """A dataset split has no images (e.g. a folder whose images all hashed to the train split)."""
+
+
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, unsafe, or belongs to another configuration."""
 

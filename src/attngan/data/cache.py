@@ -165,7 +165,7 @@ class ImageCache:
         tmp = temporary_file(data_path, suffix=".u8.tmp")
         try:
             array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(keys), size, size, 3))
-            for i in tqdm(range(len(keys)), desc=f"caching {name} {split}", unit="img", disable=not progress):
+            for i in tqdm(range(len(keys)), desc=f"caching {name} {split}", unit="img", disable=None if progress else True):
                 pixels = load(i)
                 if pixels.shape != (size, size, 3) or pixels.dtype != np.uint8:
                     raise ValueError(f"cache loader gave {pixels.dtype} {pixels.shape} for {keys[i]!r}")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, EmptySplitError
 from ..text import Vocabulary, tokenize
 from .base import TextImageDataset, multiscale_transform, to_rgb
 from .cache import ImageCache, cache_size, default_cache_dir, square_image
@@ -166,7 +166,7 @@ class ImageFileDataset(TextImageDataset):
     ):
         listing.raise_problems(name)
         if not listing.keys:
-            raise DataError(
+            raise EmptySplitError(
                 f"the {listing.split} split of {listing.root} has no images; "
                 "check the layout with `attngan data check`"
             )

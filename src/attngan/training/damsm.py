@@ -165,12 +165,12 @@ def train_damsm(
     image_sizes = [preset.image_encoder.input_size]
     if train_set is None:
         vocab_arg = Vocabulary(state["vocab"]) if state is not None else None
-        train_set = build_dataset(preset.data, "train", image_sizes, vocab=vocab_arg, train=True)
+        train_set = build_dataset(preset.data, "train", image_sizes, vocab=vocab_arg, train=True, progress=progress)
     vocab = train_set.vocab
     preset = resolve_vocab_size(preset, vocab)
     if val_set is None:
         try:
-            val_set = build_dataset(preset.data, "test", image_sizes, vocab=vocab, train=False)
+            val_set = build_dataset(preset.data, "test", image_sizes, vocab=vocab, train=False, progress=progress)
         except DataError as exc:
             log.warning("no validation: the test split is not usable (%s)", exc)
             val_set = False

@@ -41,7 +41,7 @@ from ..checkpoint import atomic_write_bytes, atomic_write_text, load_component
 from ..config import DiscriminatorConfig, ImageEncoderConfig, Preset, TextEncoderConfig, to_dict
 from ..data.base import Batch
 from ..data.registry import build_dataset
-from ..errors import UserError
+from ..errors import EmptySplitError, UserError
 from ..nn import Discriminator, Generator, ImageEncoder, TextEncoder
 from ..text import Vocabulary
 from .common import (
@@ -306,7 +306,7 @@ def train_gan(
         # The original release's encoders come without a vocabulary: the dataset's (captions.pickle) is theirs.
         if train_set is None:
             sizes = [c.image_size for c in discriminator_configs(preset)]
-            train_set = build_dataset(preset.data, "train", sizes, vocab=None, train=True)
+            train_set = build_dataset(preset.data, "train", sizes, vocab=None, train=True, progress=progress)
         vocab_hint = train_set.vocab
     text_encoder, image_encoder, vocab = load_encoders(
         damsm, original_text_encoder=original_text_encoder, original_image_encoder=original_image_encoder, vocab=vocab_hint
@@ -320,7 +320,7 @@ def train_gan(
     d_cfgs = discriminator_configs(preset)
     image_sizes = [c.image_size for c in d_cfgs]
     if train_set is None:
-        train_set = build_dataset(preset.data, "train", image_sizes, vocab=vocab, train=True)
+        train_set = build_dataset(preset.data, "train", image_sizes, vocab=vocab, train=True, progress=progress)
     if vocab is None:
         vocab = train_set.vocab
     preset = resolve_vocab_size(preset, vocab)
@@ -390,6 +390,12 @@ def train_gan(
     # Create the run folder (rank 0), write the config, the encoders and the fixed sample captions.
     main = dist_info.is_main
     sampler = None
+    if main and num_samples > 0 and sample_set is None:  # before the run folder: a data error leaves none
+        try:
+            sample_set = build_dataset(preset.data, "test", image_sizes, vocab=vocab, train=False, progress=progress)
+        except EmptySplitError as exc:
+            log.warning("%s: the sample grids show captions and images of the training split instead", exc)
+            sample_set = build_dataset(preset.data, "train", image_sizes, vocab=vocab, train=False, progress=progress)
     if main:
         if run_dir is None:
             run_dir = make_run_dir(runs_dir, f"{preset.data.dataset}-attngan")
@@ -405,8 +411,6 @@ def train_gan(
             mixed_precision=mp, encoders=str(damsm or original_text_encoder),
         )  # fmt: skip
         if num_samples > 0:
-            if sample_set is None:
-                sample_set = build_dataset(preset.data, "test", image_sizes, vocab=vocab, train=False)
             from ..data.base import collate_batch
 
             n = min(num_samples, len(sample_set))
