@@ -413,3 +413,25 @@ def test_original_parameter_counts_of_other_discriminators(original, big_models)
     assert m and _n_params(big_models["dcgan D"]) == int(m.group(1))
     d256 = {k for k in _section(original, "D_NET256 birds")["keys"] if not k.startswith("UNCOND_DNET.")}
     assert set(big_models["dcgan D"].state_dict()) == d256
+
+
+def test_inception_weights_that_cannot_be_had_say_what_to_do(tmp_path):
+    import urllib.error
+
+    from attngan.checkpoint import inception_weights_state
+    from attngan.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="nope.pth does not exist"):
+        inception_weights_state(tmp_path / "nope.pth")
+
+    class Offline:  # a torchvision WeightsEnum member without internet
+        url = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
+
+        def get_state_dict(self, progress=True):
+            raise urllib.error.URLError("Name or service not known")
+
+    with pytest.raises(CheckpointError, match=r"URLError.*hub.*checkpoints/inception_v3_google-0cc3c7bd\.pth.*FILE"):
+        inception_weights_state(Offline())
+    state = {"Conv2d_1a_3x3.conv.weight": torch.ones(2)}
+    torch.save(state, tmp_path / "w.pth")
+    assert torch.equal(inception_weights_state(str(tmp_path / "w.pth"))["Conv2d_1a_3x3.conv.weight"], torch.ones(2))

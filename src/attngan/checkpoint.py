@@ -104,6 +104,35 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def inception_weights_state(weights: Any) -> dict[str, torch.Tensor]:
+    """Inception-v3 weights as a state dict: ``"imagenet"`` (torchvision's ``IMAGENET1K_V1``, downloaded
+    into the torch hub cache on first use), a file (a state dict), or a torchvision ``WeightsEnum`` member.
+    Raises :class:`CheckpointError` saying what to do when they cannot be had."""
+    if isinstance(weights, (str, os.PathLike)) and str(weights).lower() != "imagenet":
+        path = Path(weights)
+        if not path.is_file():
+            raise CheckpointError(
+                f"Inception-v3 weights file {path} does not exist; pass an existing file, or 'imagenet' "
+                "for torchvision's (downloaded on first use)"
+            )
+        return load_state_dict_file(path)
+    if isinstance(weights, (str, os.PathLike)):
+        from torchvision.models import Inception_V3_Weights
+
+        weights = Inception_V3_Weights.IMAGENET1K_V1
+    if not hasattr(weights, "get_state_dict"):
+        raise CheckpointError(f"unsupported Inception-v3 weights: {type(weights).__name__}")
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, OSError, hash mismatch, ...
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+        raise CheckpointError(
+            f"could not get torchvision's Inception-v3 weights ({type(exc).__name__}: {exc}). They are downloaded "
+            f"on first use from {weights.url} to {cached}: put that file there from a machine with internet, "
+            "or pass a local weights file (--inception-weights FILE)"
+        ) from exc
+
+
 def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` with a readable error listing what differs."""
     own = module.state_dict()

@@ -15,6 +15,7 @@ defect; here the optimizer is created once and the learning rate is changed in i
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch.utils.data import Dataset
 
 from ..config import Preset, to_dict
 from ..data.registry import build_dataset
-from ..errors import DataError
+from ..errors import CheckpointError, DataError
 from ..nn import ImageEncoder, TextEncoder
 from ..text import Vocabulary
 from .common import (
@@ -182,7 +183,11 @@ def train_damsm(
     torch.manual_seed(cfg.seed)
     text_encoder = TextEncoder(preset.text_encoder).to(dev)
     weights = backbone_weights if preset.image_encoder.backbone == "inception" else None
-    image_encoder = ImageEncoder(preset.image_encoder, backbone_weights=weights).to(dev)
+    try:
+        image_encoder = ImageEncoder(preset.image_encoder, backbone_weights=weights).to(dev)
+    except ValueError as exc:  # weights of another network
+        source = backbone_weights if isinstance(backbone_weights, (str, os.PathLike)) else "the given state dict"
+        raise CheckpointError(f"{source}: {exc}") from exc
     objective = DAMSMObjective(text_encoder, image_encoder, preset.damsm_loss)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
