@@ -633,3 +633,21 @@ def test_build_dataset_dispatches(tmp_path):
     assert cached.cache is not None and len(list((tmp_path / "cache").glob("birds-*-train-38.u8"))) == 1
     check_dataset("birds", root, captions_per_image=2)
     assert _snapshot(root) == before  # nothing in the user's folder was written, changed or deleted
+
+
+class _Broken(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise DataError("image a.jpg is truncated\nre-download it")
+
+
+def test_a_data_error_in_a_loader_worker_keeps_its_one_message():
+    from attngan.errors import user_message
+
+    with pytest.raises(DataError) as info:
+        list(torch.utils.data.DataLoader(_Broken(), num_workers=1))
+    assert "Traceback" in str(info.value)  # torch's wrapping
+    assert user_message(info.value) == "image a.jpg is truncated\nre-download it"
+    assert user_message(DataError("plain")) == "plain"

@@ -19,3 +19,21 @@ class CheckpointError(UserError):
 
 class DiskFullError(UserError):
     """The disk filled up while writing a file; the previous version of the file is intact."""
+
+
+def user_message(exc: BaseException) -> str:
+    """The message of a user error, for one line of output.
+
+    An error raised in a DataLoader worker reaches the main process as the same exception type whose
+    message is torch's "Caught DataError in DataLoader worker process 0. Original Traceback ...": the
+    original message is the last line of that traceback.
+    """
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    lines = text.splitlines()
+    for prefix in (f"{type(exc).__module__}.{type(exc).__qualname__}: ", f"{type(exc).__qualname__}: "):
+        for i in range(len(lines) - 1, -1, -1):
+            if lines[i].startswith(prefix):  # the message may span several lines: keep them all
+                return "\n".join([lines[i][len(prefix) :], *lines[i + 1 :]]).strip()
+    return text

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ..errors import UserError
+from ..errors import UserError, user_message
 
 # command name -> "module:attribute" (relative to attngan.cli)
 COMMANDS = {
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except UserError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {user_message(exc)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)

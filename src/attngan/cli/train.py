@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ..config import PRESETS, Preset, apply_overrides, to_dict
-from ..errors import UserError
+from ..errors import UserError, user_message
 from .options import DEVICE
 
 _PATH = click.Path(path_type=Path)
@@ -153,7 +153,7 @@ def _run(call: Callable[[], Any], tune_malloc: bool) -> Any:
     except TrainingInterrupted:  # the loop has logged where the state is and how to continue
         raise SystemExit(130) from None
     except UserError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(user_message(exc)) from None
 
 
 @click.command("pretrain-damsm", context_settings={"show_default": True})
@@ -180,7 +180,7 @@ def pretrain_damsm(
     try:
         base = _base_preset(preset, resume, "damsm", dataset)
     except UserError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(user_message(exc)) from None
     extra = {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "damsm_train.max_steps": max_steps}
     resolved = resolve_preset(base, config_file, sets, extra)
     if dry_run:
@@ -246,7 +246,7 @@ def train(
     try:
         base = _base_preset(preset, resume, "gan", dataset)
     except UserError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(user_message(exc)) from None
     extra = {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "gan_train.max_steps": max_steps}
     resolved = resolve_preset(base, config_file, sets, extra)
     if dry_run:
