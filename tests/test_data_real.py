@@ -333,6 +333,17 @@ def test_cub_bad_inputs_name_the_file(tmp_path):
         CUBDataset(root, "train", image_sizes=SIZES, captions_per_image=2)
     assert CUBDataset(root, "train", image_sizes=SIZES, captions_per_image=2, bbox=False).boxes is None
 
+    root = make_cub(tmp_path / "g")
+    boxes_txt = root / "CUB_200_2011" / "bounding_boxes.txt"
+    others = [line for line in boxes_txt.read_text().splitlines() if not line.startswith("1 ")]  # id 1: CUB_TRAIN[0]
+    boxes_txt.write_text("\n".join(["1 24.2 87.5 0.6 1.9", *others]) + "\n")
+    with pytest.raises(DataError, match=r"box of image id 1 .* is 0 x 1 pixels .* too small"):
+        CUBDataset(root, "train", image_sizes=SIZES, captions_per_image=2)
+    boxes_txt.write_text("\n".join(["1 400 500 10 10", *others]) + "\n")  # off the 40 x 30 image
+    ds = CUBDataset(root, "train", image_sizes=SIZES, captions_per_image=2)
+    with pytest.raises(DataError, match=rf"{CUB_TRAIN[0]} lies outside its 40 x 30 image"):
+        ds[ds.keys.index(CUB_TRAIN[0])]
+
     root = make_cub(tmp_path / "e")
     broken = root / "CUB_200_2011" / "images" / f"{CUB_TRAIN[0]}.jpg"
     truncate_jpeg(broken)

@@ -132,16 +132,10 @@ def check_dataset(
 
     listings: dict[str, Listing] = {}
     for split in SPLITS:
-        listing, boxes = _scan(dataset, root, split, cpi, layout, test_fraction)
+        listing, _ = _scan(dataset, root, split, cpi, layout, test_fraction)
         listings[split] = listing
         for p in listing.problems:
             problem(p)
-        if boxes is not None:
-            for key, (_, _, w, h) in zip(listing.keys, boxes):
-                if w <= 0 or h <= 0:
-                    problem(
-                        f"{root / 'CUB_200_2011' / 'bounding_boxes.txt'}: the box of {key} is empty ({w} x {h})"
-                    )
 
     # Vocabulary: the released one (captions.pickle) or the one a dataset would build (train + test).
     vocab: Vocabulary | None = next((lst.vocab for lst in listings.values() if lst.vocab is not None), None)

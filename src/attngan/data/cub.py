@@ -62,7 +62,7 @@ def read_bounding_boxes(cub_dir: str | os.PathLike) -> tuple[dict[str, tuple[int
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             problems.append(
-                f"{path} does not exist; it comes with CUB_200_2011.tgz (or build the dataset with bbox=False)"
+                f"{path} does not exist; it comes with CUB_200_2011.tgz: extract the whole archive into {cub_dir}"
             )
             return {}
         except (OSError, UnicodeDecodeError) as exc:
@@ -93,6 +93,11 @@ def read_bounding_boxes(cub_dir: str | os.PathLike) -> tuple[dict[str, tuple[int
         except ValueError:
             problems.append(f"{boxes_txt}: the box of image id {image_id} is not numeric: {box}")
             continue
+        if int(max(w, h) * 0.75) == 0:  # the original's crop would be empty (and fail)
+            problems.append(
+                f"{boxes_txt}: the box of image id {image_id} ({rel}) is {w} x {h} pixels once truncated to "
+                "integers, too small to crop around; correct that line"
+            )
         result[os.path.splitext(rel)[0]] = (x, y, w, h)
     return result, problems
 
@@ -234,4 +239,10 @@ class CUBDataset(ImageFileDataset):
     def crop(self, img: Image.Image, index: int) -> Image.Image:
         if self.boxes is None:
             return img
-        return img.crop(cub_crop_box(self.boxes[index], *img.size))
+        x1, y1, x2, y2 = cub_crop_box(self.boxes[index], *img.size)
+        if x2 <= x1 or y2 <= y1:
+            raise DataError(
+                f"the bounding box {self.boxes[index]} of {self.keys[index]} lies outside its {img.size[0]} x "
+                f"{img.size[1]} image; correct its line in CUB_200_2011/bounding_boxes.txt"
+            )
+        return img.crop((x1, y1, x2, y2))
