@@ -662,3 +662,34 @@ def test_a_data_error_in_a_loader_worker_keeps_its_one_message():
     assert "Traceback" in str(info.value)  # torch's wrapping
     assert user_message(info.value) == "image a.jpg is truncated\nre-download it"
     assert user_message(DataError("plain")) == "plain"
+
+
+def test_caption_lines_without_a_word_are_not_counted_as_the_original(tmp_path):
+    from attngan.data.files import read_caption_file
+
+    path = tmp_path / "c.txt"
+    # The original (load_captions): a line without any \w+ token is skipped and not counted; a line whose
+    # tokens are all non-ASCII is counted, as an empty caption.
+    write_text(path, "a red bird\r\n...\r\n \r\n\u00e9\u00e9 \u00e8\r\nsmall bird!\r\nthird one\r\n")
+    assert read_caption_file(path, limit=3) == ["a red bird", "\u00e9\u00e9 \u00e8", "small bird!"]
+    write_text(path, "...\n\n!?\n")
+    with pytest.raises(DataError, match="no line with a word"):
+        read_caption_file(path)
+
+
+def test_an_empty_caption_in_captions_pickle_is_skipped_with_a_warning(tmp_path, caplog):
+    root = make_cub(tmp_path / "a")
+    train = [list(c) for c in CUB_PICKLE_TRAIN]
+    train[3] = []  # the original builder's caption for a line of non-ASCII words
+    py2_dump(
+        [train, CUB_PICKLE_TEST, {i: w.encode() for i, w in IXTOWORD.items()}, {w: i for i, w in IXTOWORD.items()}],
+        root / "captions.pickle",
+    )
+    with caplog.at_level("WARNING"):
+        ds = CUBDataset(root, "train", image_sizes=SIZES, captions_per_image=2)
+    assert "skipped 1 captions" in caplog.text and CUB_TRAIN[1] in caplog.text
+    texts = set()
+    for epoch in range(8):  # a random caption per epoch: only the non-empty one is left
+        ds.set_epoch(epoch)
+        texts.add(ds[1]["text"])
+    assert texts == {"a small bird"}

@@ -37,6 +37,12 @@ def tokenize(text: str) -> list[str]:
     return [t for t in tokens if t]
 
 
+def has_words(text: str) -> bool:
+    """Whether ``text`` has a token before ASCII folding: the original skipped (and did not count) caption
+    lines without one, but kept lines whose tokens are all non-ASCII, as empty captions."""
+    return bool(_WORD_RE.search(text.replace("\ufffd\ufffd", " ").lower()))
+
+
 class Vocabulary:
     """Word <-> index map. Index 0 is ``'<end>'``, which also pads captions."""
 

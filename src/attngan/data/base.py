@@ -229,7 +229,7 @@ class TextImageDataset(Dataset):
         starts: list[int] = []  # caption c spans flat[starts[c]:starts[c + 1]]
         first: list[int] = []  # image i owns captions first[i]:first[i + 1]
         unknown: set[str] = set()
-        skipped = 0
+        skipped: list[str] = []  # the image of each caption skipped
         n_words = len(self.vocab)
         for key, caps in zip(self.keys, captions):
             first.append(len(starts))
@@ -242,7 +242,7 @@ class TextImageDataset(Dataset):
                     if any(i <= 0 or i >= n_words for i in ids):
                         raise DataError(f"a caption of {key!r} holds word ids outside 1..{n_words - 1}")
                 if not ids:
-                    skipped += 1
+                    skipped.append(key)
                     continue
                 starts.append(len(flat))
                 flat.extend(ids)
@@ -254,7 +254,10 @@ class TextImageDataset(Dataset):
         starts.append(len(flat))
         first.append(len(starts) - 1)
         if skipped:
-            log.warning("skipped %d captions without any known word", skipped)
+            log.warning(
+                "skipped %d captions without any word of the vocabulary (images %s%s)",
+                len(skipped), ", ".join(sorted(set(skipped))[:5]), ", ..." if len(set(skipped)) > 5 else "",
+            )  # fmt: skip
         if unknown:
             log.info(
                 "dropped %d unknown words from the captions, e.g. %s", len(unknown), sorted(unknown)[:10]

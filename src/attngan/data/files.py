@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError, EmptySplitError
-from ..text import Vocabulary, tokenize
+from ..text import Vocabulary, has_words, tokenize
 from .base import TextImageDataset, multiscale_transform, to_rgb
 from .cache import ImageCache, cache_size, default_cache_dir, square_image
 
@@ -69,7 +69,8 @@ class Listing:
 
 
 def read_caption_file(path: str | os.PathLike, limit: int | None = None) -> list[str]:
-    """Non-empty lines of a UTF-8 caption file (the first ``limit`` ones), as the original reads them."""
+    """The lines of a UTF-8 caption file that hold a word (the first ``limit`` ones), as the original reads
+    them: lines without any ``\\w+`` token (blank, or punctuation only) are skipped and not counted."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -85,9 +86,9 @@ def read_caption_file(path: str | os.PathLike, limit: int | None = None) -> list
             "re-save it with UTF-8 encoding"
         ) from exc
     lines = [line.strip() for line in text.lstrip("\ufeff").split("\n")]
-    lines = [line for line in lines if line]
+    lines = [line for line in lines if has_words(line)]
     if not lines:
-        raise DataError(f"caption file {path} is empty; write at least one caption (one per line)")
+        raise DataError(f"caption file {path} is empty (no line with a word); write at least one caption per line")
     return lines if limit is None else lines[:limit]
 
 
@@ -277,10 +278,12 @@ def scan_original_layout(
             )
             return listing
         n_words = len(loaded.vocab)
+        # An empty caption is legitimate: the original builder writes one for a line whose words are all
+        # non-ASCII. The dataset skips it (and says so); an id outside the vocabulary is an inconsistency.
         for c, cap in enumerate(caps):
-            if not cap or any(i <= 0 or i >= n_words for i in cap):
+            if any(i <= 0 or i >= n_words for i in cap):
                 listing.problems.append(
-                    f"{pickle_path}: {split} caption {c} (image {keys[c // cpi]!r}) is empty or holds word ids "
+                    f"{pickle_path}: {split} caption {c} (image {keys[c // cpi]!r}) holds word ids "
                     f"outside 1..{n_words - 1}; the file is inconsistent: download it again"
                 )
         listing.captions = [caps[i * cpi : (i + 1) * cpi] for i in range(n)]
