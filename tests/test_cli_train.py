@@ -114,6 +114,8 @@ def test_tiny_end_to_end_pretrain_then_train_then_resume(tmp_path):
     gan_run = runs / "00001-shapes-attngan"
     assert (gan_run / "model" / "generator" / "model.safetensors").is_file()
     assert json.loads((gan_run / "config.json").read_text())["preset"]["gan_train"]["max_steps"] == 3
+    first_caption = (gan_run / "samples" / "captions.txt").read_text().splitlines()[0]
+    assert f'next: attngan sample --checkpoint {gan_run / "model"} "{first_caption}"' in result.output
 
     # Resuming takes the checkpoint's settings; a longer run is the only change.
     config = dry_run_config("train", "--resume", gan_run, "--max-steps", "5")

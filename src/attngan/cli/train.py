@@ -99,6 +99,15 @@ def _base_preset(name: str | None, resume: Path | None, kind: str, dataset: str 
     return base
 
 
+def _example_caption(run_dir: Path) -> str:
+    """A caption the model knows: the first of the run's sample grid, else one of the shapes dataset."""
+    try:
+        first = (Path(run_dir) / "samples" / "captions.txt").read_text(encoding="utf-8").splitlines()[0]
+    except (OSError, IndexError):
+        first = ""
+    return first.replace('"', "") or "a small red circle at the top left"
+
+
 def _print_config(preset: Preset, **run: Any) -> None:
     click.echo(json.dumps({"preset": to_dict(preset), **{k: str(v) if isinstance(v, Path) else v for k, v in run.items()}}, indent=2))
 
@@ -181,7 +190,7 @@ def pretrain_damsm(
         base = _base_preset(preset, resume, "damsm", dataset)
     except UserError as exc:
         raise click.ClickException(user_message(exc)) from None
-    extra = {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "damsm_train.max_steps": max_steps}
+    extra = {"data.dataset": dataset, "data.data_dir": str(data_dir.resolve()) if data_dir else None, "damsm_train.max_steps": max_steps}
     resolved = resolve_preset(base, config_file, sets, extra)
     if dry_run:
         _print_config(resolved, command="pretrain-damsm", resume=resume, device=device, runs_dir=runs_dir)
@@ -247,7 +256,7 @@ def train(
         base = _base_preset(preset, resume, "gan", dataset)
     except UserError as exc:
         raise click.ClickException(user_message(exc)) from None
-    extra = {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "gan_train.max_steps": max_steps}
+    extra = {"data.dataset": dataset, "data.data_dir": str(data_dir.resolve()) if data_dir else None, "gan_train.max_steps": max_steps}
     resolved = resolve_preset(base, config_file, sets, extra)
     if dry_run:
         _print_config(resolved, command="train", resume=resume, device=device, runs_dir=runs_dir, damsm=damsm,
@@ -272,7 +281,7 @@ def train(
     )
     if _is_main_process():
         click.echo(f"model: {result.model_dir}")
-        click.echo(f"next: attngan sample --checkpoint {result.model_dir} \"a small red circle at the top left\"")
+        click.echo(f"next: attngan sample --checkpoint {result.model_dir} \"{_example_caption(result.run_dir)}\"")
 
 
 @click.command("demo", context_settings={"show_default": True})

@@ -199,7 +199,7 @@ def load_filenames(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     obj = safe_load_pickle(path)
     if isinstance(obj, np.ndarray):
-        obj = obj.tolist()
+        obj = _to_str(obj.tolist())  # a bytes (S) array gives bytes
     if not isinstance(obj, (list, tuple)) or not all(isinstance(k, str) for k in obj):
         raise DataError(f"{path} should hold a list of file names (str), got {type(obj).__name__}")
     return [_to_str(k) for k in obj]
