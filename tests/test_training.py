@@ -253,6 +253,22 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path, damsm_run):
     assert stats[-1]["step"] == 4 and stats[-1]["lr/G"] == pytest.approx(PRESETS["tiny"].gan_train.g_lr)
 
 
+def test_resuming_an_older_or_damaged_checkpoint_overwrites_nothing(tmp_path, damsm_run):
+    result = run_gan(tmp_path, damsm_run, 3, "gan_train.snapshot_every=1", keep_checkpoints=0)
+    folder = result.run_dir / "checkpoints"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    # An older checkpoint would branch the run and overwrite steps 2-3 and model/: refused.
+    with pytest.raises(CheckpointError, match=r"not the newest.*state-00000003\.pt.*move the newer"):
+        run_gan(tmp_path, damsm_run, 3, resume=folder / "state-00000001.pt")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # A damaged newest checkpoint: the message points to the previous one.
+    (folder / "state-00000003.pt").write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match=r"not a readable PyTorch checkpoint.*state-00000002\.pt may be intact"):
+        run_gan(tmp_path, damsm_run, 4, resume=result.run_dir)
+    (folder / "state-00000003.pt").unlink()
+    assert run_gan(tmp_path, damsm_run, 3, resume=result.run_dir).step == 3
+
+
 def test_d_steps_updates_g_every_other_step(tmp_path, damsm_run):
     g_steps, d_moves = [], []
     last: dict[str, torch.Tensor] = {}

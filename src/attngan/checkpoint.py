@@ -47,7 +47,10 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as exc:  # noqa: BLE001 - re-raised with a message for the user
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         text = str(exc)
-        if "Unsupported global" in text or "Unsupported operand" in text or "not an allowed global" in text:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        pickled = head.startswith((b"PK\x03\x04", b"\x80"))  # a torch zip file, or a legacy pickle
+        if pickled and ("Unsupported global" in text or "Unsupported operand" in text or "not an allowed global" in text):
             raise CheckpointError(
                 f"{path} contains Python objects other than tensors and plain containers; it is refused "
                 "because loading it could run arbitrary code. Re-save it as a plain state dict."

@@ -207,7 +207,25 @@ def run_dir_of(checkpoint: Path) -> Path:
 def load_state(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     """Read a state file (``weights_only=True``) and check that it is a ``kind`` ("damsm"/"gan") state."""
     path = find_checkpoint(path)
-    state = safe_torch_load(path)
+    others = sorted(path.parent.glob(_STATE_GLOB)) if path.parent.name == "checkpoints" else []
+    try:
+        state = safe_torch_load(path)
+    except CheckpointError as exc:
+        older = [p for p in others if p.name < path.name]
+        if older:
+            raise CheckpointError(
+                f"{exc}. The previous checkpoint {older[-1].name} may be intact: move {path.name} out of "
+                f"{path.parent}, then resume from {older[-1]}"
+            ) from exc
+        raise
+    newer = [p for p in others if p.name > path.name]
+    if newer:
+        raise CheckpointError(
+            f"{path} is not the newest checkpoint of its run ({newer[-1].name} is): resuming from it would "
+            f"overwrite the newer checkpoints and the exported model/. Resume the run itself "
+            f"(--resume {run_dir_of(path)}), or to go on from {path.name} move the newer state files out of "
+            f"{path.parent} first"
+        )
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(
             f"{path} is not an attngan training checkpoint; to start from trained weights use --damsm "
