@@ -169,3 +169,20 @@ def test_demo_writes_figures_and_metrics_with_chance_levels(tmp_path):
         assert row["generated"] is not None and row["real"] is not None
     table = format_summary(report)
     assert "color accuracy" in table and "R-precision" in table
+
+
+def test_a_path_the_file_system_refuses_is_one_line(tmp_path, capsys):
+    from attngan.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as info:
+        main(["pretrain-damsm", "--preset", "tiny", "--runs-dir", str(blocker / "runs"), "--max-steps", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("Error: Not a directory") and str(blocker) in err[-1] and "choose another path" in err[-1]
+
+
+def test_command_list_shows_whole_summaries():
+    result = invoke("--help")
+    assert "(Eq. 7-14)" in result.output and "(Eq. 1-5)" in result.output

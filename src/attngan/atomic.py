@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import DiskFullError
 
-__all__ = ["umask", "atomic_write", "atomic_write_bytes", "atomic_write_text", "temporary_file", "make_staging_dir"]
+__all__ = ["umask", "check_writable", "atomic_write", "atomic_write_bytes", "atomic_write_text", "temporary_file", "make_staging_dir"]
 
 
 def umask() -> int:
@@ -38,6 +38,15 @@ def temporary_file(path: Path, suffix: str = ".tmp") -> str:
     with contextlib.suppress(OSError):
         os.chmod(tmp, 0o666 & ~umask())
     return tmp
+
+
+def check_writable(path: Path) -> None:
+    """Raise the OSError that writing ``path`` would raise (its folder is created), before long work."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.unlink(temporary_file(path))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def make_staging_dir(parent: Path, prefix: str) -> Path:

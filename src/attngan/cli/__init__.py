@@ -6,6 +6,7 @@ and an optional dependency of one command (e.g. FastAPI for ``serve``) never bre
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -36,7 +37,9 @@ class LazyGroup(click.Group):
         module_name, attr, help_text = COMMANDS[name]
         try:
             module = importlib.import_module(f"{__name__}.{module_name}")
-            return getattr(module, attr)
+            command = getattr(module, attr)
+            command.short_help = command.short_help or help_text  # click cuts the docstring at "(Eq."
+            return command
         except (ImportError, AttributeError) as exc:
             reason = str(exc)
 
@@ -69,6 +72,31 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         click.echo(f"Error: {user_message(exc)}", err=True)
         sys.exit(2)
+    except OSError as exc:  # the file system refused: a path the user chose, a full disk, a size limit
+        click.echo(f"Error: {_os_error_message(exc)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+
+
+_OS_ERROR_HINTS = {
+    errno.EACCES: "choose a folder you may write to, or change its permissions",
+    errno.EPERM: "choose a folder you may write to, or change its permissions",
+    errno.EROFS: "the file system is read-only: choose another folder",
+    errno.ENOSPC: "free some disk space or choose another folder",
+    errno.EDQUOT: "the disk quota is used up: free some space or choose another folder",
+    errno.EFBIG: "the file is larger than this process may write (see `ulimit -f`)",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+    errno.EEXIST: "a file stands where a folder is needed: choose another path",
+    errno.EISDIR: "a folder stands where a file is needed: choose another path",
+    errno.ENOENT: "check the path",
+}
+
+
+def _os_error_message(exc: OSError) -> str:
+    """One line for an OSError: what failed, on which path, and what to do."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    hint = _OS_ERROR_HINTS.get(exc.errno or -1)
+    return f"{what}{where}" + (f"; {hint}" if hint else "")

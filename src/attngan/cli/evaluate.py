@@ -293,6 +293,7 @@ def evaluate(
           --original-image-encoder image_encoder200.pth --captions-pickle data/birds/captions.pickle \\
           --dataset birds --data-dir data/birds --r-precision-other-classes
     """
+    from ..atomic import check_writable
     from ..checkpoint import atomic_write_json
     from ..data.registry import build_dataset
     from ..evaluation import evaluate_model, format_table, parse_metrics
@@ -300,6 +301,8 @@ def evaluate(
     from .sample import resolve_device
 
     _setup_logging()
+    if out is not None:
+        check_writable(out)  # not after an hour of metrics
     if checkpoint is not None:
         resolve_model_dir(checkpoint)  # a missing or wrong folder is reported before anything else
     run_dir = _run_folder(checkpoint)
