@@ -190,6 +190,19 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, damsm_run):
     assert resumed.step == 5 and resumed.run_dir == run_dir
 
 
+def test_sigterm_stops_after_the_step_and_saves_like_ctrl_c(tmp_path, damsm_run):
+    import signal
+
+    def terminate(info):
+        if info.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # a batch scheduler's stop, or `kill`
+
+    with pytest.raises(TrainingInterrupted) as err:
+        run_gan(tmp_path, damsm_run, 10, "gan_train.snapshot_every=100", callback=terminate)
+    assert load_state(err.value.checkpoint, "gan")["step"] == 3  # the step under way when it came ends first
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed
+
+
 def test_interrupted_checkpoint_write_leaves_the_previous_one_intact(tmp_path, damsm_run, monkeypatch):
     saved: dict[str, bytes] = {}
     real_fsync = os.fsync

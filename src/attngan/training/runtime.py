@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -237,33 +238,38 @@ def gather_rng_states(info: DistInfo) -> list[dict]:
 
 
 class InterruptGuard:
-    """Turns the first Ctrl-C into a request to stop at the end of the current step.
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM (``kill``, a batch scheduler's stop) into a request to
+    stop at the end of the current step.
 
     The loop polls :attr:`requested` between steps, so the checkpoint it then writes holds a consistent
-    state. A second Ctrl-C raises KeyboardInterrupt at once (the unfinished step is then dropped and the
+    state. A second signal raises KeyboardInterrupt at once (the unfinished step is then dropped and the
     last checkpoint stays the newest). Only the main thread can install signal handlers; elsewhere the
     guard does nothing and KeyboardInterrupt behaves as usual.
     """
 
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None)
+
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("Ctrl-C: stopping after this step and saving a checkpoint (press Ctrl-C again to abort now)")
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        log.warning("%s: stopping after this step and saving a checkpoint (Ctrl-C again to abort now)", name)
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 @contextlib.contextmanager
