@@ -203,6 +203,43 @@ def test_sigterm_stops_after_the_step_and_saves_like_ctrl_c(tmp_path, damsm_run)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed
 
 
+def test_a_full_disk_during_training_names_the_intact_checkpoint(tmp_path, damsm_run):
+    import errno
+
+    from attngan.errors import DiskFullError
+
+    def fill_up(info):
+        if info.step == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(info.run_dir / "stats.jsonl"))
+
+    with pytest.raises(DiskFullError) as err:
+        run_gan(tmp_path, damsm_run, 10, "gan_train.snapshot_every=2", callback=fill_up)
+    message = str(err.value)
+    assert "no space left on the device at step 3 while writing" in message and "stats.jsonl" in message
+    assert "state-00000002.pt is intact" in message and "attngan train --resume" in message
+
+
+def test_run_log_that_cannot_be_written_warns_once(tmp_path, capsys):
+    import logging
+
+    from attngan.training.stats import _RunLogHandler
+
+    handler = _RunLogHandler(tmp_path / "log.txt", encoding="utf-8")
+    logger = logging.getLogger("attngan.test_full_disk")
+    logger.addHandler(handler)
+    try:
+        def no_space(text):
+            raise OSError(28, "No space left on device")
+
+        handler.stream.write = no_space
+        logger.warning("one")
+        logger.warning("two")
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert err.count("cannot write") == 1 and "No space left" in err and "Logging error" not in err
+
+
 def test_interrupted_checkpoint_write_leaves_the_previous_one_intact(tmp_path, damsm_run, monkeypatch):
     saved: dict[str, bytes] = {}
     real_fsync = os.fsync

@@ -78,7 +78,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(
                 f"no space left on the device while writing {path}; the previous file (if any) is intact. "
-                "Free some disk space or choose another output folder."
+                "Free some disk space or choose another output folder.",
+                path,
             ) from exc
         raise
     return path

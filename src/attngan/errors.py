@@ -18,7 +18,11 @@ class CheckpointError(UserError):
 
 
 class DiskFullError(UserError):
-    """The disk filled up while writing a file; the previous version of the file is intact."""
+    """The disk filled up while writing a file (``path``, if known); the previous version of it is intact."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def user_message(exc: BaseException) -> str:

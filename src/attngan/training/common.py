@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -14,7 +15,7 @@ from torch import nn
 
 from ..checkpoint import save_component
 from ..config import Preset
-from ..errors import UserError
+from ..errors import DiskFullError, UserError
 from ..text import Vocabulary
 from .state import copy_tree_atomic, replace_section
 
@@ -137,6 +138,22 @@ def export_model(
 
 def resume_hint(command: str, run_dir: Path | None) -> str:
     return f"continue with: attngan {command} --resume {run_dir}" if run_dir else ""
+
+
+def disk_full(
+    exc: OSError | DiskFullError, step: int, checkpoint: Path | None, command: str, run_dir: Path | None
+) -> DiskFullError | None:
+    """A DiskFullError saying where training stopped and how to go on, for a full disk (else None)."""
+    if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    path = exc.path if isinstance(exc, DiskFullError) else exc.filename
+    where = f" while writing {path}" if path else ""
+    kept = f"the last checkpoint {checkpoint} is intact" if checkpoint else "no checkpoint was written yet"
+    return DiskFullError(
+        f"no space left on the device at step {step}{where}; {kept}. Free some disk space, then "
+        + (resume_hint(command, run_dir) if checkpoint else "start again"),
+        path,
+    )
 
 
 def params_finite(modules: Iterable[nn.Module]) -> bool:

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from ..config import Preset, to_dict
 from ..data.registry import build_dataset
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, DataError, DiskFullError
 from ..nn import ImageEncoder, TextEncoder
 from ..text import Vocabulary
 from .common import (
@@ -37,6 +37,7 @@ from .common import (
     TrainResult,
     call_hook,
     check_finite,
+    disk_full,
     export_model,
     resolve_vocab_size,
     resume_hint,
@@ -358,6 +359,13 @@ def train_damsm(
         if main:
             log.error("stopped: a loss is not finite (see the error message)")
         raise
+    except OSError as exc:  # DiskFullError is a UserError, not an OSError: the atomic writes convert it
+        full = disk_full(exc, step, last_checkpoint, "pretrain-damsm", run_dir)
+        if full is None:
+            raise
+        raise full from exc
+    except DiskFullError as exc:
+        raise disk_full(exc, step, last_checkpoint, "pretrain-damsm", run_dir) from exc
     finally:
         stats.close()
         shutdown_distributed(dist_info)

@@ -41,7 +41,7 @@ from ..checkpoint import atomic_write_bytes, atomic_write_text, load_component
 from ..config import DiscriminatorConfig, ImageEncoderConfig, Preset, TextEncoderConfig, to_dict
 from ..data.base import Batch
 from ..data.registry import build_dataset
-from ..errors import EmptySplitError, UserError
+from ..errors import DiskFullError, EmptySplitError, UserError
 from ..nn import Discriminator, Generator, ImageEncoder, TextEncoder
 from ..text import Vocabulary
 from .common import (
@@ -51,6 +51,7 @@ from .common import (
     TrainResult,
     call_hook,
     check_finite,
+    disk_full,
     export_model,
     resolve_vocab_size,
     resume_hint,
@@ -572,6 +573,13 @@ def train_gan(
         if main:
             log.error("stopped: a loss is not finite (see the error message)")
         raise
+    except OSError as exc:  # DiskFullError is a UserError, not an OSError: the atomic writes convert it
+        full = disk_full(exc, step, last_checkpoint, "train", run_dir)
+        if full is None:
+            raise
+        raise full from exc
+    except DiskFullError as exc:
+        raise disk_full(exc, step, last_checkpoint, "train", run_dir) from exc
     finally:
         stats.close()
         shutdown_distributed(dist_info)

@@ -8,9 +8,11 @@ while the run lasts, i.e. the console's status lines and messages.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,22 @@ log = logging.getLogger(__name__)
 def _format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class _RunLogHandler(logging.FileHandler):
+    """``log.txt`` of a run. When it cannot be written (a full disk), it says so once on stderr and stops,
+    instead of printing logging's traceback for every record; the terminal keeps the log."""
+
+    _failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._failed:
+            self._failed = True
+            sys.stderr.write(f"warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); it stops here\n")
 
 
 class StatsSink:
@@ -55,7 +73,7 @@ class StatsSink:
         if not self.enabled:
             return
         self._stats = open(run_dir / "stats.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._file_handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+        self._file_handler = _RunLogHandler(run_dir / "log.txt", encoding="utf-8")
         self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._file_handler.setLevel(logging.INFO)
         pkg = logging.getLogger("attngan")
@@ -147,15 +165,21 @@ class StatsSink:
             self._bar = None
         if not self.enabled:
             return
+        # Closing runs in a `finally`: a failure here (a full disk) must not hide the error being raised.
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except Exception as exc:  # noqa: BLE001 - TensorBoard's own errors
+                log.warning("TensorBoard events not completed: %s", exc)
             self._writer = None
         if not self._stats.closed:
-            self._stats.close()
+            with contextlib.suppress(OSError):  # every line was flushed when written
+                self._stats.close()
         if self._file_handler is not None:
             pkg = logging.getLogger("attngan")
             pkg.removeHandler(self._file_handler)
-            self._file_handler.close()
+            with contextlib.suppress(OSError):
+                self._file_handler.close()
             self._file_handler = None
             if self._old_level is not None:
                 pkg.setLevel(self._old_level)
