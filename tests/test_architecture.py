@@ -1,7 +1,7 @@
 """One-way import direction of docs/architecture.md, checked on the AST of every module under src/attngan.
 
 A module may import only from lower layers (plus its own package); the same-layer exceptions are
-legacy -> checkpoint and pipeline -> viz; data never imports nn; layer 0 uses the stdlib and numpy only
+legacy -> checkpoint, pipeline -> viz and, in layer 0, config/text/atomic -> errors and text -> atomic; data never imports nn; layer 0 uses the stdlib and numpy only
 (and may import errors); nn uses torch/torchvision/numpy only; nothing imports cli or serve except
 ``__main__``. The package root (the public API) counts as layer 3.5: it may re-export layers <= 3.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import attngan
 
 SRC = Path(attngan.__file__).parent
-LAYERS = {"config": 0, "text": 0, "errors": 0, "nn": 1, "losses": 2, "checkpoint": 2, "legacy": 2, "data": 2}
+LAYERS = {"config": 0, "text": 0, "errors": 0, "atomic": 0, "nn": 1, "losses": 2, "checkpoint": 2, "legacy": 2, "data": 2}
 LAYERS |= {"pipeline": 3, "metrics": 3, "viz": 3, "training": 4, "cli": 5, "serve": 5, "": 3.5, "__main__": 6}
 LAYERS["evaluation"] = 4  # like training: composes pipeline, data and metrics (evaluate command)
 ALLOWED = {
@@ -23,6 +23,8 @@ ALLOWED = {
     ("pipeline", "viz"),
     ("config", "errors"),
     ("text", "errors"),
+    ("atomic", "errors"),
+    ("text", "atomic"),
     ("cli", "serve"),  # the CLI is the thin front of every layer-5 entry point
 }
 FORBIDDEN = {("data", "nn")}

@@ -85,7 +85,16 @@ def test_dataset_birds_or_coco_brings_its_preset_or_its_caption_count(tmp_path):
 
 @pytest.mark.parametrize(
     "bad, words",
-    [("generator.nope=1", ["generator.nope", "gf_dim"]), ("generator.gf_dim=abc", ["abc"]), ("nonsense", ["nonsense"])],
+    [
+        ("generator.nope=1", ["generator.nope", "gf_dim"]),
+        ("generator.gf_dim=abc", ["generator.gf_dim", "abc"]),
+        ("nonsense", ["nonsense"]),
+        ("gan_train.batch_size=0", ["gan_train.batch_size must be >= 2"]),
+        ("gan_train.g_lr=-1", ["gan_train.g_lr must be > 0"]),
+        ("gan_train.betas=0.5", ["gan_train.betas must be 2 numbers"]),
+        ("generator.base_size=17", ["base_size must be 4 * 2**k"]),
+        ("data.truncate=middle", ["data.truncate must be 'first' or 'random'"]),
+    ],
 )
 def test_bad_set_is_a_one_line_error(bad, words):
     result = CliRunner().invoke(cli, ["pretrain-damsm", "--preset", "tiny", "--set", bad, "-n"])
@@ -93,6 +102,32 @@ def test_bad_set_is_a_one_line_error(bad, words):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     assert all(w in lines[0] for w in words)
+
+
+@pytest.mark.parametrize(
+    "yaml_text, words",
+    [
+        ("generator: 5\n", ["generator must map settings"]),
+        ("generator: {gf_dim: 8.5}\n", ["generator.gf_dim must be an int, got 8.5"]),
+        ("gan_train: {batch_size: null}\n", ["gan_train.batch_size needs a value"]),
+        ("gan_train: {betas: [0.5]}\n", ["gan_train.betas must be 2 numbers"]),
+    ],
+)
+def test_bad_yaml_values_are_one_line_errors(tmp_path, yaml_text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    result = CliRunner().invoke(cli, ["train", "--preset", "tiny", "--damsm", str(tmp_path), "--config", str(path), "-n"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error: bad setting"), result.output
+    assert all(w in lines[0] for w in words)
+
+
+def test_yaml_numbers_take_the_setting_type(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("gan_train: {g_lr: 1, betas: [0, 0.9], max_steps: null}\n")
+    preset = dry_run_config("train", "--preset", "tiny", "--damsm", tmp_path, "--config", path)["preset"]
+    assert preset["gan_train"]["g_lr"] == 1.0 and preset["gan_train"]["betas"] == [0.0, 0.9]
+    assert preset["gan_train"]["max_steps"] is None
 
 
 def test_train_without_encoders_says_what_to_pass():

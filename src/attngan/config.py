@@ -27,6 +27,7 @@ __all__ = [
     "to_dict",
     "from_dict",
     "apply_overrides",
+    "check_preset",
 ]
 
 
@@ -72,7 +73,7 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         n = self.base_size // 4
-        if self.base_size < 8 or n & (n - 1):
+        if self.base_size < 8 or self.base_size % 4 or n & (n - 1):
             raise ValueError(f"base_size must be 4 * 2**k with k >= 1, got {self.base_size}")
         if self.num_stages < 1:
             raise ValueError("num_stages must be >= 1")
@@ -354,11 +355,100 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any] | list[str]) -> Pr
         for key, value in kv.items():
             if key not in valid:
                 raise ValueError(f"unknown setting {section}.{key}; valid: {sorted(valid)}")
-            cur = getattr(obj, key)
-            typed[key] = _parse_value(value, cur) if isinstance(value, str) and not isinstance(cur, str) else value
+            typed[key] = _typed_value(f"{section}.{key}", value, _resolved_types(type(obj)).get(key), getattr(obj, key))
         new_sections[section] = dataclasses.replace(obj, **typed)
     for key, value in top.items():
         cur = getattr(preset, key)
-        new_sections[key] = _parse_value(value, cur) if isinstance(value, str) and not isinstance(cur, str) else value
+        if dataclasses.is_dataclass(cur):
+            if not isinstance(value, type(cur)):
+                raise ValueError(f"{key} must map settings to values (e.g. '{key}: {{...}}' in YAML), got {value!r}")
+            new_sections[key] = value
+        else:
+            new_sections[key] = _typed_value(key, value, _resolved_types(Preset).get(key), cur)
     return dataclasses.replace(preset, **new_sections)
+
+
+def _typed_value(name: str, value: Any, hint: Any, current: Any) -> Any:
+    """``value`` for the setting ``name``: parsed from text, or checked against the setting's type."""
+    if isinstance(value, str) and not isinstance(current, str):
+        try:
+            value = _parse_value(value, current)
+        except ValueError:
+            kind = "a number or none" if current is None else f"{type(current).__name__} ({current!r} now)"
+            raise ValueError(f"{name} must be {kind}, got {value!r}") from None
+    import typing
+
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    elif value is None:
+        raise ValueError(f"{name} needs a value (it cannot be null)")
+    if typing.get_origin(hint) is tuple:
+        n = len(typing.get_args(hint))
+        if not isinstance(value, (list, tuple)) or len(value) != n or not all(_is_number(v) for v in value):
+            raise ValueError(f"{name} must be {n} numbers, e.g. {list(current)}, got {value!r}")
+        return tuple(float(v) for v in value)
+    if hint is float and _is_number(value):
+        return float(value)
+    if hint in (int, bool, str) and not (isinstance(value, hint) and (hint is bool or not isinstance(value, bool))):
+        raise ValueError(f"{name} must be {'an' if hint is int else 'a'} {hint.__name__}, got {value!r}")
+    if hint is float:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return value
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# (section.key, test, what it must be): the ranges every setting must respect.
+_RULES: list[tuple[str, Any, str]] = [
+    *[(k, lambda v: v >= 1, ">= 1") for k in (
+        "text_encoder.word_dim", "text_encoder.embed_dim", "image_encoder.embed_dim", "image_encoder.input_size",
+        "image_encoder.small_width", "image_encoder.small_blocks", "generator.gf_dim", "generator.z_dim",
+        "generator.condition_dim", "generator.embed_dim", "discriminator_df_dim", "data.words_num",
+        "data.captions_per_image", "data.num_images", "damsm_train.epochs", "damsm_train.snapshot_every",
+        "damsm_train.log_every", "gan_train.epochs", "gan_train.d_steps", "gan_train.snapshot_every",
+        "gan_train.sample_every", "gan_train.log_every",
+    )],  # fmt: skip
+    *[(k, lambda v: v is None or v >= 1, ">= 1 (or null: the epochs decide)") for k in ("damsm_train.max_steps", "gan_train.max_steps")],
+    *[(k, lambda v: v >= 2, ">= 2 (BatchNorm and the matching loss need two samples)") for k in ("damsm_train.batch_size", "gan_train.batch_size")],
+    *[(k, lambda v: v > 0, "> 0") for k in (
+        "damsm_loss.gamma1", "damsm_loss.gamma2", "damsm_loss.gamma3", "damsm_train.lr", "damsm_train.rnn_grad_clip",
+        "gan_train.g_lr", "gan_train.d_lr",
+    )],  # fmt: skip
+    *[(k, lambda v: v >= 0, ">= 0") for k in (
+        "text_encoder.vocab_size", "generator.res_blocks", "gan_loss.damsm_lambda", "gan_loss.kl_weight",
+        "gan_loss.uncond_weight", "data.workers",
+    )],  # fmt: skip
+    ("text_encoder.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("damsm_train.lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("gan_train.ema_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    *[(k, lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)") for k in ("damsm_train.betas", "gan_train.betas")],
+    ("data.max_objects", lambda v: 1 <= v <= 3, "1, 2 or 3"),
+    ("image_encoder.backbone", lambda v: v in ("inception", "small"), "'inception' or 'small'"),
+    ("data.dataset", lambda v: v in ("birds", "coco", "folder", "shapes"), "birds, coco, folder or shapes"),
+    ("data.truncate", lambda v: v in ("first", "random"), "'first' or 'random'"),
+    ("gan_train.mixed_precision", lambda v: v in ("no", "bf16", "fp16"), "no, bf16 or fp16"),
+]
+
+
+def check_preset(preset: Preset) -> Preset:
+    """Raise ``ValueError`` listing every setting outside its range (checked before any work); else return it."""
+    problems = []
+    for name, ok, what in _RULES:
+        value: Any = preset
+        for part in name.split("."):
+            value = getattr(value, part)
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            problems.append(f"{name} must be {what}, got {value!r}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return preset
 

@@ -78,6 +78,7 @@ from torch import nn
 
 from .checkpoint import (
     atomic_write_bytes,
+    inception_weights_state,
     load_component,
     load_state_dict_strict,
     read_component_config,
@@ -335,6 +336,8 @@ def build_module(kind: str, config: Any, backbone_weights: Any = None) -> nn.Mod
     """A freshly initialised network of ``kind`` (what :func:`load_original` loads into)."""
     cls, _ = KINDS[kind]
     if kind == "image_encoder":
+        if backbone_weights is not None and not isinstance(backbone_weights, dict):
+            backbone_weights = inception_weights_state(backbone_weights)  # errors that say what to do
         return cls(config, backbone_weights=backbone_weights)
     return cls(config)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from ..config import PRESETS, Preset, apply_overrides, to_dict
+from ..config import PRESETS, Preset, apply_overrides, check_preset, to_dict
 from ..errors import UserError, user_message
 from .options import DEVICE
 
@@ -73,6 +73,7 @@ def resolve_preset(
         extra = {k: v for k, v in extra.items() if v is not None}
         if extra:
             preset = apply_overrides(preset, extra)
+        check_preset(preset)
     except (ValueError, TypeError) as exc:
         raise click.ClickException(f"bad setting: {exc}") from exc
     return preset

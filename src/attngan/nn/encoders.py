@@ -6,6 +6,7 @@ torchvision names, ``emb_features``, ``emb_cnn_code``) so that its state dicts l
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -73,12 +74,24 @@ class TextEncoder(nn.Module):
 
 
 def _resolve_inception_state(weights: Any) -> dict[str, torch.Tensor] | None:
-    """Turn ``None | "imagenet" | path | state dict | torchvision WeightsEnum`` into a state dict."""
-    if weights is None or isinstance(weights, dict):
-        return weights
-    from ..checkpoint import inception_weights_state  # files and downloads live outside the model code
+    """Turn ``None | "imagenet" | path | state dict | torchvision WeightsEnum`` into a state dict.
 
-    return inception_weights_state(weights)
+    The training code and the loaders resolve names and files first (``attngan.checkpoint.
+    inception_weights_state``, with messages that say what to do); this covers direct use of the class.
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, dict):
+        return weights
+    if isinstance(weights, (str, os.PathLike)):
+        if str(weights).lower() == "imagenet":
+            from torchvision.models import Inception_V3_Weights
+
+            return Inception_V3_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        return torch.load(os.fspath(weights), map_location="cpu", weights_only=True)
+    if hasattr(weights, "get_state_dict"):  # a torchvision WeightsEnum member
+        return weights.get_state_dict(progress=True)
+    raise TypeError(f"unsupported backbone_weights: {type(weights).__name__}")
 
 
 class SmallBackbone(nn.Module):

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import Preset, to_dict
+from ..checkpoint import inception_weights_state
+from ..config import Preset, check_preset, to_dict
 from ..data.registry import build_dataset
 from ..errors import CheckpointError, DataError, DiskFullError
 from ..nn import ImageEncoder, TextEncoder
@@ -55,6 +56,7 @@ from .runtime import (
     shutdown_distributed,
 )
 from .state import (
+    check_resumable,
     check_resume_config,
     load_state,
     make_run_dir,
@@ -152,6 +154,8 @@ def train_damsm(
     # Set up processes, device and the state to continue from.
     dist_info, dev = init_distributed(device)
     state = load_state(resume, "damsm") if resume is not None else None
+    if state is not None:
+        check_resumable(state)
     if state is None and preset is None:
         raise ValueError("train_damsm needs a preset, or resume= to take the one of a checkpoint")
     if state is not None:
@@ -159,6 +163,7 @@ def train_damsm(
         vocab = Vocabulary(state["vocab"])
         preset = saved if preset is None else check_resume_config(saved, resolve_vocab_size(preset, vocab), state["path"])
         run_dir = Path(run_dir) if run_dir is not None else run_dir_of(Path(state["path"]))
+    check_preset(preset)  # every setting in range, before any work
     cfg = preset.damsm_train
     total_steps = max_steps if max_steps is not None else cfg.max_steps
     seed_everything(cfg.seed)
@@ -183,7 +188,9 @@ def train_damsm(
     # Build networks and the optimizer (created once: the original re-created it every epoch).
     torch.manual_seed(cfg.seed)
     text_encoder = TextEncoder(preset.text_encoder).to(dev)
-    weights = backbone_weights if preset.image_encoder.backbone == "inception" else None
+    weights = None
+    if preset.image_encoder.backbone == "inception" and backbone_weights is not None:
+        weights = backbone_weights if isinstance(backbone_weights, dict) else inception_weights_state(backbone_weights)
     try:
         image_encoder = ImageEncoder(preset.image_encoder, backbone_weights=weights).to(dev)
     except ValueError as exc:  # weights of another network

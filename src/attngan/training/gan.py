@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..checkpoint import atomic_write_bytes, atomic_write_text, load_component
-from ..config import DiscriminatorConfig, ImageEncoderConfig, Preset, TextEncoderConfig, to_dict
+from ..config import DiscriminatorConfig, ImageEncoderConfig, Preset, TextEncoderConfig, check_preset, to_dict
 from ..data.base import Batch
 from ..data.registry import build_dataset
 from ..errors import DiskFullError, EmptySplitError, UserError
@@ -73,6 +73,7 @@ from .runtime import (
     shutdown_distributed,
 )
 from .state import (
+    check_resumable,
     check_resume_config,
     load_state,
     make_run_dir,
@@ -295,6 +296,8 @@ def train_gan(
     # Set up processes, device, and the state to continue from.
     dist_info, dev = init_distributed(device)
     state = load_state(resume, "gan") if resume is not None else None
+    if state is not None:
+        check_resumable(state)
     if state is None and preset is None:
         raise ValueError("train_gan needs a preset, or resume= to take the one of a checkpoint")
     if state is not None:
@@ -316,6 +319,7 @@ def train_gan(
         saved = preset_from_state(state)
         preset = saved if preset is None else check_resume_config(saved, _resolve_gan_preset(preset, text_encoder, image_encoder), state["path"])
     preset = _resolve_gan_preset(preset, text_encoder, image_encoder)
+    check_preset(preset)  # every setting in range, before any work
     cfg = preset.gan_train
     seed_everything(cfg.seed + dist_info.rank)
     d_cfgs = discriminator_configs(preset)

@@ -218,14 +218,6 @@ def load_state(path: str | os.PathLike, kind: str) -> dict[str, Any]:
                 f"{path.parent}, then resume from {older[-1]}"
             ) from exc
         raise
-    newer = [p for p in others if p.name > path.name]
-    if newer:
-        raise CheckpointError(
-            f"{path} is not the newest checkpoint of its run ({newer[-1].name} is): resuming from it would "
-            f"overwrite the newer checkpoints and the exported model/. Resume the run itself "
-            f"(--resume {run_dir_of(path)}), or to go on from {path.name} move the newer state files out of "
-            f"{path.parent} first"
-        )
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(
             f"{path} is not an attngan training checkpoint; to start from trained weights use --damsm "
@@ -238,6 +230,22 @@ def load_state(path: str | os.PathLike, kind: str) -> dict[str, Any]:
         raise CheckpointError(f"{path} is a {state.get('kind')} checkpoint; continue it with {command} --resume")
     state["path"] = str(path)
     return state
+
+
+def check_resumable(state: dict[str, Any]) -> None:
+    """Refuse to resume from a checkpoint older than the newest of its run: the resumed run would overwrite
+    the newer checkpoints and the exported model/, and mix two histories in one folder."""
+    path = Path(state["path"])
+    if path.parent.name != "checkpoints":
+        return
+    newer = [p for p in sorted(path.parent.glob(_STATE_GLOB)) if p.name > path.name]
+    if newer:
+        raise CheckpointError(
+            f"{path} is not the newest checkpoint of its run ({newer[-1].name} is): resuming from it would "
+            f"overwrite the newer checkpoints and the exported model/. Resume the run itself "
+            f"(--resume {run_dir_of(path)}), or to go on from {path.name} move the newer state files out of "
+            f"{path.parent} first"
+        )
 
 
 def preset_from_state(state: dict[str, Any]) -> Preset:
