@@ -165,6 +165,14 @@ def test_generators_eval_mode_and_argument_errors(pipe):
         pipe([])
 
 
+def test_seeds_outside_the_generator_range_are_refused(pipe):
+    with pytest.raises(UserError, match=r"seeds must be in \[0, 2\*\*63\)"):
+        pipe(PROMPTS, seed=2**63 - 1)  # the second image would need 2**63
+    with pytest.raises(UserError, match="seeds must be"):
+        pipe(PROMPTS, seed=[0, -1])
+    assert len(pipe(PROMPTS, seed=2**63 - 2).images) == 2
+
+
 def test_from_original_round_trip(pipe, tmp_path):
     import pickle
 

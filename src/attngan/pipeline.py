@@ -305,6 +305,8 @@ class AttnGANPipeline:
             # and report it, so that any image can be drawn again.
             base = int(torch.randint(0, 2**31 - 1, (1,)).item())
             seeds = [base + k for k in range(n)]
+        if seed is not None and not all(0 <= s < 2**63 for s in seeds):  # torch.Generator's range
+            raise UserError(f"seeds must be in [0, 2**63), got {min(seeds)}..{max(seeds)}")
         if isinstance(generator, Sequence):
             if len(generator) != n:
                 raise UserError(f"{len(generator)} generators given for {n} images (one per image is needed)")

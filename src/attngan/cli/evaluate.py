@@ -192,7 +192,7 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
 )
 @click.option(
     "--seed",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 2**62),
     default=0,
     help="Draws the captions, the noise (image k: seed + k) and the mismatching captions.",
 )

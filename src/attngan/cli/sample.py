@@ -19,18 +19,10 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 def resolve_device(name: str) -> Any:
-    """``auto`` -> cuda, else mps, else cpu; an unavailable explicit device is a user mistake."""
-    import torch
+    """``auto`` -> cuda, else mps, else cpu; ``cuda:N`` too; an unavailable device is a user mistake."""
+    from ..training.runtime import resolve_device as resolve
 
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but CUDA is not available here; use --device cpu")
-    if name == "mps" and not has_mps:
-        raise UserError("--device mps was asked for but MPS is not available here; use --device cpu")
-    return torch.device(name)
+    return resolve(name)
 
 
 def read_sentences(sentences: tuple[str, ...], captions_file: Path | None) -> list[str]:
@@ -189,7 +181,7 @@ def _png(image: Any) -> bytes:
 )
 @click.option(
     "--seed",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 2**62),
     default=0,
     help="Seed of the first image; image k (sentence-major) uses seed + k, whatever the batch size.",
 )
