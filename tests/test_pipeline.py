@@ -96,8 +96,10 @@ def test_unknown_words_reported_and_empty_prompt_refused(pipe, caplog):
     assert out.unknown_words == [["zorblax"], ["zorblax"]]
     assert out.tokens == [["a", "red", "circle"]] * 2
     assert [r.getMessage().endswith(": zorblax") for r in caplog.records] == [True]  # once per prompt
-    # Non-ASCII characters are dropped inside a token, as the original tokenizer: "réd" -> "rd" (unknown).
-    assert pipe("a réd CIRCLE", seed=0).unknown_words == [["rd"]]
+    # Non-ASCII characters are dropped inside a token, as the original tokenizer: "réd" -> "rd" (unknown),
+    # reported as written; a word with no ASCII letter at all is reported too, not silently dropped.
+    assert pipe("a réd CIRCLE", seed=0).unknown_words == [["réd"]]
+    assert pipe("a red circle \u4e2d\u5fc3 \U0001f426", seed=0).unknown_words == [["\u4e2d\u5fc3"]]
     assert pipe("a red\u00a0circle", seed=0).tokens == [["a", "red", "circle"]]
     with pytest.raises(UserError, match="empty"):
         pipe("   ", seed=0)

@@ -215,7 +215,7 @@ def encode_caption(
     truncate: str = "first",
     rng: np.random.Generator | None = None,
 ) -> EncodedCaption:
-    """Tokenise, map to ids (unknown words dropped and reported) and truncate to ``max_words``.
+    """Tokenise, map to ids (unknown words dropped and reported as written) and truncate to ``max_words``.
 
     ``rng`` drives ``truncate="random"``; without one, a fresh unseeded generator is used.
     Raises ``DataError`` if no known word is left.
@@ -226,7 +226,13 @@ def encode_caption(
         raise ValueError(f"truncate must be 'first' or 'random', got {truncate!r}")
     tokens = tokenize(text)
     known = [t for t in tokens if vocab.stoi.get(t, 0) != 0]
-    ids, unknown = vocab.encode(tokens)
+    ids, _ = vocab.encode(tokens)
+    # Unknown words as written (ASCII folding turns 'rèd' into 'rd' and drops '中心' entirely).
+    unknown: list[str] = []
+    for raw in _WORD_RE.findall(text.replace("\ufffd\ufffd", " ").lower()):
+        folded = raw.encode("ascii", "ignore").decode("ascii")
+        if vocab.stoi.get(folded, 0) == 0 and raw not in unknown:
+            unknown.append(raw)
     if not ids:
         shown = text if len(text) <= 80 else text[:77] + "..."
         detail = f"unknown words: {', '.join(unknown)}" if unknown else "it has no words at all"
