@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import pytest
@@ -317,6 +318,36 @@ def test_resuming_an_older_or_damaged_checkpoint_overwrites_nothing(tmp_path, da
         run_gan(tmp_path, damsm_run, 4, resume=result.run_dir)
     (folder / "state-00000003.pt").unlink()
     assert run_gan(tmp_path, damsm_run, 3, resume=result.run_dir).step == 3
+
+
+def test_resume_without_the_run_model_folder_takes_the_encoders_given(tmp_path, damsm_run):
+    import shutil
+
+    from attngan.errors import UserError
+
+    result = run_gan(tmp_path, damsm_run, 2, "gan_train.snapshot_every=1")
+    shutil.rmtree(result.run_dir / "model")
+    with pytest.raises(UserError, match="has no model/ folder with the frozen DAMSM encoders.*--damsm"):
+        run_gan(tmp_path, damsm_run, 3, resume=result.run_dir)
+    resumed = train_gan(
+        None, resume=result.run_dir, damsm=damsm_run[0].run_dir, max_steps=3, progress=False, tensorboard=False
+    )
+    assert resumed.step == 3 and (result.run_dir / "model" / "generator").is_dir()
+
+
+def test_an_unfinished_damsm_run_or_a_damsm_only_model_say_what_to_do(tmp_path, damsm_run):
+    import shutil
+
+    from attngan.errors import CheckpointError, UserError
+    from attngan.pipeline import resolve_model_dir
+
+    unfinished = tmp_path / "00000-shapes-damsm"
+    shutil.copytree(damsm_run[0].run_dir, unfinished)
+    shutil.rmtree(unfinished / "model")  # as after Ctrl-C before the end
+    with pytest.raises(UserError, match=r"has not exported its encoders yet.*pretrain-damsm --resume"):
+        run_gan(tmp_path, (dataclass_replace(damsm_run[0], run_dir=unfinished), []), 1)
+    with pytest.raises(CheckpointError, match=r"DAMSM encoders only.*attngan train --damsm"):
+        resolve_model_dir(damsm_run[0].run_dir)
 
 
 def test_d_steps_updates_g_every_other_step(tmp_path, damsm_run):

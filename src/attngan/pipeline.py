@@ -80,6 +80,11 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         return p
     if (p / "model" / "generator").is_dir():
         return p / "model"
+    if (p / "text_encoder").is_dir() or (p / "model" / "text_encoder").is_dir():
+        raise CheckpointError(
+            f"{p} holds DAMSM encoders only (an `attngan pretrain-damsm` run), no generator: train one with "
+            f"`attngan train --damsm {p}`, then pass that run"
+        )
     raise CheckpointError(
         f"{p} is neither a model folder (generator/, text_encoder/, vocab.json) nor a run folder with model/; "
         "train one with `attngan train` or convert the original release with `attngan convert`"

@@ -112,6 +112,13 @@ def load_encoders(
         if (folder / "model" / "text_encoder").is_dir():
             folder = folder / "model"
         if not (folder / "text_encoder").is_dir() or not (folder / "image_encoder").is_dir():
+            states = sorted((Path(damsm) / "checkpoints").glob("state-*.pt"))
+            if states:
+                raise UserError(
+                    f"{damsm} is a DAMSM run that has not exported its encoders yet (it stopped at "
+                    f"{states[-1].name}); finish it with `attngan pretrain-damsm --resume {damsm}` (add "
+                    "--max-steps N to end it sooner)"
+                )
             raise UserError(
                 f"{damsm} is not a DAMSM run or model folder (no text_encoder/ and image_encoder/ inside); "
                 "pass the folder written by attngan pretrain-damsm (runs/NNNNN-.../ or its model/)"
@@ -302,7 +309,17 @@ def train_gan(
         raise ValueError("train_gan needs a preset, or resume= to take the one of a checkpoint")
     if state is not None:
         run_dir = Path(run_dir) if run_dir is not None else run_dir_of(Path(state["path"]))
-        damsm, original_text_encoder, original_image_encoder = Path(run_dir) / "model", None, None
+        own = Path(run_dir) / "model"  # the frozen encoders, exported when the run started
+        given = damsm is not None or bool(original_text_encoder and original_image_encoder)
+        if (own / "text_encoder").is_dir():
+            if given:
+                log.warning("resuming: the run's own DAMSM encoders in %s are used, not the ones given", own)
+            damsm, original_text_encoder, original_image_encoder = own, None, None
+        elif not given:
+            raise UserError(
+                f"{run_dir} has no model/ folder with the frozen DAMSM encoders this run was trained with; "
+                "restore it, or give those encoders again (--damsm, or the --original-* files)"
+            )
 
     # Load the frozen DAMSM encoders and the training data (captions encoded with their vocabulary).
     vocab_hint = Vocabulary(state["vocab"]) if state is not None else None
