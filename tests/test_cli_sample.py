@@ -236,3 +236,21 @@ def test_original_release_files(model_dir, tmp_path, viz):
     assert np.array_equal(
         np.asarray(Image.open(out / "000_0_stage1.png").convert("RGB")), np.asarray(expected)
     )
+
+
+def test_ctrl_c_while_writing_says_what_is_there(model_dir, tmp_path, viz, capsys, monkeypatch):
+    import attngan.cli.sample as sample_cli
+
+    real, calls = sample_cli._png, []
+
+    def interrupted_png(image):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(image)
+
+    monkeypatch.setattr(sample_cli, "_png", interrupted_png)
+    out = tmp_path / "out"
+    code, _, err = run_main(["sample", "--checkpoint", str(model_dir), "--out", str(out), *SENTENCES[:2]], capsys)
+    assert code == 130 and "Interrupted: 2 file(s) written" in err and "--overwrite" in err
+    assert len(list(out.iterdir())) == 2 and not (out / "prompts.json").exists()

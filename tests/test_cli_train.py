@@ -162,7 +162,7 @@ def test_tiny_end_to_end_pretrain_then_train_then_resume(tmp_path):
 
     # Another generator width cannot continue this run: the message names the setting.
     result = CliRunner().invoke(cli, ["train", "--resume", gan_run, "--set", "generator.gf_dim=8", "--no-progress"])
-    assert result.exit_code == 1 and "generator.gf_dim" in result.output
+    assert result.exit_code == 2 and "generator.gf_dim" in result.output
 
 
 def test_demo_dry_run_shows_the_shapes_preset_and_the_time_plan():

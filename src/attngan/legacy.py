@@ -302,6 +302,10 @@ _INFER = {
 }
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def infer_config(state_dict: Mapping[str, torch.Tensor], kind: str | None = None) -> tuple[str, Any]:
     """``(kind, config)`` of an original-layout state dict, from its keys and tensor shapes.
 
@@ -323,7 +327,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], kind: str | None = None
             raise CheckpointError(f"unknown kind {kind!r}; use one of {list(KINDS)}")
         if kind != detected:
             raise CheckpointError(
-                f"the state dict is a {detected}, not a {kind} (keys such as {sorted(keys)[:3]})"
+                f"the state dict is {_article(detected)} {detected}, not {_article(kind)} {kind} "
+                f"(keys such as {sorted(keys)[:3]}); check which file goes to which option"
             )
     return detected, _INFER[detected](state)
 
@@ -394,7 +399,10 @@ def load_original(
             the inferred configuration (the message lists them).
     """
     state, name = _read_state_dict(path_or_state_dict)
-    kind, config = infer_config(state, kind=kind)
+    try:
+        kind, config = infer_config(state, kind=kind)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{name}: {exc}") from exc
     if kind == "image_encoder" and not any(k.split(".")[0] in INCEPTION_BLOCKS for k in state):
         if backbone_weights is None:
             raise CheckpointError(

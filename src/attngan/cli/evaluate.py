@@ -40,6 +40,12 @@ def _run_folder(checkpoint: Path | None) -> Path | None:
     return None
 
 
+_NO_MODEL = (
+    "no model given: use --checkpoint RUN_OR_MODEL_DIR, or --original-generator G.pth "
+    "--original-text-encoder T.pth --original-image-encoder I.pth --captions-pickle captions.pickle"
+)
+
+
 def resolve_data_config(run_dir: Path | None, dataset: str | None, data_dir: Path | None) -> Any:
     """The test data: the run's own data settings, or the preset of ``--dataset``; ``--data-dir`` wins."""
     from ..config import PRESETS, DataConfig, from_dict
@@ -97,10 +103,7 @@ def load_eval_pipeline(
             pipe.image_encoder = load_original(original_image_encoder, kind="image_encoder").to(device).eval()
         return pipe
     if not any(originals.values()):
-        raise UserError(
-            "no model given: use --checkpoint RUN_OR_MODEL_DIR, or --original-generator G.pth "
-            "--original-text-encoder T.pth --original-image-encoder I.pth --captions-pickle captions.pickle"
-        )
+        raise UserError(_NO_MODEL)
     missing = [name for name, v in originals.items() if v is None]
     if missing:
         raise UserError(f"the original release also needs {', '.join(missing)}")
@@ -305,6 +308,8 @@ def evaluate(
         check_writable(out)  # not after an hour of metrics
     if checkpoint is not None:
         resolve_model_dir(checkpoint)  # a missing or wrong folder is reported before anything else
+    elif not (original_generator or original_text_encoder or original_image_encoder):
+        raise UserError(_NO_MODEL)
     run_dir = _run_folder(checkpoint)
     data_config = resolve_data_config(run_dir, dataset, data_dir)
     names = parse_metrics(metrics) if metrics else ["r_precision", "is", "fid"]

@@ -6,7 +6,7 @@ import re
 
 import click
 
-__all__ = ["DEVICE"]
+__all__ = ["DEVICE", "UserFailure"]
 
 
 class DeviceType(click.ParamType):
@@ -23,3 +23,9 @@ class DeviceType(click.ParamType):
 
 
 DEVICE = DeviceType()
+
+
+class UserFailure(click.ClickException):
+    """A user mistake found by a command: one 'Error:' line, exit status 2 (as the errors of every command)."""
+
+    exit_code = 2

@@ -306,70 +306,77 @@ def sample(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
+    try:
+        def save(image: Any, name: str) -> str:
+            atomic_write_bytes(out_dir / name, _png(image))
+            written.append(name)
+            return name
 
-    def save(image: Any, name: str) -> str:
-        atomic_write_bytes(out_dir / name, _png(image))
-        written.append(name)
-        return name
+        records = []
+        items: Any = range(n_images)
+        if show_progress:
+            from tqdm.auto import tqdm
 
-    records = []
-    items: Any = range(n_images)
-    if show_progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, desc="writing", unit="image")
-    for k in items:
-        i, j = divmod(k, num_images)
-        files = [save(im, f"{i:03d}_{j}_stage{s}.png") for s, im in enumerate(result.images[k])]
-        if attention and result.attention_maps[k]:
-            fig = viz.attention_figure(
-                result.stage_tensors[k], result.attention_maps[k], result.tokens[k], len(result.tokens[k])
+            items = tqdm(items, desc="writing", unit="image")
+        for k in items:
+            i, j = divmod(k, num_images)
+            files = [save(im, f"{i:03d}_{j}_stage{s}.png") for s, im in enumerate(result.images[k])]
+            if attention and result.attention_maps[k]:
+                fig = viz.attention_figure(
+                    result.stage_tensors[k], result.attention_maps[k], result.tokens[k], len(result.tokens[k])
+                )
+                files.append(save(fig, f"{i:03d}_{j}_attention.png"))
+            records.append(
+                {
+                    "sentence_index": i,
+                    "image_index": j,
+                    "sentence": result.prompts[k],
+                    "seed": result.seeds[k],
+                    "tokens": result.tokens[k],
+                    "unknown_words": result.unknown_words[k],
+                    "files": files,
+                }
             )
-            files.append(save(fig, f"{i:03d}_{j}_attention.png"))
-        records.append(
-            {
-                "sentence_index": i,
-                "image_index": j,
-                "sentence": result.prompts[k],
-                "seed": result.seeds[k],
-                "tokens": result.tokens[k],
-                "unknown_words": result.unknown_words[k],
-                "files": files,
-            }
+        last = [stages[-1] for stages in result.stage_tensors]  # (3, s, s) each
+        cell = max(128, last[0].shape[-1])  # small images are enlarged so that their captions stay readable
+        save(
+            viz.captioned_grid(last, result.prompts, nrow=num_images if num_images > 1 else 4, cell=cell),
+            "grid.png",
         )
-    last = [stages[-1] for stages in result.stage_tensors]  # (3, s, s) each
-    cell = max(128, last[0].shape[-1])  # small images are enlarged so that their captions stay readable
-    save(
-        viz.captioned_grid(last, result.prompts, nrow=num_images if num_images > 1 else 4, cell=cell),
-        "grid.png",
-    )
-    summary: dict[str, Any] = {
-        "model": str(checkpoint if checkpoint is not None else original_generator),
-        "sentences": prompts,
-        "images_per_sentence": num_images,
-        "seed": seed,
-        "ca_mean": ca_mean,
-        "images": records,
-        "grid": "grid.png",
-    }
-    if swap is not None:
-        # Fig. 5: per sentence, the original row above the swapped row; column n is seed n in both
-        # (same z and CA noise), so reading down a column shows what the changed word does.
-        rows = [
-            viz.word_swap_figure(
-                [(prompt, [a for a, _ in images]), (swapped, [b for _, b in images])], size=cell
-            )
-            for prompt, swapped, images in swap_pairs
-        ]
-        save(_stack(rows), "word_swap.png")
-        summary["word_swap"] = {
-            "old": swap[0],
-            "new": swap[1],
-            "sentences": [[a, b] for a, b, _ in swap_pairs],
-            "file": "word_swap.png",
+        summary: dict[str, Any] = {
+            "model": str(checkpoint if checkpoint is not None else original_generator),
+            "sentences": prompts,
+            "images_per_sentence": num_images,
+            "seed": seed,
+            "ca_mean": ca_mean,
+            "images": records,
+            "grid": "grid.png",
         }
-    atomic_write_json(out_dir / "prompts.json", summary)
-    written.append("prompts.json")
+        if swap is not None:
+            # Fig. 5: per sentence, the original row above the swapped row; column n is seed n in both
+            # (same z and CA noise), so reading down a column shows what the changed word does.
+            rows = [
+                viz.word_swap_figure(
+                    [(prompt, [a for a, _ in images]), (swapped, [b for _, b in images])], size=cell
+                )
+                for prompt, swapped, images in swap_pairs
+            ]
+            save(_stack(rows), "word_swap.png")
+            summary["word_swap"] = {
+                "old": swap[0],
+                "new": swap[1],
+                "sentences": [[a, b] for a, b, _ in swap_pairs],
+                "file": "word_swap.png",
+            }
+        atomic_write_json(out_dir / "prompts.json", summary)
+        written.append("prompts.json")
+    except KeyboardInterrupt:
+        click.echo(
+            f"Interrupted: {len(written)} file(s) written to {out_dir}, no prompts.json; to draw them all, run "
+            "the command again with --overwrite",
+            err=True,
+        )
+        raise SystemExit(130) from None
 
     for i, prompt in enumerate(prompts):
         unknown = result.unknown_words[i * num_images]

@@ -55,7 +55,12 @@ def is_loopback(host: str) -> bool:
     default=10.0,
     help="Seconds a request may wait for the model before it gets a 503.",
 )
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    help="Detail of the server's log (uvicorn's): one line per request at info.",
+)
 def serve(
     checkpoint: Path | None,
     original_generator: Path | None,
@@ -111,6 +116,20 @@ def serve(
             f"Warning: listening on {host}, not loopback: anyone who can reach this machine can use the model.",
             err=True,
         )
+    _check_port_free(host, port)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"Serving {name} on {pipeline.device} at http://{shown}:{port}/ (Ctrl-C to stop)")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A port in use (or a host that is not this machine's) is a one-line error before the model serves."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host") from None

@@ -17,7 +17,7 @@ import click
 
 from ..config import PRESETS, Preset, apply_overrides, check_preset, to_dict
 from ..errors import UserError, user_message
-from .options import DEVICE
+from .options import DEVICE, UserFailure
 
 _PATH = click.Path(path_type=Path)
 _EXISTING = click.Path(exists=True, path_type=Path)
@@ -43,10 +43,12 @@ def _yaml_overrides(path: Path) -> dict[str, Any]:
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserFailure(f"--config {path} is not a UTF-8 text file; give a YAML file") from None
     except (OSError, yaml.YAMLError) as exc:
-        raise click.ClickException(f"--config {path} is not readable YAML: {str(exc).splitlines()[0]}") from exc
+        raise UserFailure(f"--config {path} is not readable YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):
-        raise click.ClickException(f"--config {path} must map sections to settings, e.g. 'generator: {{gf_dim: 8}}'")
+        raise UserFailure(f"--config {path} must map sections to settings, e.g. 'generator: {{gf_dim: 8}}'")
     out: dict[str, Any] = {}
     for section, values in data.items():
         if isinstance(values, dict):
@@ -75,7 +77,7 @@ def resolve_preset(
             preset = apply_overrides(preset, extra)
         check_preset(preset)
     except (ValueError, TypeError) as exc:
-        raise click.ClickException(f"bad setting: {exc}") from exc
+        raise UserFailure(f"bad setting: {exc}") from exc
     return preset
 
 
@@ -163,7 +165,7 @@ def _run(call: Callable[[], Any], tune_malloc: bool) -> Any:
     except TrainingInterrupted:  # the loop has logged where the state is and how to continue
         raise SystemExit(130) from None
     except UserError as exc:
-        raise click.ClickException(user_message(exc)) from None
+        raise UserFailure(user_message(exc)) from None
 
 
 @click.command("pretrain-damsm", context_settings={"show_default": True})
@@ -190,7 +192,7 @@ def pretrain_damsm(
     try:
         base = _base_preset(preset, resume, "damsm", dataset)
     except UserError as exc:
-        raise click.ClickException(user_message(exc)) from None
+        raise UserFailure(user_message(exc)) from None
     extra = {"data.dataset": dataset, "data.data_dir": str(data_dir.resolve()) if data_dir else None, "damsm_train.max_steps": max_steps}
     resolved = resolve_preset(base, config_file, sets, extra)
     if dry_run:
@@ -256,7 +258,7 @@ def train(
     try:
         base = _base_preset(preset, resume, "gan", dataset)
     except UserError as exc:
-        raise click.ClickException(user_message(exc)) from None
+        raise UserFailure(user_message(exc)) from None
     extra = {"data.dataset": dataset, "data.data_dir": str(data_dir.resolve()) if data_dir else None, "gan_train.max_steps": max_steps}
     resolved = resolve_preset(base, config_file, sets, extra)
     if dry_run:
