@@ -693,3 +693,18 @@ def test_an_empty_caption_in_captions_pickle_is_skipped_with_a_warning(tmp_path,
         ds.set_epoch(epoch)
         texts.add(ds[1]["text"])
     assert texts == {"a small bird"}
+
+
+def test_folder_reads_gif_and_tiff_and_names_caption_files_without_image(tmp_path, caplog):
+    root = tmp_path / "own"
+    pixels = coord_pixels()
+    for name, fmt in (("a.gif", "GIF"), ("b.tif", "TIFF"), ("c.png", "PNG")):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path, format=fmt)
+        write_text(path.with_suffix(".txt"), f"a picture called {name[0]}\n")
+    write_text(root / "lonely.txt", "a caption without its image\n")
+    with caplog.at_level("WARNING"):
+        train = FolderDataset(root, "train", image_sizes=SIZES, test_fraction=0.0)
+    assert sorted(train.keys) == ["a", "b", "c"]
+    assert "1 caption files" in caplog.text and "lonely.txt" in caplog.text

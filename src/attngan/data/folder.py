@@ -106,11 +106,21 @@ def _key_of(image: Path, base: Path) -> str:
 def _scan_image_folder(root: Path) -> _Scan:
     scan = _Scan(root=root)
     images: list[Path] = []
+    texts: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            ext = os.path.splitext(name)[1].lower()
+            if not name.startswith(".") and ext in IMAGE_EXTENSIONS:
                 images.append(Path(dirpath) / name)
+            elif not name.startswith(".") and ext == ".txt":
+                texts.append(Path(dirpath) / name)
+    orphans = sorted(set(texts) - {image.with_suffix(".txt") for image in images})
+    if orphans:
+        log.warning(
+            "%d caption files in %s have no image beside them (image types: %s) and are ignored, e.g. %s",
+            len(orphans), root, " ".join(IMAGE_EXTENSIONS), ", ".join(str(p) for p in orphans[:3]),
+        )  # fmt: skip
     given = (root / "train").is_dir() and (root / "test").is_dir()
     seen: dict[str, Path] = {}
     for image in images:

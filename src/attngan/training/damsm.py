@@ -238,7 +238,10 @@ def train_damsm(
         name="damsm",
     )
     if main:
-        log.info("DAMSM pre-training in %s: %d steps of %d images (%d steps per epoch) on %s", run_dir, total_steps, cfg.batch_size * dist_info.world_size, steps_per_epoch, dev)
+        log.info(
+            "DAMSM pre-training in %s: steps %d to %d of %d images (%d steps per epoch) on %s",
+            run_dir, step + 1, total_steps, cfg.batch_size * dist_info.world_size, steps_per_epoch, dev,
+        )  # fmt: skip
 
     def snapshot() -> Path | None:
         rngs = gather_rng_states(dist_info)

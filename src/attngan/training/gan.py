@@ -456,8 +456,8 @@ def train_gan(
     )
     if main:
         log.info(
-            "AttnGAN training in %s: %d steps of %d images (%d steps per epoch), stages %s, on %s%s",
-            run_dir, total_steps, cfg.batch_size * dist_info.world_size, steps_per_epoch, image_sizes, dev,
+            "AttnGAN training in %s: steps %d to %d of %d images (%d steps per epoch), stages %s, on %s%s",
+            run_dir, step + 1, total_steps, cfg.batch_size * dist_info.world_size, steps_per_epoch, image_sizes, dev,
             f" ({mp})" if mp != "no" else "",
         )  # fmt: skip
 
