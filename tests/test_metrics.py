@@ -59,6 +59,16 @@ def test_r_precision_ties_count_one_over_k_plus_one():
     assert res["r_precision"] == pytest.approx(0.01)
 
 
+def test_r_precision_duplicate_captions_tie_exactly():
+    # Two images whose captions are the same text (equal sentence vectors, random values: the products are
+    # not exact in floating point, so the true and the mismatch score must come from the same computation).
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        img, t = torch.randn(2, 256, generator=g), torch.randn(1, 256, generator=g)
+        res = r_precision(img, torch.cat([t, t]), n_mismatch=1, splits=1, generator=torch.Generator().manual_seed(0))
+        assert res["hits"].tolist() == [0.5, 0.5]
+
+
 def test_r_precision_matches_plain_loop():
     g = torch.Generator().manual_seed(3)
     img, txt = torch.randn(60, 5, generator=g), torch.randn(60, 5, generator=g)

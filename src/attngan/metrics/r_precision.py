@@ -107,8 +107,11 @@ def r_precision(
     hits = torch.empty(n, dtype=torch.float64)
     for start in range(0, n, chunk):
         sl = slice(start, start + chunk)
-        true = (img[sl] * txt[sl]).sum(1, keepdim=True)  # (b, 1) cosine with the true caption
-        wrong = torch.einsum("bd,bmd->bm", img[sl], txt[mis[sl]])  # (b, M) cosines with the mismatches
+        own = torch.arange(n)[sl].unsqueeze(1)  # (b, 1)
+        # One product for the true and the mismatching captions: a mismatch whose vector equals the true
+        # one (the same caption text) then gets the same score to the bit, and counts as a tie.
+        scores = torch.einsum("bd,bmd->bm", img[sl], txt[torch.cat([own, mis[sl]], dim=1)])  # (b, 1 + M)
+        true, wrong = scores[:, :1], scores[:, 1:]
         beaten = (wrong > true).any(dim=1)  # a mismatching caption ranks strictly higher
         ties = (wrong == true).sum(dim=1).double()
         hits[sl] = torch.where(beaten, torch.zeros_like(ties), 1.0 / (1.0 + ties))
