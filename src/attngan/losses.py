@@ -223,7 +223,9 @@ def discriminator_loss(
     without (AttnDCGAN): C_real + (C_fake + C_wrong) / 2. ``fake`` is detached here. Real, fake and
     mismatched batches are normalised separately (the original's separate calls); ``joint_batches`` runs
     them through ``disc`` as one concatenated batch with per-part BatchNorm (same values, fewer and larger
-    convs, one weight gradient per layer instead of a sum of two).
+    convs, one weight gradient per layer instead of a sum of two). The original's batches were sorted by
+    caption length, so its sentence k + 1 was one of similar length; the batches here keep the loader's
+    random order, so the mismatched sentence is a random one (the same loss, without that bias).
     """
     judge = _judge_jointly if joint_batches else _judge_separately
     u_real, c_real, u_fake, c_fake, c_wrong = judge(disc, real, fake.detach(), sentence)
