@@ -9,6 +9,7 @@ release (``birds``, ``coco`` from ``cfg/*.yml`` of taoxugit/AttnGAN) and of the 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,8 +284,6 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 def _resolved_types(cls: type) -> dict[str, Any]:
-    import typing
-
     try:
         return typing.get_type_hints(cls)
     except Exception:  # pragma: no cover - only on exotic annotations
@@ -376,8 +375,6 @@ def _typed_value(name: str, value: Any, hint: Any, current: Any) -> Any:
         except ValueError:
             kind = "a number or none" if current is None else f"{type(current).__name__} ({current!r} now)"
             raise ValueError(f"{name} must be {kind}, got {value!r}") from None
-    import typing
-
     args = typing.get_args(hint)
     if type(None) in args:  # X | None
         if value is None:
