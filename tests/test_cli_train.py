@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
 
 import pytest
 import torch
@@ -142,7 +143,7 @@ def test_tiny_end_to_end_pretrain_then_train_then_resume(tmp_path):
     assert result.exit_code == 0, result.output
     damsm_run = runs / "00000-shapes-damsm"
     assert (damsm_run / "model" / "text_encoder" / "model.safetensors").is_file()
-    assert f"attngan train --damsm {damsm_run}" in result.output
+    assert f"next: attngan train --damsm {damsm_run} --preset tiny" in result.output
 
     result = invoke("train", *common, "--damsm", damsm_run, "--max-steps", "3")
     assert result.exit_code == 0, result.output
@@ -150,7 +151,8 @@ def test_tiny_end_to_end_pretrain_then_train_then_resume(tmp_path):
     assert (gan_run / "model" / "generator" / "model.safetensors").is_file()
     assert json.loads((gan_run / "config.json").read_text())["preset"]["gan_train"]["max_steps"] == 3
     first_caption = (gan_run / "samples" / "captions.txt").read_text().splitlines()[0]
-    assert f'next: attngan sample --checkpoint {gan_run / "model"} "{first_caption}"' in result.output
+    hint = next(line for line in result.output.splitlines() if line.startswith("next: "))
+    assert shlex.split(hint[6:]) == ["attngan", "sample", "--checkpoint", str(gan_run / "model"), "--out", "samples", first_caption]
 
     # Resuming takes the checkpoint's settings; a longer run is the only change.
     config = dry_run_config("train", "--resume", gan_run, "--max-steps", "5")

@@ -346,3 +346,30 @@ def test_cli_on_a_run_folder(pipe, tmp_path, capsys, monkeypatch):
     # Only a metric whose weights are missing: a one-line error, exit code 2.
     code, _, err = run_main(args + ["--metrics", "fid"], capsys)
     assert code == 2 and "nothing to evaluate" in err and "Traceback" not in err
+
+
+def test_real_statistics_key_follows_the_image_files(tmp_path, monkeypatch):
+    """The FID cache key of a folder dataset: same names and captions elsewhere, or an image replaced in
+    place, must not reuse the statistics of other pixels."""
+    import os
+    import shutil
+
+    from PIL import Image
+
+    from attngan.data.folder import FolderDataset
+    from attngan.evaluation import _dataset_identity
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(root / f"p{i}.png")
+        (root / f"p{i}.txt").write_text("a red circle\n")
+    ident = _dataset_identity(FolderDataset(root, "train", image_sizes=[8], test_fraction=0.0))
+    other = tmp_path / "alt" / "photos"
+    shutil.copytree(root, other)
+    monkeypatch.chdir(tmp_path / "alt")  # the same relative path names another folder
+    assert _dataset_identity(FolderDataset("photos", "train", image_sizes=[8], test_fraction=0.0)) != ident
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((12, 12, 3), 255, np.uint8)).save(root / "p1.png")  # replaced in place
+    os.utime(root / "p1.png", ns=(1, 1))
+    assert _dataset_identity(FolderDataset("photos", "train", image_sizes=[8], test_fraction=0.0)) != ident

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .data.base import TextImageDataset, make_loader
+from .data.cache import source_fingerprint
 from .data.synthetic import SHAPES, attributes_from_caption
 from .errors import UserError
 from .metrics import attributes as attr_mod
@@ -309,9 +310,15 @@ def _dataset_identity(dataset: TextImageDataset) -> dict[str, Any]:
     for index, key in enumerate(dataset.keys):
         h.update(key.encode("utf-8") + b"\0")
         h.update(np.asarray(dataset.caption_ids(index, 0), dtype=np.int64).tobytes())
+    root = getattr(dataset, "root", "")
+    paths = getattr(dataset, "image_paths", None)
+    extra = dataset.cache_extra() if hasattr(dataset, "cache_extra") else ""
     return {
         "type": type(dataset).__name__,
-        "root": str(getattr(dataset, "root", "")),
+        "root": os.path.abspath(root) if root else "",
+        # Every image file's path, size and modification time (and e.g. the crop boxes): replaced or edited
+        # images, or another folder with the same names, make a new entry.
+        "files": source_fingerprint(paths, extra)[:32] if paths is not None else None,
         "data_seed": getattr(dataset, "data_seed", None),
         "n": len(dataset),
         "image_size": dataset.image_sizes[-1],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ def _example_caption(run_dir: Path) -> str:
         first = (Path(run_dir) / "samples" / "captions.txt").read_text(encoding="utf-8").splitlines()[0]
     except (OSError, IndexError):
         first = ""
-    return first.replace('"', "") or "a small red circle at the top left"
+    return first or "a small red circle at the top left"
 
 
 def _print_config(preset: Preset, **run: Any) -> None:
@@ -215,7 +216,10 @@ def pretrain_damsm(
     )
     if _is_main_process():
         click.echo(f"DAMSM encoders: {result.model_dir}")
-        click.echo(f"next: attngan train --damsm {result.run_dir}" + (f" --preset {preset}" if preset else ""))
+        args = ["attngan", "train", "--damsm", str(result.run_dir)] + (["--preset", preset] if preset else [])
+        if resolved.data.dataset != "shapes":  # the GAN trains on the same data
+            args += ["--dataset", resolved.data.dataset] + (["--data-dir", resolved.data.data_dir] if resolved.data.data_dir else [])
+        click.echo("next: " + shlex.join(args))
 
 
 @click.command("train", context_settings={"show_default": True})
@@ -284,7 +288,8 @@ def train(
     )
     if _is_main_process():
         click.echo(f"model: {result.model_dir}")
-        click.echo(f"next: attngan sample --checkpoint {result.model_dir} \"{_example_caption(result.run_dir)}\"")
+        args = ["attngan", "sample", "--checkpoint", str(result.model_dir), "--out", "samples", _example_caption(result.run_dir)]
+        click.echo("next: " + shlex.join(args))
 
 
 @click.command("demo", context_settings={"show_default": True})

@@ -24,6 +24,7 @@ on tensors equals FID on the saved PNGs that pytorch-fid reads.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -215,6 +216,15 @@ class InceptionPoolFeatures(nn.Module):
         return out[0] if isinstance(out, tuple) else out  # (B, 2048)
 
 
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a weights file (part of the statistics cache key: two files of one name and size differ)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
 def load_fid_extractor(
     extractor: str = "fid-inception",  # "fid-inception" | "torchvision-imagenet"
     weights: str | os.PathLike | None = None,  # local weights file (None: the torch hub cache)
@@ -225,7 +235,7 @@ def load_fid_extractor(
     if extractor == "fid-inception":
         path = _fid_weights_path(weights)
         net = fid_inception_v3(path)
-        ident["weights"] = [path.name, path.stat().st_size]
+        ident["weights"] = [path.name, _file_digest(path)]
         desc = "fid-inception (pytorch-fid pt_inception-2015-12-05, pool3 2048-d)"
     elif extractor == "torchvision-imagenet":
         from .inception_score import _torchvision_inception
@@ -233,7 +243,7 @@ def load_fid_extractor(
         net = _torchvision_inception(weights)
         net.fc = nn.Identity()
         if weights is not None:
-            ident["weights"] = [Path(weights).name, Path(weights).stat().st_size]
+            ident["weights"] = [Path(weights).name, _file_digest(Path(weights))]
         desc = "torchvision-imagenet (Inception-v3 IMAGENET1K_V1 pool 2048-d; DM-GAN/DF-GAN variant, not standard FID)"
     else:
         raise UserError(
