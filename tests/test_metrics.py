@@ -69,6 +69,23 @@ def test_r_precision_duplicate_captions_tie_exactly():
         assert res["hits"].tolist() == [0.5, 0.5]
 
 
+def test_mismatches_never_come_from_the_same_test_image():
+    image_ids = torch.arange(40) % 7  # 40 generated images of 7 test images
+    mis = draw_mismatches(40, 99, torch.Generator().manual_seed(1), image_ids=image_ids)
+    assert not bool((image_ids[mis] == image_ids.unsqueeze(1)).any())
+    assert len(set(image_ids[mis[0]].tolist())) == 6  # every other test image can be drawn
+    with pytest.raises(UserError, match="same test image"):
+        draw_mismatches(5, 3, image_ids=torch.zeros(5, dtype=torch.long))
+
+
+def test_r_precision_near_ties_from_float_rounding_are_ties():
+    g = torch.Generator().manual_seed(0)
+    img, t = torch.randn(2, 64, generator=g), torch.randn(1, 64, generator=g)
+    txt = torch.cat([t, t + 1e-8 * torch.randn(1, 64, generator=g)])  # one caption encoded in two batches
+    res = r_precision(img, txt, n_mismatch=1, splits=1, generator=torch.Generator().manual_seed(0))
+    assert res["hits"].tolist() == [0.5, 0.5]
+
+
 def test_r_precision_matches_plain_loop():
     g = torch.Generator().manual_seed(3)
     img, txt = torch.randn(60, 5, generator=g), torch.randn(60, 5, generator=g)

@@ -480,6 +480,8 @@ def evaluate_model(
                     splits=min(splits, n_images),
                     seed=seed,
                     exclude_same_class=r_precision_other_classes,
+                    # Another caption of the same test image is no mismatch (unless every sample has one).
+                    image_ids=torch.as_tensor(draws.indices) if len(set(draws.indices.tolist())) > 1 else None,
                     encoder_name="the model's DAMSM",
                 )
             elif name == "is":

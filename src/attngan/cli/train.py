@@ -224,8 +224,9 @@ def pretrain_damsm(
 
 @click.command("train", context_settings={"show_default": True})
 @_common_options
-@click.option("--damsm", type=_EXISTING, default=None,
-              help="Pre-trained DAMSM encoders: a run folder of `attngan pretrain-damsm` or its model/ folder.")
+@click.option("--damsm", type=_PATH, default=None,
+              help="Pre-trained DAMSM encoders: a run folder of `attngan pretrain-damsm` or its model/ folder "
+                   "(with --dry-run it need not exist yet).")
 @click.option("--original-text-encoder", type=_FILE, default=None,
               help="Or the original release's text_encoder*.pth (with --original-image-encoder).")
 @click.option("--original-image-encoder", type=_FILE, default=None,
@@ -252,7 +253,9 @@ def train(
       attngan train --resume runs/00002-shapes-attngan --max-steps 3000
     """
     _setup_logging()
-    if resume is None and damsm is None and not (original_text_encoder and original_image_encoder):
+    if damsm is not None and not damsm.exists() and not dry_run:
+        raise click.BadParameter(f"{damsm} does not exist", param_hint="'--damsm'")
+    if resume is None and damsm is None and not (original_text_encoder and original_image_encoder) and not dry_run:
         raise click.UsageError(
             "give the DAMSM encoders: --damsm RUN_OR_MODEL_DIR, or both --original-text-encoder and "
             "--original-image-encoder (or --resume a run)"

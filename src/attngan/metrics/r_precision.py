@@ -8,7 +8,10 @@ The scores are averaged in 10 splits; the result is the mean and standard deviat
 The AttnGAN release has no R-precision code (reference/original-attngan.md 6.5). This follows the
 community implementation in ``MinfengZhu/DM-GAN`` (``code/trainer.py``, ``sampling``; mismatching
 captions from ``datasets.py`` ``get_mis_caption``): mismatching captions are drawn with replacement,
-optionally only from images of other classes (``exclude_same_class``, DM-GAN's behaviour on CUB);
+never from the same test image when ``image_ids`` are given (another caption of the same picture is no
+mismatch; the evaluation passes them: with more generated images than test images, or several captions
+per image, it would otherwise be drawn), optionally only from images of other classes
+(``exclude_same_class``, DM-GAN's behaviour on CUB);
 the standard deviation is the population one (``np.std``). The candidates are the N captions given
 (the captions of the generated set, one per image); DM-GAN draws from every caption of the test set.
 Differences, stated in the result's protocol:
@@ -37,6 +40,8 @@ __all__ = ["r_precision", "encode_for_r_precision", "r_precision_metric", "draw_
 
 logger = logging.getLogger(__name__)
 
+TIE_TOLERANCE = 1e-6  # cosines closer than this count as equal (float32 encoders: rounding is ~1e-8)
+
 PROTOCOL = (
     "R-precision, paper Sec. 4: 1 true + {m} random mismatching captions (drawn with replacement{cls}), "
     "cosine of DAMSM global image and sentence vectors, R=1, {splits} consecutive splits, mean and "
@@ -50,34 +55,40 @@ def draw_mismatches(
     generator: torch.Generator | None = None,
     class_ids: torch.Tensor | None = None,  # (N,) long; when given with exclude_same_class
     exclude_same_class: bool = False,
+    image_ids: torch.Tensor | None = None,  # (N,) test image of each sample: its other captions are not drawn
 ) -> torch.Tensor:
-    """(N, n_mismatch) indices of mismatching captions: never the sample itself (nor, with
-    ``exclude_same_class``, a sample of its class), drawn uniformly with replacement."""
+    """(N, n_mismatch) indices of mismatching captions, drawn uniformly with replacement: never the sample
+    itself, nor a sample of the same test image (``image_ids``: another caption of the same picture is not a
+    mismatch), nor, with ``exclude_same_class``, a sample of its class."""
     if n < 2:
         raise UserError(f"R-precision needs at least 2 samples, got {n}")
     # Uniform over the other N - 1 samples: draw from N - 1 and skip over the sample's own index.
     own = torch.arange(n).unsqueeze(1)  # (N, 1)
     idx = torch.randint(0, n - 1, (n, n_mismatch), generator=generator)  # (N, M)
     idx = idx + (idx >= own).long()
-    if not exclude_same_class:
+    if exclude_same_class:
+        if class_ids is None:
+            raise UserError("exclude_same_class needs class_ids")
+        groups, what = class_ids, "class"
+    elif image_ids is not None:
+        groups, what = image_ids, "test image"
+    else:
         return idx
-    if class_ids is None:
-        raise UserError("exclude_same_class needs class_ids")
-    class_ids = torch.as_tensor(class_ids).to("cpu", torch.long).view(-1)
-    if class_ids.numel() != n:
-        raise UserError(f"class_ids has {class_ids.numel()} entries for {n} samples")
-    counts = torch.bincount(class_ids - class_ids.min())
+    groups = torch.as_tensor(groups).to("cpu", torch.long).view(-1)
+    if groups.numel() != n:
+        raise UserError(f"the {what} ids have {groups.numel()} entries for {n} samples")
+    counts = torch.bincount(groups - groups.min())
     if int(counts.max()) == n:
-        raise UserError("every sample has the same class: there is no caption of another class to draw")
-    # Rejection sampling, redrawing only the entries that hit the same class.
-    bad = class_ids[idx] == class_ids.unsqueeze(1)  # (N, M)
+        raise UserError(f"every sample has the same {what}: there is no caption of another {what} to draw")
+    # Rejection sampling, redrawing only the entries that hit the same group.
+    bad = groups[idx] == groups.unsqueeze(1)  # (N, M)
     for _ in range(10_000):
         if not bool(bad.any()):
             return idx
         redraw = torch.randint(0, n, (int(bad.sum()),), generator=generator)
         idx[bad] = redraw
-        bad = class_ids[idx] == class_ids.unsqueeze(1)
-    raise RuntimeError("could not draw mismatching captions of other classes")  # pragma: no cover
+        bad = groups[idx] == groups.unsqueeze(1)
+    raise RuntimeError(f"could not draw mismatching captions of another {what}")  # pragma: no cover
 
 
 def r_precision(
@@ -88,6 +99,7 @@ def r_precision(
     generator: torch.Generator | None = None,  # draws the mismatching captions (None: torch's global RNG)
     class_ids: torch.Tensor | None = None,  # (N,) class of each sample (for exclude_same_class)
     exclude_same_class: bool = False,  # draw mismatching captions from other classes only (DM-GAN)
+    image_ids: torch.Tensor | None = None,  # (N,) test image of each sample: never its other captions
     chunk: int = 1024,  # samples scored at once (bounds memory to chunk * n_mismatch * D)
 ) -> dict[str, Any]:
     """R-precision (R = 1) with 1 true + ``n_mismatch`` random captions per image: ``{"r_precision",
@@ -103,7 +115,7 @@ def r_precision(
         raise UserError(f"n_mismatch must be >= 1, got {n_mismatch}")
     img = F.normalize(image_vecs.detach().double().cpu(), dim=1, eps=1e-8)  # (N, D)
     txt = F.normalize(text_vecs.detach().double().cpu(), dim=1, eps=1e-8)  # (N, D)
-    mis = draw_mismatches(n, n_mismatch, generator, class_ids, exclude_same_class)  # (N, M)
+    mis = draw_mismatches(n, n_mismatch, generator, class_ids, exclude_same_class, image_ids)  # (N, M)
     hits = torch.empty(n, dtype=torch.float64)
     for start in range(0, n, chunk):
         sl = slice(start, start + chunk)
@@ -112,8 +124,10 @@ def r_precision(
         # one (the same caption text) then gets the same score to the bit, and counts as a tie.
         scores = torch.einsum("bd,bmd->bm", img[sl], txt[torch.cat([own, mis[sl]], dim=1)])  # (b, 1 + M)
         true, wrong = scores[:, :1], scores[:, 1:]
-        beaten = (wrong > true).any(dim=1)  # a mismatching caption ranks strictly higher
-        ties = (wrong == true).sum(dim=1).double()
+        # Scores within TIE_TOLERANCE are ties: the same caption text encoded in two batches can differ by
+        # float32 rounding (about 1e-8).
+        beaten = (wrong > true + TIE_TOLERANCE).any(dim=1)  # a mismatching caption ranks higher
+        ties = ((wrong - true).abs() <= TIE_TOLERANCE).sum(dim=1).double()
         hits[sl] = torch.where(beaten, torch.zeros_like(ties), 1.0 / (1.0 + ties))
     parts = [float(hits[i * n // splits : (i + 1) * n // splits].mean()) for i in range(splits)]
     return {
@@ -186,6 +200,7 @@ def r_precision_metric(
     splits: int = 10,
     seed: int = 0,  # seeds the draw of the mismatching captions
     exclude_same_class: bool = False,
+    image_ids: torch.Tensor | None = None,  # (N,) test image of each sample: never its other captions
     device: str | torch.device = "cpu",
     max_items: int | None = None,
     encoder_name: str = "DAMSM",  # names the encoders in the result
@@ -209,8 +224,9 @@ def r_precision_metric(
         generator=torch.Generator().manual_seed(seed),
         class_ids=class_ids,
         exclude_same_class=exclude_same_class,
+        image_ids=image_ids,
     )
-    cls = ", other classes only" if exclude_same_class else ""
+    cls = ", other classes only" if exclude_same_class else ", other test images only" if image_ids is not None else ""
     return {
         "r_precision": 100.0 * res["r_precision"],
         "r_precision_std": 100.0 * res["r_precision_std"],
@@ -219,6 +235,7 @@ def r_precision_metric(
         "splits": splits,
         "seed": seed,
         "exclude_same_class": exclude_same_class,
+        "exclude_same_image": exclude_same_class or image_ids is not None,
         "feature_extractor": f"{encoder_name} image/text encoders (global image vector, sentence vector)",
         "protocol": PROTOCOL.format(m=n_mismatch, cls=cls, splits=splits),
     }
