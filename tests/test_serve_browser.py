@@ -5,7 +5,7 @@ Needs Debian's ``chromium`` package and the ``playwright`` Python package (no br
 
 Also a script that takes the README's screenshot of the page with a trained model::
 
-    python tests/test_serve_browser.py --checkpoint runs/00001-shapes-gan --out docs/serve-screenshot.png
+    python tests/test_serve_browser.py --checkpoint runs/00001-shapes-attngan --out docs/serve-screenshot.png
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,9 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
     "--out", type=_FILE, default=None, help="Write every figure with its protocol to this JSON file."
 )
 @click.option(
+    "--progress/--no-progress", default=True, help="Show a progress bar while generating (on a terminal)."
+)
+@click.option(
     "--r-precision-other-classes",
     is_flag=True,
     help="Draw the 99 mismatching captions from other classes only (DM-GAN's evaluation on CUB).",
@@ -230,7 +234,8 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
     "--fid-weights",
     type=_FILE,
     default=None,
-    help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache, where pytorch-fid puts it).",
+    help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache, where pytorch-fid puts it); "
+    "also the weights of --is-classifier fid-inception.",
 )
 @click.option(
     "--allow-download",
@@ -266,6 +271,7 @@ def evaluate(
     seed: int,
     device: str,
     out: Path | None,
+    progress: bool,
     r_precision_other_classes: bool,
     is_classifier: str,
     fid_extractor: str,
@@ -338,6 +344,7 @@ def evaluate(
         clip=clip,
         allow_download=allow_download,
         ca_mean=ca_mean,
+        progress=progress and sys.stderr.isatty(),
     )
     model = str(checkpoint) if checkpoint is not None else str(original_generator)
     result = {"model": model, "data": dataclasses.asdict(data_config), **result}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,13 @@ def frechet_distance(
             "(were they computed with different feature extractors?)"
         )
     diff = mu1 - mu2
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # ill-conditioned: handled below
         covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        logger.warning("FID: singular product; adding %g to the diagonal of the covariances", eps)
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        if not np.isfinite(covmean).all():
+            logger.warning("FID: singular product; adding %g to the diagonal of the covariances", eps)
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"FID: sqrtm has an imaginary component of {np.max(np.abs(covmean.imag)):g}")
@@ -306,6 +308,13 @@ def fid_metric(
             real = compute()
     else:
         raise UserError("FID needs real_images or real_stats")
+    dim = int(np.atleast_1d(fake.mu).shape[0])
+    if min(fake.n, real.n) <= dim:
+        logger.warning(
+            "FID from %d generated and %d real images with %d-d features: the covariances are singular and the "
+            "value is strongly biased upwards; compare only values of equal counts (the paper used 30000)",
+            fake.n, real.n, dim,
+        )  # fmt: skip
     return {
         "fid": frechet_distance(fake.mu, fake.sigma, real.mu, real.sigma),
         "n": fake.n,
