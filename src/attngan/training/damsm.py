@@ -369,13 +369,11 @@ def train_damsm(
         if main:
             log.error("stopped: a loss is not finite (see the error message)")
         raise
-    except OSError as exc:  # DiskFullError is a UserError, not an OSError: the atomic writes convert it
+    except (OSError, DiskFullError) as exc:  # a full disk: say where it stopped and how to go on
         full = disk_full(exc, step, last_checkpoint, "pretrain-damsm", run_dir)
         if full is None:
             raise
         raise full from exc
-    except DiskFullError as exc:
-        raise disk_full(exc, step, last_checkpoint, "pretrain-damsm", run_dir) from exc
     finally:
         stats.close()
         shutdown_distributed(dist_info)
