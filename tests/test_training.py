@@ -499,3 +499,30 @@ def test_gan_with_an_empty_test_split_samples_training_captions(tmp_path, damsm_
     train_texts = {line for p in (data / "train").glob("*.txt") for line in p.read_text().splitlines()}
     assert len(captions) == 4  # each the start of a training caption (cut to data.words_num)
     assert all(any(t.lower().startswith(c) for t in train_texts) for c in captions)
+
+
+def test_loader_workers_leave_ctrl_c_and_sigterm_to_the_main_process():
+    import signal
+
+    from attngan.training.data import _ignore_stop_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _ignore_stop_signals(0)  # what each DataLoader worker runs first
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_resuming_with_another_number_of_processes_is_refused(tmp_path, damsm_run):
+    from attngan.training.state import check_resumable
+
+    result = run_gan(tmp_path, damsm_run, 1)
+    state = load_state(result.checkpoint, "gan")
+    check_resumable(state, 1)
+    with pytest.raises(CheckpointError, match=r"written by 1 process\(es\) and this run has 2.*attngan train --resume"):
+        check_resumable(state, 2)
+    state["rng"] = state["rng"] * 2  # as written by two processes
+    with pytest.raises(CheckpointError, match=r"torchrun --nproc_per_node=2 -m attngan train --resume"):
+        check_resumable(state, 1)

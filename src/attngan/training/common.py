@@ -17,7 +17,7 @@ from ..checkpoint import save_component
 from ..config import Preset
 from ..errors import DiskFullError, UserError
 from ..text import Vocabulary
-from .state import copy_tree_atomic, replace_section
+from .state import copy_tree_atomic, replace_section, resume_command
 
 __all__ = [
     "StepInfo",
@@ -136,12 +136,17 @@ def export_model(
     return model_dir
 
 
-def resume_hint(command: str, run_dir: Path | None) -> str:
-    return f"continue with: attngan {command} --resume {run_dir}" if run_dir else ""
+def resume_hint(command: str, run_dir: Path | None, world_size: int = 1) -> str:
+    return f"continue with: {resume_command(command, run_dir, world_size)}" if run_dir else ""
 
 
 def disk_full(
-    exc: OSError | DiskFullError, step: int, checkpoint: Path | None, command: str, run_dir: Path | None
+    exc: OSError | DiskFullError,
+    step: int,
+    checkpoint: Path | None,
+    command: str,
+    run_dir: Path | None,
+    world_size: int = 1,
 ) -> DiskFullError | None:
     """A DiskFullError saying where training stopped and how to go on, for a full disk (else None)."""
     if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -151,7 +156,7 @@ def disk_full(
     kept = f"the last checkpoint {checkpoint} is intact" if checkpoint else "no checkpoint was written yet"
     return DiskFullError(
         f"no space left on the device at step {step}{where}; {kept}. Free some disk space, then "
-        + (resume_hint(command, run_dir) if checkpoint else "start again"),
+        + (resume_hint(command, run_dir, world_size) if checkpoint else "start again"),
         path,
     )
 

@@ -155,7 +155,7 @@ def train_damsm(
     dist_info, dev = init_distributed(device)
     state = load_state(resume, "damsm") if resume is not None else None
     if state is not None:
-        check_resumable(state)
+        check_resumable(state, dist_info.world_size)
     if state is None and preset is None:
         raise ValueError("train_damsm needs a preset, or resume= to take the one of a checkpoint")
     if state is not None:
@@ -207,10 +207,7 @@ def train_damsm(
         image_encoder.load_state_dict(state["models"]["image_encoder"])
         optimizer.load_state_dict(state["optimizers"]["damsm"])
         step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        if len(state["rng"]) == dist_info.world_size:
-            restore_rng_state(state["rng"][dist_info.rank])
-        else:
-            log.warning("the checkpoint was written by %d processes, not %d: random streams restart", len(state["rng"]), dist_info.world_size)
+        restore_rng_state(state["rng"][dist_info.rank])  # check_resumable: same number of processes
         log.info("resuming DAMSM training from %s (step %d, epoch %d)", state["path"], step, epoch)
     if cfg.fast_kernels and image_encoder.frozen_backbone:
         objective.image_encoder = _folded_encoder(image_encoder)
@@ -361,7 +358,7 @@ def train_damsm(
             what = f"the state of step {step} is in {last_checkpoint}"
         else:
             what = f"the unfinished step {step + 1} was dropped; the last checkpoint is {last_checkpoint}"
-        message = f"DAMSM pre-training interrupted: {what}; {resume_hint('pretrain-damsm', run_dir)}"
+        message = f"DAMSM pre-training interrupted: {what}; {resume_hint('pretrain-damsm', run_dir, dist_info.world_size)}"
         if main:
             log.warning(message)
         raise TrainingInterrupted(message, last_checkpoint, run_dir, step) from None
@@ -370,7 +367,7 @@ def train_damsm(
             log.error("stopped: a loss is not finite (see the error message)")
         raise
     except (OSError, DiskFullError) as exc:  # a full disk: say where it stopped and how to go on
-        full = disk_full(exc, step, last_checkpoint, "pretrain-damsm", run_dir)
+        full = disk_full(exc, step, last_checkpoint, "pretrain-damsm", run_dir, dist_info.world_size)
         if full is None:
             raise
         raise full from exc

@@ -19,9 +19,12 @@ from ..errors import DataError
 __all__ = ["batches_per_epoch", "epoch_loader"]
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    # Ctrl-C is handled by the main process, which stops after the current step; workers keep serving.
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # Ctrl-C and SIGTERM reach the whole process group (torchrun signals it too); the main process handles
+    # them by stopping after the current step, so the workers keep serving until then.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _sampler(dataset: Dataset, seed: int, rank: int, world_size: int, shuffle: bool) -> DistributedSampler:
@@ -66,7 +69,7 @@ def epoch_loader(
         num_workers=workers,
         collate_fn=collate_batch,
         pin_memory=torch.cuda.is_available(),
-        worker_init_fn=_ignore_sigint if workers > 0 else None,
+        worker_init_fn=_ignore_stop_signals if workers > 0 else None,
         # Its own generator: a DataLoader iterator otherwise draws its worker base seed from the global torch
         # RNG, so starting mid-epoch (resume) would shift the noise of every later step.
         generator=torch.Generator().manual_seed(seed * 100_003 + epoch),

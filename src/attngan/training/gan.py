@@ -304,7 +304,7 @@ def train_gan(
     dist_info, dev = init_distributed(device)
     state = load_state(resume, "gan") if resume is not None else None
     if state is not None:
-        check_resumable(state)
+        check_resumable(state, dist_info.world_size)
     if state is None and preset is None:
         raise ValueError("train_gan needs a preset, or resume= to take the one of a checkpoint")
     if state is not None:
@@ -378,10 +378,7 @@ def train_gan(
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        if len(state["rng"]) == dist_info.world_size:
-            restore_rng_state(state["rng"][dist_info.rank])
-        else:
-            log.warning("the checkpoint was written by %d processes, not %d: random streams restart", len(state["rng"]), dist_info.world_size)
+        restore_rng_state(state["rng"][dist_info.rank])  # check_resumable: same number of processes
         log.info("resuming GAN training from %s (step %d, epoch %d)", state["path"], step, epoch)
 
     # Wrap for distributed training (one forward per backward: G itself, and the Eq. 5 objective per D).
@@ -586,7 +583,7 @@ def train_gan(
             what = f"the state of step {step} is in {last_checkpoint}"
         else:
             what = f"the unfinished step {step + 1} was dropped; the last checkpoint is {last_checkpoint}"
-        message = f"AttnGAN training interrupted: {what}; {resume_hint('train', run_dir)}"
+        message = f"AttnGAN training interrupted: {what}; {resume_hint('train', run_dir, dist_info.world_size)}"
         if main:
             log.warning(message)
         raise TrainingInterrupted(message, last_checkpoint, run_dir, step) from None
@@ -595,7 +592,7 @@ def train_gan(
             log.error("stopped: a loss is not finite (see the error message)")
         raise
     except (OSError, DiskFullError) as exc:  # a full disk: say where it stopped and how to go on
-        full = disk_full(exc, step, last_checkpoint, "train", run_dir)
+        full = disk_full(exc, step, last_checkpoint, "train", run_dir, dist_info.world_size)
         if full is None:
             raise
         raise full from exc

@@ -258,7 +258,7 @@ class InterruptGuard:
             raise KeyboardInterrupt
         self.requested = True
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        log.warning("%s: stopping after this step and saving a checkpoint (Ctrl-C again to abort now)", name)
+        log.warning("%s: stopping after this step and saving a checkpoint (a second one aborts at once)", name)
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():

@@ -232,10 +232,25 @@ def load_state(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     return state
 
 
-def check_resumable(state: dict[str, Any]) -> None:
-    """Refuse to resume from a checkpoint older than the newest of its run: the resumed run would overwrite
-    the newer checkpoints and the exported model/, and mix two histories in one folder."""
+def resume_command(command: str, run_dir: Path | str, world_size: int = 1) -> str:
+    """The shell command that continues a run with ``world_size`` processes."""
+    launcher = f"torchrun --nproc_per_node={world_size} -m attngan" if world_size > 1 else "attngan"
+    return f"{launcher} {command} --resume {run_dir}"
+
+
+def check_resumable(state: dict[str, Any], world_size: int = 1) -> None:
+    """Refuse to resume from a checkpoint older than the newest of its run (the resumed run would overwrite
+    the newer checkpoints and the exported model/, and mix two histories in one folder), or with another
+    number of processes than wrote it (the images per step and the data order would change)."""
     path = Path(state["path"])
+    saved = len(state.get("rng") or [None])
+    if saved != world_size:
+        command = {"damsm": "pretrain-damsm", "gan": "train"}.get(state.get("kind"), "train")
+        raise CheckpointError(
+            f"{path} was written by {saved} process(es) and this run has {world_size}: the images per step "
+            "(the batch size is per process) and the order of the data would change. Resume with the same "
+            f"number: {resume_command(command, run_dir_of(path), saved)}; or start a new run"
+        )
     if path.parent.name != "checkpoints":
         return
     newer = [p for p in sorted(path.parent.glob(_STATE_GLOB)) if p.name > path.name]
