@@ -567,3 +567,32 @@ def test_convert_help_explains_every_option():
         assert param.help, f"--{param.name} has no help text"
         assert param.opts[0] in res.output
     assert "Examples:" in res.output
+
+
+def test_the_vocabulary_survives_native_to_original_and_back(tmp_path):
+    import dataclasses
+
+    from attngan.config import PRESETS
+    from attngan.data.pickles import load_captions_pickle
+    from attngan.data.synthetic import shapes_vocabulary
+    from attngan.pipeline import AttnGANPipeline
+
+    vocab = shapes_vocabulary()
+    tiny = PRESETS["tiny"]
+    pipe = AttnGANPipeline(
+        TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab))), Generator(tiny.generator), vocab
+    )
+    pipe.save_pretrained(tmp_path / "native")
+    done, _ = legacy.native_to_original(tmp_path / "native", tmp_path / "orig")
+    assert "vocabulary" in [c.kind for c in done]
+    assert load_captions_pickle(tmp_path / "orig" / "captions.pickle").vocab == vocab  # what the original reads
+    with pytest.raises(UserError, match="already exists"):
+        legacy.native_to_original(tmp_path / "native", tmp_path / "orig")
+    legacy.original_to_native(
+        tmp_path / "back",
+        generator=tmp_path / "orig" / "netG.pth",
+        text_encoder=tmp_path / "orig" / "text_encoder.pth",
+        vocab=load_captions_pickle(tmp_path / "orig" / "captions.pickle").vocab,
+    )
+    again = AttnGANPipeline.from_pretrained(tmp_path / "back")
+    assert torch.equal(again("a red circle", seed=1).stage_tensors[0][-1], pipe("a red circle", seed=1).stage_tensors[0][-1])

@@ -67,6 +67,7 @@ import dataclasses
 import io
 import logging
 import os
+import pickle
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -487,6 +488,8 @@ def save_original(module: nn.Module, path: str | os.PathLike) -> Path:
 
 def describe(kind: str, config: Any) -> str:
     """One line naming the kind and its settings, e.g. ``generator: gf_dim=32 z_dim=100 ...``."""
+    if kind == "vocabulary":
+        return f"vocabulary: {config} words"
     fields = " ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items())
     return f"{kind}: {fields}"
 
@@ -587,7 +590,8 @@ def native_to_original(
     """Write the components of a native model folder as original ``.pth`` files.
 
     ``generator/`` -> ``netG.pth``, ``text_encoder/`` -> ``text_encoder.pth``, ``image_encoder/`` ->
-    ``image_encoder.pth``, ``discriminator{i}/`` -> ``netD{i}.pth``. Returns what was written and the
+    ``image_encoder.pth``, ``discriminator{i}/`` -> ``netD{i}.pth``, ``vocab.json`` -> ``captions.pickle``
+    (the vocabulary only, no captions). Returns what was written and the
     notes on what was skipped (an image encoder with the small backbone has no original layout).
     """
     src = Path(native_dir)
@@ -618,9 +622,20 @@ def native_to_original(
         target = out / (_NATIVE_FILES.get(name) or f"netD{name[len('discriminator') :]}.pth")
         _check_free(target, overwrite)
         plan.append((name, kind, cls, cfg, target))
+    vocab_target = out / "captions.pickle"
+    has_vocab = (src / "vocab.json").is_file()
+    if has_vocab:
+        _check_free(vocab_target, overwrite)
     done = []
     for name, kind, cls, cfg, target in plan:  # one network in memory at a time
         module = load_component(src / name, cls, cfg)
         save_original(module, target)
         done.append(Converted(name, kind, module.config, str(src / name), str(target)))
+    if has_vocab:
+        # The vocabulary as the original code reads it: [train_captions, test_captions, ixtoword, wordtoix]
+        # (no captions: enough to encode sentences, and for `attngan convert --captions-pickle` back).
+        vocab = Vocabulary.load(src / "vocab.json")
+        table = [[], [], dict(enumerate(vocab.itos)), {w: i for i, w in enumerate(vocab.itos)}]
+        atomic_write_bytes(vocab_target, pickle.dumps(table, protocol=2))
+        done.append(Converted("vocab.json", "vocabulary", len(vocab), str(src / "vocab.json"), str(vocab_target)))
     return done, skipped

@@ -144,10 +144,11 @@ class AttnGANPipeline:
     ) -> AttnGANPipeline:
         """Load a native model folder, or the ``model/`` folder of a run folder."""
         d = resolve_model_dir(path)
-        if not (d / "text_encoder").is_dir() or not (d / "vocab.json").is_file():
+        missing = [name for name in ("text_encoder/", "vocab.json") if not (d / name.rstrip("/")).exists()]
+        if missing:
             raise CheckpointError(
-                f"{d} has no text_encoder/ or vocab.json, so it cannot turn sentences into images; "
-                "pass the folder written by `attngan train` or `attngan convert`"
+                f"{d} has no {' or '.join(missing)}, so it cannot turn sentences into images; pass the folder "
+                "written by `attngan train`, or give `attngan convert` the vocabulary (--captions-pickle)"
             )
         text_encoder = load_component(d / "text_encoder", TextEncoder, TextEncoderConfig)
         generator = load_component(d / "generator", Generator, GeneratorConfig)
