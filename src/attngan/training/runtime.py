@@ -223,7 +223,10 @@ def broadcast_object(obj, info: DistInfo):
     if not info.distributed:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except RuntimeError as exc:  # rank 0 stopped (its own message says why); say so instead of a traceback
+        raise UserError(f"process {info.rank}: process 0 stopped before training started ({exc})") from exc
     return box[0]
 
 
@@ -258,7 +261,8 @@ class InterruptGuard:
             raise KeyboardInterrupt
         self.requested = True
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        log.warning("%s: stopping after this step and saving a checkpoint (a second one aborts at once)", name)
+        if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
+            log.warning("%s: stopping after this step and saving a checkpoint (a second one aborts at once)", name)
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
