@@ -234,6 +234,12 @@ def test_multiscale_transform_eval_center_and_modes():
     assert [t.shape for t in out] == [(3, 16, 16), (3, 32, 32)]
     assert out[1].min() >= -1 and out[1].max() <= 1
     assert out[1][:, :, 0].max() == -1 and out[1][:, :, -1].min() == 1  # centered, not flipped
+    evals = [multiscale_transform(Image.fromarray(arr), [32], False, np.random.default_rng(s))[0] for s in range(8)]
+    assert all(torch.equal(o, out[1]) for o in evals)  # eval never flips, whatever the rng
+    portrait = np.zeros((80, 40, 3), np.uint8)
+    portrait[40:] = 255  # bottom half white: the eval crop is centred vertically too
+    tall = multiscale_transform(Image.fromarray(portrait), [32], train=False)[0]
+    assert tall[:, 0, :].max() == -1 and tall[:, -1, :].min() == 1
     square = np.zeros((38, 38, 3), np.uint8)  # already int(32 * 76 / 64) wide: only crop and flip act
     square[:, 19:] = 255
     flips = {

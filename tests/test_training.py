@@ -526,3 +526,128 @@ def test_resuming_with_another_number_of_processes_is_refused(tmp_path, damsm_ru
     state["rng"] = state["rng"] * 2  # as written by two processes
     with pytest.raises(CheckpointError, match=r"torchrun --nproc_per_node=2 -m attngan train --resume"):
         check_resumable(state, 1)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The wiring of the losses in the training phases (training/loss.py), with non-default weights: every term
+# of Eq. 3 and Eq. 5 must reach the total with its own weight.
+
+
+def _gan_loss_setup(generator_config, image_config, gan_cfg, damsm_cfg):
+    import contextlib
+
+    from attngan.config import DiscriminatorConfig
+    from attngan.data.base import Batch
+    from attngan.nn import Discriminator, Generator, ImageEncoder
+    from attngan.training.loss import DiscriminatorObjective, GANLoss, TextFeatures
+
+    torch.manual_seed(0)
+    g = Generator(generator_config)
+    ds = [
+        Discriminator(DiscriminatorConfig(df_dim=4, embed_dim=generator_config.embed_dim, image_size=s)).eval()
+        for s in generator_config.image_sizes
+    ]  # eval: the reference calls see the same BatchNorm statistics
+    enc = ImageEncoder(image_config).eval().requires_grad_(False)
+    b, t, d = 4, 5, generator_config.embed_dim
+    lengths = torch.tensor([5, 3, 2, 4])
+    mask = torch.arange(t)[None] >= lengths[:, None]
+    images = [torch.rand(b, 3, s, s) * 2 - 1 for s in generator_config.image_sizes]
+    batch = Batch(images, torch.ones(b, t, dtype=torch.long), lengths, mask, torch.tensor([0, 1, 0, 1]))
+    text = TextFeatures(torch.randn(b, d, t), torch.randn(b, d))
+    loss = GANLoss(
+        generator=g, discriminators=ds, d_objectives=[DiscriminatorObjective(x, gan_cfg.uncond_weight) for x in ds],
+        image_encoder=enc, gan_cfg=gan_cfg, damsm_cfg=damsm_cfg, autocast=contextlib.nullcontext,
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+    )  # fmt: skip
+    return ds, enc, batch, text, loss, loss.generate(batch, text, with_grad=True)
+
+
+def test_g_phase_total_is_eq3_with_its_weights(tiny_generator_config, tiny_image_config):
+    from attngan import losses
+    from attngan.config import DAMSMLossConfig, GANLossConfig
+
+    gan_cfg = GANLossConfig(damsm_lambda=3.0, kl_weight=2.0, uncond_weight=0.5)
+    damsm_cfg = DAMSMLossConfig(eq10_inverse_gamma2=True, class_masking=True)
+    ds, enc, batch, text, loss, fake = _gan_loss_setup(tiny_generator_config, tiny_image_config, gan_cfg, damsm_cfg)
+    out = loss.accumulate_gradients("G", batch, text, fake)
+    with torch.no_grad():
+        adv = sum(losses.generator_stage_loss(d, x, text.sentence, 0.5) for d, x in zip(ds, fake.images))  # all stages
+        regions, image_vec = enc(fake.images[-1])
+        damsm = losses.damsm_loss(
+            regions, image_vec, text.words, text.sentence, batch.lengths, gamma1=4.0, gamma2=5.0, gamma3=10.0,
+            class_ids=batch.class_ids, inverse_gamma2=True,
+        ).total  # fmt: skip
+        kl = losses.kl_loss(fake.mu, fake.logvar)
+    torch.testing.assert_close(out["G/adv"], adv)
+    torch.testing.assert_close(out["G/damsm"], damsm)
+    torch.testing.assert_close(out["G/kl"], kl)
+    torch.testing.assert_close(out["loss/G"], adv + 3.0 * damsm + 2.0 * kl)
+    assert all(p.grad is None for d in ds for p in d.parameters())  # the G step leaves D's weights alone
+
+
+def test_d_phase_total_is_eq5_with_its_weight(tiny_generator_config, tiny_image_config):
+    from attngan import losses
+    from attngan.config import DAMSMLossConfig, GANLossConfig
+
+    gan_cfg = GANLossConfig(uncond_weight=0.5)
+    ds, _, batch, text, loss, fake = _gan_loss_setup(tiny_generator_config, tiny_image_config, gan_cfg, DAMSMLossConfig())
+    out = loss.accumulate_gradients("D0", batch, text, fake)
+    with torch.no_grad():
+        ref = losses.discriminator_loss(ds[0], batch.images[0], fake.images[0], text.sentence, 0.5).total
+    torch.testing.assert_close(out["loss/D0"], ref)
+
+
+def test_ema_decay_is_used(tmp_path, damsm_run):
+    result = run_gan(tmp_path, damsm_run, 2, "gan_train.ema_decay=0.0", "gan_train.snapshot_every=1000")
+    w = weights(result.checkpoint)
+    for k, v in w["generator"].items():  # decay 0: the average is the generator itself
+        assert torch.equal(v, w["generator_ema"][k]), k
+
+
+def test_damsm_clips_the_text_encoder_gradients(tmp_path):
+    norms = []
+
+    def record(info):
+        grads = [p.grad for p in info.modules["text_encoder"].parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    preset = apply_overrides(PRESETS["tiny"], ["data.num_images=32", "damsm_train.rnn_grad_clip=0.01"])
+    train_damsm(preset, runs_dir=tmp_path, max_steps=3, val_set=False, progress=False, tensorboard=False, callback=record)
+    assert norms and max(norms) <= 0.01 * (1 + 1e-4), norms
+
+
+def test_damsm_lr_decay_stops_at_a_tenth(tmp_path):
+    preset = apply_overrides(
+        PRESETS["tiny"], ["data.num_images=16", "damsm_train.lr_decay=0.5", "damsm_train.snapshot_every=1000"]
+    )  # one step per epoch: 7 epochs, the decay stops once lr <= lr0 / 10 (after 4 halvings)
+    result = train_damsm(preset, runs_dir=tmp_path, max_steps=7, val_set=False, progress=False, tensorboard=False)
+    lr = load_state(result.checkpoint, "damsm")["optimizers"]["damsm"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(preset.damsm_train.lr * 0.5**4)
+
+
+def test_damsm_resume_with_dropout_is_exact(tmp_path):
+    """With dropout the global torch RNG matters: a resumed run must restore it."""
+    preset = apply_overrides(
+        PRESETS["tiny"], ["data.num_images=48", "damsm_train.snapshot_every=100", "text_encoder.dropout=0.3"]
+    )
+    kw = dict(val_set=False, progress=False, tensorboard=False)
+    one = train_damsm(preset, runs_dir=tmp_path / "a", max_steps=5, **kw)
+    part = train_damsm(preset, runs_dir=tmp_path / "b", max_steps=2, **kw)
+    two = train_damsm(None, resume=part.run_dir, max_steps=5, **kw)
+    a, b = load_state(one.checkpoint, "damsm"), load_state(two.checkpoint, "damsm")
+    for k, v in a["models"]["text_encoder"].items():
+        assert torch.equal(v, b["models"]["text_encoder"][k]), k
+
+
+def test_rng_state_round_trip_covers_torch_numpy_and_python():
+    import random
+
+    import numpy as np
+
+    from attngan.training.state import capture_rng_state, restore_rng_state
+
+    state = capture_rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
