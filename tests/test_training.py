@@ -314,7 +314,7 @@ def test_resuming_an_older_or_damaged_checkpoint_overwrites_nothing(tmp_path, da
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     # A damaged newest checkpoint: the message points to the previous one.
     (folder / "state-00000003.pt").write_text("not a checkpoint\n")
-    with pytest.raises(CheckpointError, match=r"not a readable PyTorch checkpoint.*state-00000002\.pt may be intact"):
+    with pytest.raises(CheckpointError, match=r"is not a PyTorch checkpoint \(it does not start as a torch zip.*state-00000002\.pt may be intact"):
         run_gan(tmp_path, damsm_run, 4, resume=result.run_dir)
     (folder / "state-00000003.pt").unlink()
     assert run_gan(tmp_path, damsm_run, 3, resume=result.run_dir).step == 3
@@ -651,3 +651,37 @@ def test_rng_state_round_trip_covers_torch_numpy_and_python():
     restore_rng_state(state)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_a_failed_start_leaves_no_run_folder_behind(tmp_path, damsm_run):
+    from attngan.data.synthetic import ShapesDataset, write_folder
+    from attngan.errors import DataError
+
+    data = tmp_path / "data"
+    paths = write_folder(ShapesDataset(num_images=8, image_sizes=[32], captions_per_image=2, seed=3), data / "train")
+    write_folder(ShapesDataset(num_images=4, image_sizes=[32], captions_per_image=2, seed=4), data / "test")
+    for p in paths:  # every training image truncated: the first batch fails
+        p.write_bytes(p.read_bytes()[:40])
+    runs = tmp_path / "runs"
+    for _ in range(2):  # a retry must not leave a second empty folder either
+        with pytest.raises(DataError, match="cannot decode image"):
+            run_gan(runs, damsm_run, 2, "data.dataset=folder", f"data.data_dir={data}")
+    assert not runs.exists() or list(runs.iterdir()) == []
+
+
+def test_a_full_disk_names_the_newest_checkpoint_on_disk(tmp_path, damsm_run, monkeypatch):
+    import errno
+
+    import attngan.training.gan as gan_module
+    from attngan.errors import DiskFullError
+
+    real_export = gan_module._export
+
+    def export_fills_the_disk(*args):
+        if args[-1] == 4:  # the snapshot of step 4 wrote state-4, then its model/ export found the disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_export(*args)
+
+    monkeypatch.setattr(gan_module, "_export", export_fills_the_disk)
+    with pytest.raises(DiskFullError, match=r"state-00000004\.pt is intact"):
+        run_gan(tmp_path, damsm_run, 10, "gan_train.snapshot_every=2")

@@ -55,9 +55,14 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
                 f"{path} contains Python objects other than tensors and plain containers; it is refused "
                 "because loading it could run arbitrary code. Re-save it as a plain state dict."
             ) from exc
+        if not pickled:
+            raise CheckpointError(
+                f"{path} is not a PyTorch checkpoint (it does not start as a torch zip file or pickle): the file "
+                "is damaged, or it is something else"
+            ) from exc
+        msg = msg.split(". ")[0][:200]  # torch's first sentence, without its advice to unpickle unsafely
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (corrupt, truncated, or not a checkpoint at all): "
-            f"{type(exc).__name__}: {msg}"
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {type(exc).__name__}: {msg}"
         ) from exc
 
 

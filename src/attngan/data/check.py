@@ -146,7 +146,12 @@ def check_dataset(
     report.vocab_size = None if vocab is None else len(vocab)
 
     for split, listing in listings.items():
-        counts = [len(c) for c in listing.captions]
+        counts = [sum(1 for cap in caps if len(cap)) for caps in listing.captions]  # empty ones are skipped
+        empty = sum(len(caps) for caps in listing.captions) - sum(counts)
+        if empty:
+            report.notes.append(
+                f"{split}: {empty} empty caption(s) in captions.pickle (lines of non-ASCII words only) are skipped"
+            )
         report.splits[split] = SplitSummary(
             images=len(listing.keys),
             captions=sum(counts),

@@ -93,6 +93,7 @@ class _Scan:
     entries: list[_Entry] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)
+    orphans: list[Path] = field(default_factory=list)  # caption files without an image beside them
 
 
 def _key_of(image: Path, base: Path) -> str:
@@ -115,12 +116,7 @@ def _scan_image_folder(root: Path) -> _Scan:
                 images.append(Path(dirpath) / name)
             elif not name.startswith(".") and ext == ".txt":
                 texts.append(Path(dirpath) / name)
-    orphans = sorted(set(texts) - {image.with_suffix(".txt") for image in images})
-    if orphans:
-        log.warning(
-            "%d caption files in %s have no image beside them (image types: %s) and are ignored, e.g. %s",
-            len(orphans), root, " ".join(IMAGE_EXTENSIONS), ", ".join(str(p) for p in orphans[:3]),
-        )  # fmt: skip
+    scan.orphans = sorted(set(texts) - {image.with_suffix(".txt") for image in images})
     given = (root / "train").is_dir() and (root / "test").is_dir()
     seen: dict[str, Path] = {}
     for image in images:
@@ -276,6 +272,11 @@ def scan_folder(data_dir: str | os.PathLike, split: str, test_fraction: float = 
 
 
 def _split_listing(scan: _Scan, split: str, test_fraction: float) -> Listing:
+    if scan.orphans and split == "train":  # said once per dataset, not once per split or vocabulary scan
+        log.warning(
+            "%d caption files in %s have no image beside them (image types: %s) and are ignored, e.g. %s",
+            len(scan.orphans), scan.root, " ".join(IMAGE_EXTENSIONS), ", ".join(str(p) for p in scan.orphans[:3]),
+        )  # fmt: skip
     listing = Listing(root=scan.root, split=check_split(split), problems=scan.problems, sources=scan.sources)
     for e in scan.entries:
         if (e.split or hash_split(e.key, test_fraction)) == split:

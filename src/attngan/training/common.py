@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..checkpoint import save_component
 from ..config import Preset
 from ..errors import DiskFullError, UserError
 from ..text import Vocabulary
-from .state import copy_tree_atomic, replace_section, resume_command
+from .state import copy_tree_atomic, latest_checkpoint, replace_section, resume_command
 
 __all__ = [
     "StepInfo",
@@ -140,6 +141,15 @@ def resume_hint(command: str, run_dir: Path | None, world_size: int = 1) -> str:
     return f"continue with: {resume_command(command, run_dir, world_size)}" if run_dir else ""
 
 
+def discard_empty_run(run_dir: Path | None) -> None:
+    """Remove a run folder that a failed start left without any training (no checkpoint, no step): retries
+    would otherwise leave one such folder each. Called only for folders this call created."""
+    if run_dir is None or not Path(run_dir).is_dir() or any((Path(run_dir) / "checkpoints").glob("state-*.pt")):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log.info("removed %s: the run stopped before its first step", run_dir)
+
+
 def disk_full(
     exc: OSError | DiskFullError,
     step: int,
@@ -151,6 +161,7 @@ def disk_full(
     """A DiskFullError saying where training stopped and how to go on, for a full disk (else None)."""
     if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
+    checkpoint = (latest_checkpoint(run_dir) if run_dir is not None else None) or checkpoint  # the newest on disk
     path = exc.path if isinstance(exc, DiskFullError) else exc.filename
     where = f" while writing {path}" if path else ""
     kept = f"the last checkpoint {checkpoint} is intact" if checkpoint else "no checkpoint was written yet"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ from .common import (
     TrainResult,
     call_hook,
     check_finite,
+    discard_empty_run,
     disk_full,
     export_model,
     resolve_vocab_size,
@@ -215,6 +217,7 @@ def train_damsm(
     if dist_info.distributed:
         trained = nn.parallel.DistributedDataParallel(objective, device_ids=[dev] if dev.type == "cuda" else None)
     loss = DAMSMLoss(trained)
+    created = dist_info.is_main and run_dir is None  # a failed start removes the folder again (discard_empty_run)
     if dist_info.is_main:
         if run_dir is None:
             run_dir = make_run_dir(runs_dir, f"{preset.data.dataset}-damsm")
@@ -373,4 +376,6 @@ def train_damsm(
         raise full from exc
     finally:
         stats.close()
+        if created and step == 0 and sys.exc_info()[0] is not None:
+            discard_empty_run(run_dir)
         shutdown_distributed(dist_info)

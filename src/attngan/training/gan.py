@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import io
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,7 @@ from .common import (
     TrainResult,
     call_hook,
     check_finite,
+    discard_empty_run,
     disk_full,
     export_model,
     resolve_vocab_size,
@@ -415,6 +417,7 @@ def train_gan(
         except EmptySplitError as exc:
             log.warning("%s: the sample grids show captions and images of the training split instead", exc)
             sample_set = build_dataset(preset.data, "train", image_sizes, vocab=vocab, train=False, progress=progress)
+    created = main and run_dir is None  # a failed start removes the folder again (discard_empty_run)
     if main:
         if run_dir is None:
             run_dir = make_run_dir(runs_dir, f"{preset.data.dataset}-attngan")
@@ -598,6 +601,8 @@ def train_gan(
         raise full from exc
     finally:
         stats.close()
+        if created and step == 0 and sys.exc_info()[0] is not None:
+            discard_empty_run(run_dir)
         shutdown_distributed(dist_info)
 
 
