@@ -475,7 +475,7 @@ def _write_captions_pickle(path: Path, words: list[str]) -> None:
         pickle.dump([[[1, 2]], [[2, 1]], ixtoword, {w: i for i, w in ixtoword.items()}], f, protocol=2)
 
 
-def test_convert_cli_round_trip(tmp_path, capsys):
+def test_convert_cli_round_trip(tmp_path, capsys, monkeypatch):
     from attngan.cli import main
     from attngan.cli.convert import convert
 
@@ -501,41 +501,43 @@ def test_convert_cli_round_trip(tmp_path, capsys):
         "--out",
         str(native),
     ]
-    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
-        for name in ("G.pth", "T.pth", "D.pth"):
-            os.replace(tmp_path / name, Path(cwd) / name)
-        res = runner.invoke(convert, args)
-        assert res.exit_code == 0, res.output
-        assert "gf_dim=4" in res.output and "vocab_size=6" in res.output and "image_size=16" in res.output
-        assert "needs: vocab.json" in res.output
+    cwd = tmp_path / "cwd"  # relative file names, read from the working directory
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for name in ("G.pth", "T.pth", "D.pth"):
+        os.replace(tmp_path / name, cwd / name)
+    res = runner.invoke(convert, args)
+    assert res.exit_code == 0, res.output
+    assert "gf_dim=4" in res.output and "vocab_size=6" in res.output and "image_size=16" in res.output
+    assert "needs: vocab.json" in res.output
 
-        g = load_component(native / "generator", Generator, GeneratorConfig)
-        assert g.config == TINY_G
-        assert all(torch.equal(g.state_dict()[k], v) for k, v in g_state.items())
-        assert load_component(native / "text_encoder", TextEncoder, TextEncoderConfig).config == te_cfg
-        assert (native / "discriminator0" / "model.safetensors").is_file()
-        small = ImageEncoder(ImageEncoderConfig(backbone="small", input_size=32, embed_dim=16))
-        save_component(native / "image_encoder", small, small.config)
+    g = load_component(native / "generator", Generator, GeneratorConfig)
+    assert g.config == TINY_G
+    assert all(torch.equal(g.state_dict()[k], v) for k, v in g_state.items())
+    assert load_component(native / "text_encoder", TextEncoder, TextEncoderConfig).config == te_cfg
+    assert (native / "discriminator0" / "model.safetensors").is_file()
+    small = ImageEncoder(ImageEncoderConfig(backbone="small", input_size=32, embed_dim=16))
+    save_component(native / "image_encoder", small, small.config)
 
-        again = runner.invoke(convert, args)  # existing output: a user error, nothing overwritten
-        assert isinstance(again.exception, UserError) and "already exists" in str(again.exception)
-        with pytest.raises(SystemExit) as exit_info:  # the console entry point prints it as one line
-            main(["convert", *args])
-        err = capsys.readouterr().err
-        assert exit_info.value.code == 2 and "already exists" in err and "Traceback" not in err
+    again = runner.invoke(convert, args)  # existing output: a user error, nothing overwritten
+    assert isinstance(again.exception, UserError) and "already exists" in str(again.exception)
+    with pytest.raises(SystemExit) as exit_info:  # the console entry point prints it as one line
+        main(["convert", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "already exists" in err and "Traceback" not in err
 
-        back = tmp_path / "back"
-        res = runner.invoke(convert, ["--from-native", str(native), "--to-original", "--out", str(back)])
-        assert res.exit_code == 0, res.output
-        assert "skipped image_encoder" in res.output
-        assert sorted(p.name for p in back.iterdir()) == ["netD0.pth", "netG.pth", "text_encoder.pth"]
-        for file, expected in (("netG.pth", g_state), ("text_encoder.pth", te_state), ("netD0.pth", d_state)):
-            loaded = torch.load(back / file, weights_only=True)
-            assert list(loaded) == list(expected)
-            assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+    back = tmp_path / "back"
+    res = runner.invoke(convert, ["--from-native", str(native), "--to-original", "--out", str(back)])
+    assert res.exit_code == 0, res.output
+    assert "skipped image_encoder" in res.output
+    assert sorted(p.name for p in back.iterdir()) == ["netD0.pth", "netG.pth", "text_encoder.pth"]
+    for file, expected in (("netG.pth", g_state), ("text_encoder.pth", te_state), ("netD0.pth", d_state)):
+        loaded = torch.load(back / file, weights_only=True)
+        assert list(loaded) == list(expected)
+        assert all(torch.equal(loaded[k], v) for k, v in expected.items())
 
-        bad = runner.invoke(convert, ["--from-native", str(native), "--generator", "G.pth", "--out", "x"])
-        assert bad.exit_code == 2 and "cannot be combined" in bad.output
+    bad = runner.invoke(convert, ["--from-native", str(native), "--generator", "G.pth", "--out", "x"])
+    assert bad.exit_code == 2 and "cannot be combined" in bad.output
 
 
 def test_convert_writes_vocabulary_of_captions_pickle(tmp_path):

@@ -207,17 +207,24 @@ class _ToyLogits(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))  # (B, 5)
 
 
+@pytest.mark.skipif(not hasattr(torch.export, "Dim"), reason="torch.export.Dim needs torch >= 2.2")
+def test_load_classifier_exported_program(tmp_path):
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    net = _ToyLogits()
+    pooled = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear").mean(dim=(2, 3))
+    big = torch.rand(2, 3, 299, 299)
+    exported = torch.export.export(net, (big,), dynamic_shapes=({0: torch.export.Dim("b")},))
+    torch.export.save(exported, str(tmp_path / "clf.pt2"))
+    fn_ep, desc_ep = load_classifier(tmp_path / "clf.pt2")
+    assert torch.allclose(fn_ep(x), torch.softmax(net.fc(pooled), 1), atol=1e-5) and "exported" in desc_ep
+
+
 def test_load_classifier_module_torchscript_and_unbiased_logits(tmp_path):
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     net = _ToyLogits()
     pooled = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear").mean(dim=(2, 3))  # (4, 3)
     fn, desc = load_classifier(net)
     assert torch.allclose(fn(x), torch.softmax(net(x), 1), atol=1e-5) and "_ToyLogits" in desc
-    big = torch.rand(2, 3, 299, 299)
-    exported = torch.export.export(_ToyLogits(), (big,), dynamic_shapes=({0: torch.export.Dim("b")},))
-    torch.export.save(exported, str(tmp_path / "clf.pt2"))
-    fn_ep, desc_ep = load_classifier(tmp_path / "clf.pt2")
-    assert torch.allclose(fn_ep(x), torch.softmax(net.fc(pooled), 1), atol=1e-5) and "exported" in desc_ep
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in torch 2.x, still read
         torch.jit.script(_ToyLogits()).save(str(tmp_path / "clf.ts"))

@@ -15,6 +15,7 @@ from attngan.config import PRESETS, apply_overrides
 from attngan.errors import CheckpointError
 from attngan.training import NonFiniteLossError, TrainingInterrupted, train_damsm, train_gan
 from attngan.training.gan import update_ema
+from attngan.training.runtime import make_grad_scaler
 from attngan.training.state import latest_checkpoint, load_state
 
 # Small enough that a whole DAMSM run takes seconds; a higher lr than the preset's so it learns in 80 steps.
@@ -557,7 +558,7 @@ def _gan_loss_setup(generator_config, image_config, gan_cfg, damsm_cfg):
     loss = GANLoss(
         generator=g, discriminators=ds, d_objectives=[DiscriminatorObjective(x, gan_cfg.uncond_weight) for x in ds],
         image_encoder=enc, gan_cfg=gan_cfg, damsm_cfg=damsm_cfg, autocast=contextlib.nullcontext,
-        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        scaler=make_grad_scaler(torch.device("cpu"), "no"),
     )  # fmt: skip
     return ds, enc, batch, text, loss, loss.generate(batch, text, with_grad=True)
 

@@ -50,7 +50,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
         with open(path, "rb") as f:
             head = f.read(4)
         pickled = head.startswith((b"PK\x03\x04", b"\x80"))  # a torch zip file, or a legacy pickle
-        if pickled and ("Unsupported global" in text or "Unsupported operand" in text or "not an allowed global" in text):
+        markers = ("Unsupported global", "Unsupported operand", "not an allowed global", "Unsupported class")
+        if pickled and any(m in text for m in markers):  # the wording of torch 2.1-2.5 and of 2.6+
             raise CheckpointError(
                 f"{path} contains Python objects other than tensors and plain containers; it is refused "
                 "because loading it could run arbitrary code. Re-save it as a plain state dict."

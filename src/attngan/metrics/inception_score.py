@@ -169,6 +169,8 @@ def load_classifier(
             f"classifier {name!r} is neither 'torchvision-imagenet', 'fid-inception' nor an existing file"
         )
     if path.suffix == ".pt2":  # torch.export.save of an ExportedProgram
+        if not hasattr(torch.export, "load") or not hasattr(torch.export.ExportedProgram, "module"):
+            raise UserError(f"reading the exported program {path.name} needs torch >= 2.2 (this is {torch.__version__})")
         net = torch.export.load(str(path)).module()
         return _SoftmaxClassifier(net).to(device), f"exported classifier {path.name}"
     if _is_torchscript(path):

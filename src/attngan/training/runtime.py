@@ -154,7 +154,10 @@ def check_mixed_precision(device: torch.device, mode: str) -> str:
 
 def make_grad_scaler(device: torch.device, mode: str) -> torch.amp.GradScaler:
     """Loss scaling for fp16 on CUDA; a disabled (pass-through) scaler otherwise."""
-    return torch.amp.GradScaler("cuda", enabled=(mode == "fp16" and device.type == "cuda"))
+    enabled = mode == "fp16" and device.type == "cuda"
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
 # glibc mallopt parameters (malloc.h)
