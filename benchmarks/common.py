@@ -126,6 +126,13 @@ def matmul_gflops(
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def reference_matmul_dtype(device: torch.device) -> torch.dtype:
+    """The dtype whose matmul rate the tables compare against: bf16 on a GPU that has it, else float32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
 def time_calls(
     fn: Callable[[], object],
     device: torch.device,
@@ -772,7 +779,9 @@ def measure(
     """
     preset = preset_by_name(preset_name, overrides)
     load_before = os.getloadavg()[0]
-    rate = matmul_gflops(device)
+    # The reference rate: float32 on CPU; on a GPU its bf16 rate (the issue's target is a fraction of it).
+    mm_dtype = reference_matmul_dtype(device)
+    rate = matmul_gflops(device, dtype=mm_dtype)
     if kind == "sample" and config in PIPELINE_CONFIGS:
         options = PLAIN  # the library decides (AttnGANPipeline(fast=...))
         fn = pipeline_workload(preset, batch_size, device, fast=config == "pipeline")
@@ -804,6 +813,7 @@ def measure(
         "delta_mb": peak - base,
         "peak_since_build": reset_ok,
         "matmul_gflops": rate,
+        "matmul_dtype": str(mm_dtype).removeprefix("torch."),
         "load": [load_before, os.getloadavg()[0]],
         "threads": torch.get_num_threads(),
         "device": machine_description(device),
@@ -908,6 +918,7 @@ def print_table(rows: list[dict], unit: str) -> None:
     )
     print(head)
     print("-" * len(head))
+    dtypes = sorted({r.get("matmul_dtype", "float32") for r in rows})
     for r in rows:
         ref = plain.get((r["preset"], r["batch_size"]))
         per_s = r["batch_size"] / r["median_s"]
@@ -926,6 +937,7 @@ def print_table(rows: list[dict], unit: str) -> None:
             f"{exec_flops / 1e9 if exec_flops else float('nan'):>11.1f} "
             f"{achieved or float('nan'):>6.1f} {r['matmul_gflops']:>7.0f} {pct:>5} {load:>9}"
         )
+    print(f"# mm GF/s: rate of a 2048 x 2048 {'/'.join(dtypes)} matmul in the same worker; %mm = GF/s over it")
 
 
 def bench_main(script: str, kind: str, doc: str, configs: list[str], batch_sizes: list[int], unit: str, reps: int = 3):
