@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, time_calls  # noqa: E402
+from common import machine_description, synchronize, time_calls  # noqa: E402
 
 
 def workloads(device: torch.device, dtype: torch.dtype, batch: int):
@@ -84,6 +84,7 @@ def main() -> None:
         for name, gflop, fn in workloads(device, dtype, args.batch_size):
             start = time.perf_counter()
             fn()
+            synchronize(device)
             first = time.perf_counter() - start
             if first > args.max_seconds:
                 seconds = first

@@ -13,7 +13,8 @@ does not depend on the weights). Rows, each run twice in interleaved rounds in t
 * ``plain``: ``gan_train.fast_kernels=false gan_train.channels_last=false`` (float32, eager, upsample then
   conv, explicit attention with maps, BatchNorm as separate ops, channels-first);
 * ``fast_kernels``: ``gan_train.fast_kernels=true gan_train.channels_last=false``;
-* ``fast`` (the default settings): ``fast_kernels`` and channels-last.
+* ``fast`` (the default settings): ``fast_kernels`` and channels-last, and on a GPU bf16 autocast
+  (``gan_train.mixed_precision=auto``; the other rows are float32).
 
 The median seconds per step of each run (after 2 warm-up steps) are printed, and images/s from their
 median.
@@ -37,9 +38,9 @@ from attngan.training.gan import train_gan
 from attngan.training.runtime import tune_cpu_allocator
 
 CONFIGS = {
-    "plain": ["gan_train.fast_kernels=false", "gan_train.channels_last=false"],
-    "fast_kernels": ["gan_train.fast_kernels=true", "gan_train.channels_last=false"],
-    "fast": ["gan_train.fast_kernels=true", "gan_train.channels_last=true"],
+    "plain": ["gan_train.fast_kernels=false", "gan_train.channels_last=false", "gan_train.mixed_precision=no"],
+    "fast_kernels": ["gan_train.fast_kernels=true", "gan_train.channels_last=false", "gan_train.mixed_precision=no"],
+    "fast": ["gan_train.fast_kernels=true", "gan_train.channels_last=true", "gan_train.mixed_precision=auto"],
 }
 
 
@@ -72,15 +73,21 @@ def make_encoders(base, tmp: str) -> Path:
     return damsm.run_dir
 
 
-def loop_step_times(base, config: str, damsm_dir: Path, tmp: str, steps: int) -> list[float]:
+def loop_step_times(base, config: str, damsm_dir: Path, tmp: str, steps: int, device: str) -> list[float]:
     """Seconds per step of ``train_gan`` with the settings of ``CONFIGS[config]``, warm-up steps dropped."""
     stamps: list[float] = []
     train_gan(
-        apply_overrides(base, CONFIGS[config]), damsm=damsm_dir, runs_dir=tmp, device="cpu", max_steps=steps,
+        apply_overrides(base, CONFIGS[config]), damsm=damsm_dir, runs_dir=tmp, device=device, max_steps=steps,
         progress=False, tensorboard=False, num_samples=0, keep_checkpoints=1,
         callback=lambda info: stamps.append(time.perf_counter()),
     )  # fmt: skip
     return [b - c for b, c in zip(stamps[1:], stamps[:-1])][2:]
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -91,6 +98,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the DAMSM encoders are made on the CPU)")
     p.add_argument("--set", action="append", default=[], help="preset override section.key=value")
     p.add_argument(
         "--tune-malloc", action="store_true",
@@ -107,10 +115,10 @@ def main() -> None:
         per_step: dict[str, list[float]] = {}
         for rnd in range(a.rounds):
             for name in a.configs:
-                per_step.setdefault(name, []).append(statistics.median(loop_step_times(base, name, damsm_dir, tmp, a.steps)))
+                per_step.setdefault(name, []).append(statistics.median(loop_step_times(base, name, damsm_dir, tmp, a.steps, a.device)))
                 print(f"  {name} round {rnd + 1}: {per_step[name][-1]:.3f} s/step", flush=True)
     print(
-        f"# {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, "
+        f"# {time.strftime('%Y-%m-%d %H:%M')}  {device_name(a.device)}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, load {os.getloadavg()[0]:.1f}, "
         f"malloc {'tuned' if a.tune_malloc else 'default'}"
     )

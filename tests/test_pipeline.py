@@ -232,3 +232,26 @@ def test_fast_sampling_copy_equals_plain_and_follows_weight_changes():
     c, d = fast(PROMPTS, seed=5), plain(PROMPTS, seed=5)
     assert not torch.allclose(c.stage_tensors[0][-1], a.stage_tensors[0][-1], atol=1e-3)
     torch.testing.assert_close(c.stage_tensors[0][-1], d.stage_tensors[0][-1], atol=2e-4, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_sampling_draws_the_cpu_images_and_maps():
+    """The noise is drawn on the CPU from the seeds, so a GPU draws the same images up to rounding."""
+    torch.manual_seed(0)
+    vocab = shapes_vocabulary()
+    tiny = PRESETS["tiny"]
+    te = TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab)))
+    g = Generator(tiny.generator)
+    _randomise_batchnorm(g, 1)
+    cpu = AttnGANPipeline(te, g, vocab)(PROMPTS, seed=[5, 6])
+    gpu_pipe = AttnGANPipeline(te, g, vocab).to("cuda")
+    for fast in (True, False):
+        gpu_pipe.fast = fast
+        gpu = gpu_pipe(PROMPTS, seed=[5, 6])
+        for a, b in zip(cpu.stage_tensors, gpu.stage_tensors):
+            for x, y in zip(a, b):
+                assert y.device.type == "cpu"
+                torch.testing.assert_close(y, x, atol=2e-3, rtol=0)
+        for a, b in zip(cpu.attention_maps, gpu.attention_maps):
+            for x, y in zip(a, b):
+                torch.testing.assert_close(y.cpu(), x, atol=2e-3, rtol=0)

@@ -135,6 +135,48 @@ def test_gan_damsm_term_of_g_falls(tmp_path, damsm_run):
     assert end < 0.7 * start, (start, end)
 
 
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_mixed_precision_path_learns_under_cpu_autocast(tmp_path, damsm_run, monkeypatch, mode):
+    """gan_train.mixed_precision runs on CUDA only; its code path (autocast around the networks, float32
+    DAMSM scores, the GradScaler over every optimizer, FlatAdam) is run here with CPU autocast and a CPU
+    GradScaler, so that a dtype mismatch or a scaler misuse shows without a GPU. The networks must really
+    run in the low precision, and the DAMSM term of G must fall as in float32."""
+    import attngan.training.gan as gan_module
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+    monkeypatch.setattr(gan_module, "check_mixed_precision", lambda device, m: m)
+    monkeypatch.setattr(gan_module, "autocast", lambda device, m: torch.autocast("cpu", dtype=dtype))
+    scalers = []
+
+    def cpu_scaler(device, m):
+        scalers.append(torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=m == "fp16"))
+        return scalers[-1]
+
+    monkeypatch.setattr(gan_module, "make_grad_scaler", cpu_scaler)
+    seen_dtypes: set[torch.dtype] = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: seen_dtypes.add(out.dtype)
+        if isinstance(module, torch.nn.Conv2d) and torch.is_tensor(out) else None
+    )
+    terms: list[float] = []
+    try:
+        result = run_gan(
+            tmp_path, damsm_run, 40, "data.num_images=32", "gan_loss.damsm_lambda=50", "gan_train.g_lr=0.002",
+            "gan_train.snapshot_every=1000", f"gan_train.mixed_precision={mode}",
+            callback=lambda info: terms.append(info.losses["G/damsm"]),
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    assert dtype in seen_dtypes, seen_dtypes
+    assert all(math.isfinite(t) for t in terms)
+    start, end = sum(terms[:5]) / 5, sum(terms[-5:]) / 5
+    assert end < 0.7 * start, (start, end)
+    state = load_state(result.checkpoint, "gan")
+    assert all(v.dtype == torch.float32 for v in state["models"]["generator"].values() if v.is_floating_point())
+    if mode == "fp16":
+        assert scalers[0].is_enabled() and state["scaler"] is not None and state["scaler"]["scale"] > 0
+
+
 def test_gan_run_exports_a_model_folder(tmp_path, damsm_run):
     result = run_gan(tmp_path, damsm_run, 3)
     model = result.model_dir
@@ -380,10 +422,15 @@ def test_update_ema_averages_parameters_and_copies_buffers():
         assert torch.equal(b_ema, b)
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fast_kernels_give_the_same_losses_and_weights(tmp_path, damsm_run, channels_last):
+def test_fast_kernels_give_the_same_losses_and_weights(tmp_path, damsm_run, channels_last, device, monkeypatch):
     """gan_train.fast_kernels (transposed-conv upsampling, im2col convs, fused attention, folded encoder
     BN) and channels-last change only float rounding: same losses at every step, same weights after them."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 convolutions on a GPU too
     runs = {}
     for fast in (False, True):
         seen: list[dict[str, float]] = []
@@ -395,6 +442,8 @@ def test_fast_kernels_give_the_same_losses_and_weights(tmp_path, damsm_run, chan
             f"gan_train.fast_kernels={fast}",
             f"gan_train.channels_last={channels_last and fast}",
             "gan_train.snapshot_every=1000",
+            "gan_train.mixed_precision=no",
+            device=device,
             callback=lambda info, seen=seen: seen.append(dict(info.losses)),
         )
         runs[fast] = (seen, weights(result.checkpoint))
@@ -686,3 +735,52 @@ def test_a_full_disk_names_the_newest_checkpoint_on_disk(tmp_path, damsm_run, mo
     monkeypatch.setattr(gan_module, "_export", export_fills_the_disk)
     with pytest.raises(DiskFullError, match=r"state-00000004\.pt is intact"):
         run_gan(tmp_path, damsm_run, 10, "gan_train.snapshot_every=2")
+
+
+def test_mixed_precision_auto_is_bf16_on_cuda_only(caplog):
+    from attngan.errors import UserError
+    from attngan.training.runtime import check_mixed_precision
+
+    cpu = torch.device("cpu")
+    with caplog.at_level("WARNING"):
+        assert check_mixed_precision(cpu, "auto") == "no" and not caplog.records  # no warning for the default
+        assert check_mixed_precision(cpu, "bf16") == "no" and "needs CUDA" in caplog.text
+    assert check_mixed_precision(cpu, "no") == "no"
+    with pytest.raises(UserError, match="auto, no, bf16, fp16"):
+        check_mixed_precision(cpu, "fp8")
+    if torch.cuda.is_available():
+        want = "bf16" if torch.cuda.is_bf16_supported() else "no"
+        assert check_mixed_precision(torch.device("cuda"), "auto") == want
+
+
+def test_cudnn_autotuner_is_on_during_training_only_unless_determinism_was_asked():
+    from attngan.training.runtime import cudnn_autotuner
+
+    cudnn = torch.backends.cudnn
+    before = (cudnn.benchmark, cudnn.deterministic)
+    try:
+        cudnn.benchmark, cudnn.deterministic = False, False
+        with cudnn_autotuner(True):
+            assert cudnn.benchmark
+        assert not cudnn.benchmark
+        with cudnn_autotuner(False):
+            assert not cudnn.benchmark
+        cudnn.deterministic = True
+        with cudnn_autotuner(True):
+            assert not cudnn.benchmark
+    finally:
+        cudnn.benchmark, cudnn.deterministic = before
+
+
+@CUDA
+def test_cuda_training_with_the_default_mixed_precision_learns_and_resumes(tmp_path, damsm_run):
+    terms: list[float] = []
+    settings = ["data.num_images=32", "gan_loss.damsm_lambda=50", "gan_train.g_lr=0.002", "gan_train.snapshot_every=1000"]
+    result = run_gan(
+        tmp_path, damsm_run, 40, *settings, device="cuda", callback=lambda info: terms.append(info.losses["G/damsm"])
+    )
+    assert all(math.isfinite(t) for t in terms)
+    start, end = sum(terms[:5]) / 5, sum(terms[-5:]) / 5
+    assert end < 0.7 * start, (start, end)
+    resumed = run_gan(tmp_path, damsm_run, 42, resume=result.run_dir, device="cuda")
+    assert resumed.step == 42 and resumed.run_dir == result.run_dir

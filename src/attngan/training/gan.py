@@ -68,6 +68,7 @@ from .runtime import (
     autocast,
     broadcast_object,
     check_mixed_precision,
+    cudnn_autotuner,
     gather_rng_states,
     init_distributed,
     make_grad_scaler,
@@ -498,7 +499,7 @@ def train_gan(
     modules = {"generator": generator, "generator_ema": generator_ema} | {f"discriminator{i}": d for i, d in enumerate(discriminators)}
     hint = "Lower gan_train.g_lr/d_lr, try gan_loss.damsm_lambda or another seed, or check the data."
     try:
-        with InterruptGuard() as guard:
+        with InterruptGuard() as guard, cudnn_autotuner(dev.type == "cuda" and cfg.fast_kernels):
             generator.train()
             for d in discriminators:
                 d.train()

@@ -46,7 +46,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -140,10 +140,30 @@ def autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManag
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
+@contextlib.contextmanager
+def cudnn_autotuner(on: bool) -> Iterator[None]:
+    """While training: cuDNN times its convolution algorithms once per shape and keeps the fastest (the
+    image sizes are fixed, so there are few shapes). Left off where the user asked for determinism."""
+    before = torch.backends.cudnn.benchmark
+    if on and not torch.backends.cudnn.deterministic:
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def check_mixed_precision(device: torch.device, mode: str) -> str:
-    """The mode actually used: mixed precision runs on CUDA only (a warning says so elsewhere)."""
+    """The mode actually used: mixed precision runs on CUDA only (a warning says so elsewhere).
+
+    ``auto`` is bf16 on a CUDA GPU that supports it and float32 everywhere else: on the CPUs measured,
+    bf16 and fp16 convolutions are slower than float32 (``benchmarks/bench_dtypes.py``), and fp16 on
+    older GPUs needs loss scaling, which stays a choice (``fp16``).
+    """
     if mode not in MIXED_PRECISION:
         raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mode!r}")
+    if mode == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
     if mode != "no" and device.type != "cuda":
         log.warning("mixed_precision=%s needs CUDA; training on %s in float32", mode, device)
         return "no"
