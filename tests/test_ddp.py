@@ -38,6 +38,8 @@ def _worker(rank: int, world_size: int, port: int, damsm_dir: str, runs_dir: str
     final: dict[str, dict[str, torch.Tensor]] = {}
 
     def keep(info) -> None:
+        if info.step == 1:  # the global RNG that drew this step's noise z and CA noise
+            final["rng"] = {"state": torch.get_rng_state()}
         if info.step == STEPS:
             for name in ("generator", "discriminator0", "discriminator1"):
                 final[name] = {k: p.detach().clone() for k, p in info.modules[name].named_parameters()}
@@ -74,6 +76,8 @@ def test_two_gloo_processes_hold_identical_trained_weights(tmp_path):
         join=True,
     )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    # Same weights, but each process draws its own noise (one seed for all would repeat z on every rank).
+    assert not torch.equal(ranks[0].pop("rng")["state"], ranks[1].pop("rng")["state"])
     assert set(ranks[0]) == {"generator", "discriminator0", "discriminator1"} == set(ranks[1])
     for name, params in ranks[0].items():
         for k, v in params.items():

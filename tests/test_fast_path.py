@@ -119,6 +119,20 @@ def test_sdpa_equals_explicit_attention(seed):
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sdpa_runs_a_fused_cuda_kernel(seed):
+    """On a GPU the word attention without maps must reach a fused kernel (3-D inputs fell back to the math
+    kernel, which keeps the whole (B, Q, T) score tensor)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    h, words = torch.randn(3, 32, 16, 16, device="cuda"), torch.randn(3, 32, 7, device="cuda")
+    mask = _mask([7, 2, 4], 7).cuda()
+    explicit, _ = word_attention(h, words, mask, need_weights=True)
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):  # raises when no fused kernel takes the inputs
+        fused, _ = word_attention(h, words, mask, need_weights=False)
+    torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-4)
+
+
 def test_generator_without_maps_equals_with_maps(seed, tiny_generator_config):
     g = Generator(tiny_generator_config).eval()
     d, t = tiny_generator_config.embed_dim, 6
@@ -448,3 +462,19 @@ def test_padding_the_words_to_a_fixed_count_changes_nothing(seed, tiny_generator
     torch.testing.assert_close(terms[1], terms[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(grads[0], grads[1]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_upsample_kernel_cache_survives_leaving_autocast(seed, tiny_generator_config):
+    # The cached kernel was once composed in bf16 under autocast and then failed against float32 inputs.
+    from attngan.nn import Generator
+    from attngan.nn.fast import set_fast_upsample
+
+    g = set_fast_upsample(Generator(tiny_generator_config).eval())
+    b, t = 2, 5
+    words, sentence = torch.randn(b, tiny_generator_config.embed_dim, t), torch.randn(b, tiny_generator_config.embed_dim)
+    mask = torch.zeros(b, t, dtype=torch.bool)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            g(None, sentence, words, mask)
+        out = g(None, sentence, words, mask)
+    assert out.images[-1].dtype == torch.float32

@@ -749,8 +749,20 @@ def test_mixed_precision_auto_is_bf16_on_cuda_only(caplog):
     with pytest.raises(UserError, match="auto, no, bf16, fp16"):
         check_mixed_precision(cpu, "fp8")
     if torch.cuda.is_available():
-        want = "bf16" if torch.cuda.is_bf16_supported() else "no"
+        want = "bf16" if torch.version.hip or torch.cuda.get_device_capability()[0] >= 8 else "no"
         assert check_mixed_precision(torch.device("cuda"), "auto") == want
+
+
+def test_mixed_precision_auto_leaves_emulated_bf16_alone(monkeypatch):
+    # torch.cuda.is_bf16_supported() is True on a T4 / V100 (emulated bf16, slower than float32)
+    from attngan.training import runtime
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert runtime.check_mixed_precision(torch.device("cuda", 0), "auto") == "no"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert runtime.check_mixed_precision(torch.device("cuda", 0), "auto") == "bf16"
 
 
 def test_cudnn_autotuner_is_on_during_training_only_unless_determinism_was_asked():
@@ -784,3 +796,15 @@ def test_cuda_training_with_the_default_mixed_precision_learns_and_resumes(tmp_p
     assert end < 0.7 * start, (start, end)
     resumed = run_gan(tmp_path, damsm_run, 42, resume=result.run_dir, device="cuda")
     assert resumed.step == 42 and resumed.run_dir == result.run_dir
+
+
+def test_a_numbered_gpu_under_torchrun_is_refused(monkeypatch):
+    from attngan.errors import UserError
+    from attngan.training.runtime import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES"):
+        init_distributed("cuda:0")
+    with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES"):
+        init_distributed(torch.device("cuda", 0))

@@ -384,7 +384,8 @@ class AttnGANPipeline:
         with _eval_mode(self.text_encoder, self.generator):
             for ks in batches:
                 chunk = [per_image[k] for k in ks]
-                captions, lengths, mask = (x.to(device) for x in self._batch([e for _, e in chunk]))
+                captions, lengths, mask = self._batch([e for _, e in chunk])
+                captions, mask = captions.to(device), mask.to(device)  # lengths stay on the CPU (the LSTM's packing)
                 words, sentence = self.text_encoder(captions, lengths)  # (B, D, T), (B, D)
                 result = sampling_generator(
                     z_all[ks].to(device=device, dtype=dtype),
@@ -396,10 +397,13 @@ class AttnGANPipeline:
                     legacy_mask_bug=legacy_mask_bug,
                     need_attention=return_attention,
                 )
+                # One copy to the host per output (not one per image and stage: each is a synchronisation).
+                images_cpu = [img.float().cpu() for img in result.images]
+                maps_cpu = [a.float().cpu() for a in result.attention]
                 for j, (k, (_, enc)) in enumerate(zip(ks, chunk)):
-                    # (3, s, s) per stage, contiguous (the fast copy works channels-last)
-                    stages = [img[j].float().cpu().contiguous() for img in result.images]
-                    maps = [a[j, : enc.length].float().cpu().contiguous() for a in result.attention]
+                    # (3, s, s) per stage, contiguous (the fast copy works channels-last), not views of the batch
+                    stages = [img[j].clone(memory_format=torch.contiguous_format) for img in images_cpu]
+                    maps = [a[j, : enc.length].clone(memory_format=torch.contiguous_format) for a in maps_cpu]
                     done[k] = (stages, maps)
         for k, (prompt, enc) in enumerate(per_image):
             stages, maps = done[k]

@@ -52,9 +52,11 @@ def word_attention(
     else:
         full_mask = None
     if not need_weights:
-        attn_mask = None if full_mask is None else ~full_mask  # SDPA: True = take part
-        keys = words.transpose(1, 2)  # (B, T, C)
-        ctx = F.scaled_dot_product_attention(query, keys, keys, attn_mask=attn_mask, scale=1.0)  # (B, Q, C)
+        # One head (B, 1, ., .): CUDA's fused kernels take 4-D inputs only (3-D falls back to the math kernel).
+        attn_mask = None if full_mask is None else ~full_mask[:, None]  # SDPA: True = take part
+        keys = words.transpose(1, 2)[:, None]  # (B, 1, T, C)
+        ctx = F.scaled_dot_product_attention(query[:, None], keys, keys, attn_mask=attn_mask, scale=1.0)
+        ctx = ctx[:, 0]  # (B, Q, C)
         return ctx.transpose(1, 2).reshape(b, c, hh, ww), None
     logits = torch.bmm(query, words)  # (B, Q, T): s'_{j,i}
     if full_mask is not None:

@@ -53,7 +53,8 @@ class ConditioningAugmentation(nn.Module):
         if use_mean:
             return mu, mu, logvar
         if noise is None:
-            noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            # sentence's dtype, as z: under autocast mu is bf16/fp16, and eps would be drawn at that precision
+            noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=sentence.dtype)
         return mu + noise * torch.exp(0.5 * logvar), mu, logvar
 
 

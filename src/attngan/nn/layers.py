@@ -6,6 +6,7 @@ keys match the original release (e.g. ``upsample1.1.weight`` is the conv after t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -138,7 +139,11 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 def upsample_kernel(weight: torch.Tensor) -> torch.Tensor:
     """The (I, O, 4, 4) transposed-conv kernel equal to upsample-2x-then-``weight`` (O, I, 3, 3)."""
     m = weight.new_tensor(_UPSAMPLE_TAPS)  # (4, 3)
-    kernel = torch.einsum("ka,oiab,lb->iokl", m, weight, m)  # (I, O, 4, 4): conv_transpose2d layout
+    # In the weight's dtype even under autocast: the kernel may be cached and reused outside the autocast
+    # region (a bf16 kernel against float32 inputs fails); the conv that follows casts it where autocast is on.
+    off = weight.device.type in ("cpu", "cuda")
+    with torch.autocast(weight.device.type, enabled=False) if off else contextlib.nullcontext():
+        kernel = torch.einsum("ka,oiab,lb->iokl", m, weight, m)  # (I, O, 4, 4): conv_transpose2d layout
     if weight.is_contiguous(memory_format=torch.channels_last):  # keep the network's memory format
         kernel = kernel.contiguous(memory_format=torch.channels_last)
     return kernel

@@ -201,6 +201,8 @@ def train_damsm(
     objective = DAMSMObjective(text_encoder, image_encoder, preset.damsm_loss)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
+    if dist_info.distributed:  # same weights everywhere, but each process its own dropout masks
+        torch.manual_seed(cfg.seed + dist_info.rank)
 
     # Restore the state when resuming; otherwise create the run folder.
     step = epoch = batch_in_epoch = 0

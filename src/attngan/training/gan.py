@@ -364,6 +364,8 @@ def train_gan(
     discriminators = [Discriminator(c).to(dev, memory_format=memory_format) for c in d_cfgs]
     judge_encoder = _fast_modules(generator, discriminators, image_encoder, dev, memory_format) if cfg.fast_kernels else image_encoder
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
+    if dist_info.distributed:  # same weights everywhere, but each process its own noise z / CA noise
+        torch.manual_seed(cfg.seed + dist_info.rank)
     # FlatAdam: Adam's update and state dict, by the fused kernel without copies or temporaries (optim.py).
     adam = FlatAdam if cfg.fast_kernels else torch.optim.Adam
     opt_g = adam(generator.parameters(), lr=cfg.g_lr, betas=tuple(cfg.betas))
@@ -511,9 +513,10 @@ def train_gan(
                 ):  # fmt: skip
                     # Fetch training data; encode the captions with the frozen text encoder.
                     in_step = True
+                    lengths_cpu = batch.lengths  # pack_padded_sequence wants them on the CPU: no copy back
                     batch = batch.to(dev, non_blocking=True)
                     with torch.no_grad():
-                        words, sentence = text_encoder(batch.captions, batch.lengths)  # (B, D, T), (B, D)
+                        words, sentence = text_encoder(batch.captions, lengths_cpu)  # (B, D, T), (B, D)
                     text = TextFeatures(words.detach(), sentence.detach())
                     if cfg.compile:  # one word count for every batch: compiled code without dynamic shapes
                         batch, text = pad_words(batch, text, preset.data.words_num)

@@ -111,8 +111,16 @@ def init_distributed(device_spec: str | torch.device | None = None) -> tuple[Dis
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 and not dist.is_initialized():
-        return DistInfo(), resolve_device(device_spec)
+        device = resolve_device(device_spec)
+        if device.type == "cuda":  # else pinned batches and cuda.* queries go to cuda:0's context
+            torch.cuda.set_device(device)
+        return DistInfo(), device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_spec is not None and str(device_spec).startswith("cuda:"):  # every process would take that GPU
+        raise UserError(
+            f"--device {device_spec} under torchrun: each process takes the GPU of its LOCAL_RANK; use --device "
+            "cuda (or auto), and choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
     device = resolve_device(device_spec, local_rank)
     if device.type == "mps":
         raise UserError("distributed training on MPS is not supported; use --device cpu or one process")
@@ -153,6 +161,13 @@ def cudnn_autotuner(on: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+def _native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware on this device (Ampere or newer, or ROCm); ``torch.cuda.is_bf16_supported()`` also
+    says yes for the emulated bf16 of older GPUs (T4, V100), which is slower than float32, and it asks
+    about the current device rather than ``device``."""
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def check_mixed_precision(device: torch.device, mode: str) -> str:
     """The mode actually used: mixed precision runs on CUDA only (a warning says so elsewhere).
 
@@ -163,7 +178,7 @@ def check_mixed_precision(device: torch.device, mode: str) -> str:
     if mode not in MIXED_PRECISION:
         raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mode!r}")
     if mode == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if device.type == "cuda" and _native_bf16(device) else "no"
     if mode != "no" and device.type != "cuda":
         log.warning("mixed_precision=%s needs CUDA; training on %s in float32", mode, device)
         return "no"
@@ -231,8 +246,8 @@ def all_reduce_mean(values: dict[str, torch.Tensor], info: DistInfo, flags: int 
     if dist.get_backend() == "nccl" and device.type != "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     scalars = [values[k].detach().float().reshape(()).to(device) for k in names]
-    bits = [torch.tensor(float((flags >> b) & 1), device=device) for b in range(8)]
-    buf = torch.stack(scalars + bits)  # (n + 8,)
+    bits = torch.tensor([float((flags >> b) & 1) for b in range(8)], device=device)  # one copy, not eight
+    buf = torch.cat([torch.stack(scalars), bits]) if scalars else bits  # (n + 8,)
     dist.all_reduce(buf)
     n = len(names)
     host = buf.tolist()
