@@ -814,3 +814,19 @@ def test_a_numbered_gpu_under_torchrun_is_refused(monkeypatch):
         init_distributed("cuda:0")
     with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES"):
         init_distributed(torch.device("cuda", 0))
+
+
+def test_loader_workers_auto_feeds_a_gpu_and_leaves_a_cpu_step_its_cores(monkeypatch):
+    from attngan.training.data import loader_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert loader_workers(-1, cpu) == 0 and loader_workers(3, cpu) == 3 and loader_workers(0, gpu) == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert loader_workers(-1, gpu) == 8  # one core stays with the training process
+    assert loader_workers(-1, gpu, world_size=4) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert loader_workers(-1, gpu, world_size=2) == 0
+    from attngan.config import check_preset
+
+    with pytest.raises(ValueError, match="-1 for auto"):
+        check_preset(apply_overrides(PRESETS["tiny"], ["data.workers=-2"]))

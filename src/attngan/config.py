@@ -133,7 +133,7 @@ class DataConfig:
     num_images: int = 2000  # shapes only: images per split generated
     max_objects: int = 1  # shapes only: 1..3 objects per image
     seed: int = 0  # shapes only
-    workers: int = 0  # DataLoader workers
+    workers: int = -1  # DataLoader workers; -1: auto (on CUDA min(8, CPU cores per process), else 0)
     cache: bool = False  # build/use a decoded uint8 cache of resized images
 
 
@@ -418,8 +418,9 @@ _RULES: list[tuple[str, Any, str]] = [
     )],  # fmt: skip
     *[(k, lambda v: v >= 0, ">= 0") for k in (
         "text_encoder.vocab_size", "generator.res_blocks", "gan_loss.damsm_lambda", "gan_loss.kl_weight",
-        "gan_loss.uncond_weight", "data.workers",
+        "gan_loss.uncond_weight",
     )],  # fmt: skip
+    ("data.workers", lambda v: v >= -1, ">= 0, or -1 for auto"),
     ("text_encoder.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("damsm_train.lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("gan_train.ema_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),

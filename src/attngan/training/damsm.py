@@ -45,7 +45,7 @@ from .common import (
     resolve_vocab_size,
     resume_hint,
 )
-from .data import batches_per_epoch, epoch_loader
+from .data import batches_per_epoch, epoch_loader, loader_workers
 from .loss import DAMSMLoss, DAMSMObjective
 from .runtime import (
     InterruptGuard,
@@ -273,6 +273,7 @@ def train_damsm(
     val: dict[str, float] = {}
     stopped_by = "max_steps" if max_steps is not None or cfg.max_steps is not None else "epochs"
     in_step = False
+    workers = loader_workers(preset.data.workers, dev, dist_info.world_size)
     try:
         with InterruptGuard() as guard:
             objective.train()
@@ -280,7 +281,7 @@ def train_damsm(
             while not done:
                 for batch in epoch_loader(
                     train_set, cfg.batch_size, epoch, batch_in_epoch, seed=cfg.seed,
-                    rank=dist_info.rank, world_size=dist_info.world_size, workers=preset.data.workers,
+                    rank=dist_info.rank, world_size=dist_info.world_size, workers=workers,
                 ):  # fmt: skip
                     # Fetch training data.
                     in_step = True

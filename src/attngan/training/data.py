@@ -8,6 +8,7 @@ resumed run sees exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import os
 import signal
 
 import torch
@@ -42,6 +43,19 @@ def batches_per_epoch(dataset: Dataset, batch_size: int, world_size: int = 1) ->
     return per_process // batch_size
 
 
+def loader_workers(workers: int, device: torch.device, world_size: int = 1) -> int:
+    """The DataLoader workers for ``data.workers``: itself when >= 0; for -1 (auto) min(8, CPU cores per
+    process less one) on CUDA, where a GPU step is short enough for image decoding in the main process to starve
+    it, and 0 elsewhere (a CPU step is long against the decoding, and workers would take its cores). The
+    batches are the same for any number of workers."""
+    if workers >= 0:
+        return workers
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores // max(world_size, 1) - 1))
+
+
 def epoch_loader(
     dataset: Dataset,
     batch_size: int,  # per process
@@ -54,7 +68,8 @@ def epoch_loader(
     shuffle: bool = True,
     workers: int = 0,
 ) -> DataLoader:
-    """A DataLoader over the remaining full batches of ``epoch`` for this process."""
+    """A DataLoader over the remaining full batches of ``epoch`` for this process (``workers``: see
+    :func:`loader_workers`)."""
     n_batches = batches_per_epoch(dataset, batch_size, world_size)
     sampler = _sampler(dataset, seed, rank, world_size, shuffle)
     sampler.set_epoch(epoch)

@@ -58,7 +58,7 @@ from .common import (
     resolve_vocab_size,
     resume_hint,
 )
-from .data import batches_per_epoch, epoch_loader
+from .data import batches_per_epoch, epoch_loader, loader_workers
 from .figures import attention_png
 from .loss import DiscriminatorObjective, GANLoss, TextFeatures
 from .optim import FlatAdam
@@ -500,6 +500,7 @@ def train_gan(
     last: dict[str, Any] = {}
     modules = {"generator": generator, "generator_ema": generator_ema} | {f"discriminator{i}": d for i, d in enumerate(discriminators)}
     hint = "Lower gan_train.g_lr/d_lr, try gan_loss.damsm_lambda or another seed, or check the data."
+    workers = loader_workers(preset.data.workers, dev, dist_info.world_size)
     try:
         with InterruptGuard() as guard, cudnn_autotuner(dev.type == "cuda" and cfg.fast_kernels):
             generator.train()
@@ -509,7 +510,7 @@ def train_gan(
             while not done:
                 for batch in epoch_loader(
                     train_set, cfg.batch_size, epoch, batch_in_epoch, seed=cfg.seed,
-                    rank=dist_info.rank, world_size=dist_info.world_size, workers=preset.data.workers,
+                    rank=dist_info.rank, world_size=dist_info.world_size, workers=workers,
                 ):  # fmt: skip
                     # Fetch training data; encode the captions with the frozen text encoder.
                     in_step = True
