@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, synchronize, time_calls  # noqa: E402
+from common import start_run, synchronize, time_calls  # noqa: E402
 
 
 def workloads(device: torch.device, dtype: torch.dtype, batch: int):
@@ -68,11 +68,7 @@ def main() -> None:
         help="a kernel whose first call takes longer is timed from that call alone (default: 3)",
     )  # fmt: skip
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {machine_description(device)}")
-    print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
+    device = start_run(args.device, args.threads)
     types = [("float32", torch.float32, False), ("bfloat16", torch.bfloat16, False), ("float16", torch.float16, False)]
     if device.type == "cuda":
         types.insert(1, ("tf32", torch.float32, True))

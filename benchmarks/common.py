@@ -940,6 +940,16 @@ def print_table(rows: list[dict], unit: str) -> None:
     print(f"# mm GF/s: rate of a 2048 x 2048 {'/'.join(dtypes)} matmul in the same worker; %mm = GF/s over it")
 
 
+def start_run(device_name: str, threads: int) -> torch.device:
+    """The device, the thread count, and the two header lines of every table (date, machine; command)."""
+    device = torch.device(device_name)
+    if threads:
+        torch.set_num_threads(threads)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {machine_description(device)}")
+    print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
+    return device
+
+
 def bench_main(script: str, kind: str, doc: str, configs: list[str], batch_sizes: list[int], unit: str, reps: int = 3):
     """Entry point shared by bench_train / bench_damsm / bench_sample."""
     import argparse
@@ -950,11 +960,7 @@ def bench_main(script: str, kind: str, doc: str, configs: list[str], batch_sizes
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, configs, batch_sizes, reps)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {machine_description(device)}")
-    print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
+    start_run(args.device, args.threads)
     rows = run_configs(Path(script), kind, args)
     print_table(rows, unit)
     if args.json:

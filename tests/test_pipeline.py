@@ -17,14 +17,17 @@ from attngan.pipeline import AttnGANPipeline
 PROMPTS = ["a small red circle at the top left", "there is a large blue square in the center"]
 
 
-@pytest.fixture(scope="module")
-def pipe():
+def _tiny_parts() -> tuple[TextEncoder, Generator, object]:
+    """A random tiny text encoder and generator (seed 0) with the shapes vocabulary."""
     torch.manual_seed(0)
     vocab = shapes_vocabulary()
     tiny = PRESETS["tiny"]
-    te = TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab)))
-    g = Generator(tiny.generator)
-    return AttnGANPipeline(te, g, vocab)
+    return TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab))), Generator(tiny.generator), vocab
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return AttnGANPipeline(*_tiny_parts())
 
 
 def test_same_seed_same_images_and_shapes(pipe):
@@ -237,11 +240,7 @@ def test_fast_sampling_copy_equals_plain_and_follows_weight_changes():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_sampling_draws_the_cpu_images_and_maps():
     """The noise is drawn on the CPU from the seeds, so a GPU draws the same images up to rounding."""
-    torch.manual_seed(0)
-    vocab = shapes_vocabulary()
-    tiny = PRESETS["tiny"]
-    te = TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab)))
-    g = Generator(tiny.generator)
+    te, g, vocab = _tiny_parts()
     _randomise_batchnorm(g, 1)
     cpu = AttnGANPipeline(te, g, vocab)(PROMPTS, seed=[5, 6])
     gpu_pipe = AttnGANPipeline(te, g, vocab).to("cuda")
