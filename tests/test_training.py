@@ -816,7 +816,7 @@ def test_a_numbered_gpu_under_torchrun_is_refused(monkeypatch):
         init_distributed(torch.device("cuda", 0))
 
 
-def test_loader_workers_auto_feeds_a_gpu_and_leaves_a_cpu_step_its_cores(monkeypatch):
+def test_loader_workers_auto_feeds_a_gpu_and_leaves_a_cpu_step_its_cores(monkeypatch, caplog):
     from attngan.training.data import loader_workers
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
@@ -826,6 +826,20 @@ def test_loader_workers_auto_feeds_a_gpu_and_leaves_a_cpu_step_its_cores(monkeyp
     assert loader_workers(-1, gpu, world_size=4) == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert loader_workers(-1, gpu, world_size=2) == 0
+    # Each worker keeps two batches in /dev/shm: auto takes no more than fit in half of its free space.
+    from attngan.training import data as data_module
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    birds_batch = 20 * sum(3 * s * s * 4 for s in (64, 128, 256))  # 20.6 MB
+    monkeypatch.setattr(data_module, "_shared_memory_free", lambda: 1 << 30)
+    assert loader_workers(-1, gpu, batch_bytes=birds_batch) == 8
+    monkeypatch.setattr(data_module, "_shared_memory_free", lambda: 200 << 20)
+    with caplog.at_level("WARNING"):
+        assert loader_workers(-1, gpu, batch_bytes=birds_batch) == 2
+    assert "--shm-size" in caplog.text and "2 DataLoader workers instead of 8" in caplog.text
+    monkeypatch.setattr(data_module, "_shared_memory_free", lambda: 64 << 20)  # a container's default
+    assert loader_workers(-1, gpu, batch_bytes=birds_batch) == 0
+    assert loader_workers(4, gpu, batch_bytes=birds_batch) == 4  # the user's number stays
     from attngan.config import check_preset
 
     with pytest.raises(ValueError, match="-1 for auto"):

@@ -273,7 +273,8 @@ def train_damsm(
     val: dict[str, float] = {}
     stopped_by = "max_steps" if max_steps is not None or cfg.max_steps is not None else "epochs"
     in_step = False
-    workers = loader_workers(preset.data.workers, dev, dist_info.world_size)
+    batch_bytes = cfg.batch_size * 3 * image_sizes[0] ** 2 * 4  # float32 images at the image encoder's size
+    workers = loader_workers(preset.data.workers, dev, dist_info.world_size, batch_bytes)
     try:
         with InterruptGuard() as guard:
             objective.train()

@@ -8,6 +8,7 @@ resumed run sees exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 
@@ -17,7 +18,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..data.base import collate_batch
 from ..errors import DataError
 
-__all__ = ["batches_per_epoch", "epoch_loader"]
+__all__ = ["batches_per_epoch", "epoch_loader", "loader_workers"]
+
+log = logging.getLogger(__name__)
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
@@ -43,17 +46,42 @@ def batches_per_epoch(dataset: Dataset, batch_size: int, world_size: int = 1) ->
     return per_process // batch_size
 
 
-def loader_workers(workers: int, device: torch.device, world_size: int = 1) -> int:
+def _shared_memory_free(path: str = "/dev/shm") -> int | None:
+    """Free bytes of the shared memory that DataLoader workers hand their batches over in (None: unknown)."""
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def loader_workers(workers: int, device: torch.device, world_size: int = 1, batch_bytes: int = 0) -> int:
     """The DataLoader workers for ``data.workers``: itself when >= 0; for -1 (auto) min(8, CPU cores per
-    process less one) on CUDA, where a GPU step is short enough for image decoding in the main process to starve
-    it, and 0 elsewhere (a CPU step is long against the decoding, and workers would take its cores). The
-    batches are the same for any number of workers."""
+    process less one) on CUDA, where a GPU step is short enough for image decoding in the main process to
+    starve it, and 0 elsewhere (a CPU step is long against the decoding, and workers would take its cores).
+    The batches are the same for any number of workers.
+
+    Each worker keeps two batches of ``batch_bytes`` in shared memory (``/dev/shm``); auto takes no more
+    workers than fit in half of what is free there (a container's default of 64 MB holds no birds batch,
+    and a worker that runs out of it dies with a bus error), with a warning that says what to change.
+    """
     if workers >= 0:
         return workers
     if device.type != "cuda":
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cores // max(world_size, 1) - 1))
+    n = max(0, min(8, cores // max(world_size, 1) - 1))
+    free = _shared_memory_free()
+    if n and batch_bytes > 0 and free is not None:
+        fit = int(free // 2 // (2 * batch_bytes))
+        if fit < n:
+            log.warning(
+                "%d DataLoader workers instead of %d: /dev/shm has %d MB free and each worker keeps two batches "
+                "of %d MB there. Give the container more (docker run --shm-size=8g) or set data.workers",
+                fit, n, free >> 20, batch_bytes >> 20,
+            )  # fmt: skip
+            n = fit
+    return n
 
 
 def epoch_loader(

@@ -500,7 +500,8 @@ def train_gan(
     last: dict[str, Any] = {}
     modules = {"generator": generator, "generator_ema": generator_ema} | {f"discriminator{i}": d for i, d in enumerate(discriminators)}
     hint = "Lower gan_train.g_lr/d_lr, try gan_loss.damsm_lambda or another seed, or check the data."
-    workers = loader_workers(preset.data.workers, dev, dist_info.world_size)
+    batch_bytes = cfg.batch_size * sum(3 * s * s * 4 for s in image_sizes)  # float32 images of every stage
+    workers = loader_workers(preset.data.workers, dev, dist_info.world_size, batch_bytes)
     try:
         with InterruptGuard() as guard, cudnn_autotuner(dev.type == "cuda" and cfg.fast_kernels):
             generator.train()
