@@ -223,3 +223,27 @@ def test_a_path_the_file_system_refuses_is_one_line(tmp_path, capsys):
 def test_command_list_shows_whole_summaries():
     result = invoke("--help")
     assert "(Eq. 7-14)" in result.output and "(Eq. 1-5)" in result.output
+
+
+def test_a_worker_killed_by_a_full_shared_memory_gets_one_line_with_what_to_do(monkeypatch, capsys):
+    import attngan.cli as cli_module
+
+    def killed(**kwargs):
+        raise RuntimeError(
+            "DataLoader worker (pid 4242) is killed by signal: Bus error. It is possible that dataloader's "
+            "workers are out of shared memory. Please try to raise your shared memory limit."
+        )
+
+    monkeypatch.setattr(cli_module.cli, "main", killed)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.main(["train"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert "pid 4242" in err and "--shm-size" in err and "data.workers=0" in err and "--resume" in err
+
+    def other(**kwargs):
+        raise RuntimeError("shape mismatch in something else")
+
+    monkeypatch.setattr(cli_module.cli, "main", other)
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug keeps its traceback
+        cli_module.main(["train"])

@@ -78,6 +78,18 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc) or "Original Traceback" in str(exc):
+            raise
+        # A worker killed from outside (torch: "... is killed by signal: Bus error", "exited unexpectedly"):
+        # mostly a full /dev/shm in a container. Checkpoints written so far are intact.
+        click.echo(
+            f"Error: {str(exc).splitlines()[0]}\nA DataLoader worker died; in a container this is mostly a full "
+            "/dev/shm: give it more (docker run --shm-size=8g) or use fewer workers (--set data.workers=0). "
+            "A training run continues from its last checkpoint with --resume RUN_FOLDER.",
+            err=True,
+        )
+        sys.exit(1)
 
 
 _OS_ERROR_HINTS = {
