@@ -62,8 +62,9 @@ def loader_workers(workers: int, device: torch.device, world_size: int = 1, batc
     The batches are the same for any number of workers.
 
     Each worker keeps two batches of ``batch_bytes`` in shared memory (``/dev/shm``); auto takes no more
-    workers than fit in half of what is free there (a container's default of 64 MB holds no birds batch,
-    and a worker that runs out of it dies with a bus error), with a warning that says what to change.
+    workers than fit in half of what is free there (eight workers keep 330 MB of birds batches, a
+    container's default is 64 MB, and a worker that runs out of it dies with a bus error), with a warning
+    that says what to change.
     """
     if workers >= 0:
         return workers
