@@ -44,15 +44,17 @@ CONFIGS = {
 }
 
 
-def library_preset(preset: str, batch_size: int, sets: list[str]):
-    """The preset's settings on the built-in shapes data rendered at its resolutions, no samples/snapshots."""
+def library_preset(preset: str, batch_size: int, sets: list[str], steps: int = 0):
+    """The preset's settings on the built-in shapes data rendered at its resolutions, no samples/snapshots;
+    images enough for ``steps`` in one epoch (a new epoch starts new loader workers, which a GPU step would
+    notice)."""
     return apply_overrides(
         PRESETS[preset],
         [
             "data.dataset=shapes",
             "data.data_dir=",
             "text_encoder.vocab_size=0",
-            f"data.num_images={max(64, 4 * batch_size)}",
+            f"data.num_images={max(64, 4 * batch_size, (steps + 1) * batch_size)}",
             f"damsm_train.batch_size={batch_size}",
             f"gan_train.batch_size={batch_size}",
             "gan_train.sample_every=1000000",
@@ -109,7 +111,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     if a.tune_malloc and not tune_cpu_allocator():
         p.error("--tune-malloc needs Linux with glibc")
-    base = library_preset(a.preset, a.batch_size, a.set)
+    base = library_preset(a.preset, a.batch_size, a.set, a.steps)
     with tempfile.TemporaryDirectory() as tmp:
         damsm_dir = make_encoders(base, tmp)
         per_step: dict[str, list[float]] = {}
