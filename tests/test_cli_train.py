@@ -66,6 +66,12 @@ def test_train_dry_run_sets_dataset_options(tmp_path):
     assert config["preset"]["data"]["dataset"] == "folder"
     assert config["preset"]["data"]["data_dir"] == str(tmp_path / "imgs")
     assert config["preset"]["generator"]["base_size"] == 16  # the default preset is shapes
+    # What the auto settings become here (no GPU in the tests' world unless there is one).
+    here = config["on_this_machine"]
+    if not torch.cuda.is_available():
+        assert here == {"device": "cpu", "loader_workers": 0, "mixed_precision": "no", "batch_size_per_process": 32}
+    pinned = dry_run_config("train", "--damsm", tmp_path, "--set", "data.workers=3", "--set", "gan_train.batch_size=4")
+    assert pinned["on_this_machine"]["loader_workers"] == 3 and pinned["on_this_machine"]["batch_size_per_process"] == 4
 
 
 def test_dataset_birds_or_coco_brings_its_preset_or_its_caption_count(tmp_path):

@@ -113,7 +113,31 @@ def _example_caption(run_dir: Path) -> str:
 
 
 def _print_config(preset: Preset, **run: Any) -> None:
-    click.echo(json.dumps({"preset": to_dict(preset), **{k: str(v) if isinstance(v, Path) else v for k, v in run.items()}}, indent=2))
+    here = _on_this_machine(preset, run["device"], run["command"])
+    run = {k: str(v) if isinstance(v, Path) else v for k, v in run.items()}
+    click.echo(json.dumps({"preset": to_dict(preset), **run, "on_this_machine": here}, indent=2))
+
+
+def _on_this_machine(preset: Preset, device: str, command: str) -> dict[str, Any]:
+    """What the ``auto`` settings become here: the device, the DataLoader workers, the precision."""
+    from ..training.data import loader_workers
+    from ..training.runtime import check_mixed_precision, resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except UserError as exc:
+        raise UserFailure(user_message(exc)) from None
+    if command in ("train", "demo"):  # the demo's GAN part is the longer one
+        batch_bytes = preset.gan_train.batch_size * sum(3 * s * s * 4 for s in preset.generator.image_sizes)
+        batch_size = preset.gan_train.batch_size
+    else:
+        batch_bytes = preset.damsm_train.batch_size * 3 * preset.image_encoder.input_size**2 * 4
+        batch_size = preset.damsm_train.batch_size
+    here: dict[str, Any] = {"device": str(dev), "loader_workers": loader_workers(preset.data.workers, dev, 1, batch_bytes)}
+    if command in ("train", "demo"):
+        here["mixed_precision"] = check_mixed_precision(dev, preset.gan_train.mixed_precision)
+    here["batch_size_per_process"] = batch_size
+    return here
 
 
 _TUNE_MALLOC = click.option(
@@ -330,7 +354,7 @@ def demo(
     preset = resolve_preset(demo_lib.demo_preset(seed), None, sets, {})
     plan = demo_lib.DemoPlan.from_minutes(minutes, damsm_share)
     if dry_run:
-        _print_config(preset, command="demo", out=out, minutes=minutes, seed=seed, plan=plan.as_dict())
+        _print_config(preset, command="demo", out=out, minutes=minutes, seed=seed, device=device, plan=plan.as_dict())
         return
     report = _run(lambda: demo_lib.run_demo(out, preset, plan, seed=seed, device=device, progress=progress), tune_malloc)
     click.echo(demo_lib.format_summary(report))
