@@ -96,9 +96,10 @@ def epoch_loader(
     world_size: int = 1,
     shuffle: bool = True,
     workers: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader over the remaining full batches of ``epoch`` for this process (``workers``: see
-    :func:`loader_workers`)."""
+    :func:`loader_workers`; ``pin_memory`` for a CUDA device: page-locked batches copy asynchronously)."""
     n_batches = batches_per_epoch(dataset, batch_size, world_size)
     sampler = _sampler(dataset, seed, rank, world_size, shuffle)
     sampler.set_epoch(epoch)
@@ -112,7 +113,7 @@ def epoch_loader(
         drop_last=True,
         num_workers=workers,
         collate_fn=collate_batch,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         worker_init_fn=_ignore_stop_signals if workers > 0 else None,
         # Its own generator: a DataLoader iterator otherwise draws its worker base seed from the global torch
         # RNG, so starting mid-epoch (resume) would shift the noise of every later step.

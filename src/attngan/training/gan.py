@@ -511,7 +511,7 @@ def train_gan(
             while not done:
                 for batch in epoch_loader(
                     train_set, cfg.batch_size, epoch, batch_in_epoch, seed=cfg.seed,
-                    rank=dist_info.rank, world_size=dist_info.world_size, workers=workers,
+                    rank=dist_info.rank, world_size=dist_info.world_size, workers=workers, pin_memory=dev.type == "cuda",
                 ):  # fmt: skip
                     # Fetch training data; encode the captions with the frozen text encoder.
                     in_step = True
