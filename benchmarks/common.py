@@ -128,7 +128,7 @@ def matmul_gflops(
 
 def reference_matmul_dtype(device: torch.device) -> torch.dtype:
     """The dtype whose matmul rate the tables compare against: bf16 on a GPU that has it, else float32."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:  # native, not emulated bf16
         return torch.bfloat16
     return torch.float32
 

@@ -17,6 +17,25 @@ from attngan.config import (
 
 TINY_VOCAB = 20  # the tiny preset leaves vocab_size to the dataset (0); tests use a fixed small vocabulary
 
+_CUDA_AVAILABLE = torch.cuda.is_available  # the real one, for the tests marked cuda
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_unless_marked_cuda():
+    """On a machine with a GPU the suite still runs on the CPU, as in CI (the same numbers, no GPU
+    nondeterminism in the exact-resume tests): ``auto`` devices resolve to the CPU. Tests marked ``cuda``
+    get the GPU back (``_gpu_for_cuda_tests``)."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(torch.cuda, "is_available", lambda: False)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _gpu_for_cuda_tests(request, monkeypatch):
+    if request.node.get_closest_marker("cuda") is not None:
+        monkeypatch.setattr(torch.cuda, "is_available", _CUDA_AVAILABLE)
+
 
 @pytest.fixture
 def seed() -> int:

@@ -70,6 +70,8 @@ def test_train_dry_run_sets_dataset_options(tmp_path):
     here = config["on_this_machine"]
     if not torch.cuda.is_available():
         assert here == {"device": "cpu", "loader_workers": 0, "mixed_precision": "no", "batch_size_per_process": 32}
+    elsewhere = dry_run_config("train", "--damsm", tmp_path, "--device", "cuda")  # prepared for a GPU machine
+    assert elsewhere["device"] == "cuda" and "not available here" in elsewhere["on_this_machine"]["device"]
     pinned = dry_run_config("train", "--damsm", tmp_path, "--set", "data.workers=3", "--set", "gan_train.batch_size=4")
     assert pinned["on_this_machine"]["loader_workers"] == 3 and pinned["on_this_machine"]["batch_size_per_process"] == 4
 

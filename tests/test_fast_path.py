@@ -119,6 +119,7 @@ def test_sdpa_equals_explicit_attention(seed):
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_sdpa_runs_a_fused_cuda_kernel(seed):
     """On a GPU the word attention without maps must reach a fused kernel (3-D inputs fell back to the math

@@ -237,6 +237,7 @@ def test_fast_sampling_copy_equals_plain_and_follows_weight_changes():
     torch.testing.assert_close(c.stage_tensors[0][-1], d.stage_tensors[0][-1], atol=2e-4, rtol=0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_sampling_draws_the_cpu_images_and_maps():
     """The noise is drawn on the CPU from the seeds, so a GPU draws the same images up to rounding."""

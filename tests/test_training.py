@@ -168,7 +168,7 @@ def test_mixed_precision_path_learns_under_cpu_autocast(tmp_path, damsm_run, mon
     try:
         result = run_gan(
             tmp_path, damsm_run, 40, "data.num_images=32", "gan_loss.damsm_lambda=50", "gan_train.g_lr=0.002",
-            "gan_train.snapshot_every=1000", f"gan_train.mixed_precision={mode}",
+            "gan_train.snapshot_every=1000", f"gan_train.mixed_precision={mode}", device="cpu",
             callback=lambda info: terms.append(info.losses["G/damsm"]),
         )  # fmt: skip
     finally:
@@ -428,10 +428,13 @@ def test_update_ema_averages_parameters_and_copies_buffers():
         assert torch.equal(b_ema, b)
 
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def CUDA(test):  # noqa: N802 - a decorator named like the marks it applies
+    """Runs on the GPU (the other tests run on the CPU, see conftest.py); skipped without one."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])])  # fmt: skip
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fast_kernels_give_the_same_losses_and_weights(tmp_path, damsm_run, channels_last, device, monkeypatch):
     """gan_train.fast_kernels (transposed-conv upsampling, im2col convs, fused attention, folded encoder
@@ -844,3 +847,13 @@ def test_loader_workers_auto_feeds_a_gpu_and_leaves_a_cpu_step_its_cores(monkeyp
 
     with pytest.raises(ValueError, match="-1 for auto"):
         check_preset(apply_overrides(PRESETS["tiny"], ["data.workers=-2"]))
+
+
+def test_a_run_from_before_the_auto_precision_default_resumes_with_the_preset_given(tmp_path, damsm_run):
+    # Checkpoints written before gan_train.mixed_precision defaulted to "auto" hold "no"; the precision may
+    # change on resume (the weights are float32 either way), unlike the settings that change the maths.
+    first = run_gan(tmp_path, damsm_run, 2, "gan_train.mixed_precision=no", "gan_train.snapshot_every=100")
+    again = run_gan(tmp_path, damsm_run, 3, resume=first.run_dir, preset=gan_preset("gan_train.snapshot_every=100"))
+    assert again.step == 3 and again.run_dir == first.run_dir
+    with pytest.raises(CheckpointError, match="gan_train.g_lr"):
+        run_gan(tmp_path, damsm_run, 4, resume=first.run_dir, preset=gan_preset("gan_train.snapshot_every=100", "gan_train.g_lr=0.01"))

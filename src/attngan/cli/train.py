@@ -125,8 +125,8 @@ def _on_this_machine(preset: Preset, device: str, command: str) -> dict[str, Any
 
     try:
         dev = resolve_device(device)
-    except UserError as exc:
-        raise UserFailure(user_message(exc)) from None
+    except UserError as exc:  # a config prepared for another machine: say so, print it all the same
+        return {"device": f"{device}: not available here ({user_message(exc)})"}
     if command in ("train", "demo"):  # the demo's GAN part is the longer one
         batch_bytes = preset.gan_train.batch_size * sum(3 * s * s * 4 for s in preset.generator.image_sizes)
         batch_size = preset.gan_train.batch_size

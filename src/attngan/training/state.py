@@ -53,7 +53,7 @@ _RUN_RE = re.compile(r"^(\d{5})-")
 _STATE_GLOB = "state-*.pt"
 
 # Settings that may change when a run is continued: how long it runs, how often it logs/saves, where the
-# data lives and how it is loaded. Anything else changes the maths and makes "continue" meaningless.
+# data lives and how it is loaded, the precision of the computation (a run may move to another machine). Anything else changes the maths and makes "continue" meaningless.
 RESUMABLE_CHANGES = (
     "damsm_train.epochs",
     "damsm_train.max_steps",
@@ -65,6 +65,7 @@ RESUMABLE_CHANGES = (
     "gan_train.sample_every",
     "gan_train.log_every",
     "gan_train.compile",
+    "gan_train.mixed_precision",  # how the same maths is computed (the weights stay float32); its default changed
     "data.data_dir",
     "data.workers",
     "data.cache",
