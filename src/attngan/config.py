@@ -133,7 +133,7 @@ class DataConfig:
     num_images: int = 2000  # shapes only: images per split generated
     max_objects: int = 1  # shapes only: 1..3 objects per image
     seed: int = 0  # shapes only
-    workers: int = -1  # DataLoader workers; -1: auto (on CUDA min(8, CPU cores per process), else 0)
+    workers: int = -1  # DataLoader workers; -1: auto (on CUDA min(8, CPU cores per process - 1), else 0)
     cache: bool = False  # build/use a decoded uint8 cache of resized images
 
 

@@ -120,7 +120,7 @@ def _print_config(preset: Preset, **run: Any) -> None:
 
 def _on_this_machine(preset: Preset, device: str, command: str) -> dict[str, Any]:
     """What the ``auto`` settings become here: the device, the DataLoader workers, the precision."""
-    from ..training.data import loader_workers
+    from ..training.data import image_batch_bytes, loader_workers
     from ..training.runtime import check_mixed_precision, resolve_device
 
     try:
@@ -128,11 +128,10 @@ def _on_this_machine(preset: Preset, device: str, command: str) -> dict[str, Any
     except UserError as exc:  # a config prepared for another machine: say so, print it all the same
         return {"device": f"{device}: not available here ({user_message(exc)})"}
     if command in ("train", "demo"):  # the demo's GAN part is the longer one
-        batch_bytes = preset.gan_train.batch_size * sum(3 * s * s * 4 for s in preset.generator.image_sizes)
-        batch_size = preset.gan_train.batch_size
+        batch_size, sizes = preset.gan_train.batch_size, preset.generator.image_sizes
     else:
-        batch_bytes = preset.damsm_train.batch_size * 3 * preset.image_encoder.input_size**2 * 4
-        batch_size = preset.damsm_train.batch_size
+        batch_size, sizes = preset.damsm_train.batch_size, [preset.image_encoder.input_size]
+    batch_bytes = image_batch_bytes(batch_size, sizes)
     here: dict[str, Any] = {"device": str(dev), "loader_workers": loader_workers(preset.data.workers, dev, 1, batch_bytes)}
     if command in ("train", "demo"):
         here["mixed_precision"] = check_mixed_precision(dev, preset.gan_train.mixed_precision)

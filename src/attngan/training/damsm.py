@@ -45,7 +45,7 @@ from .common import (
     resolve_vocab_size,
     resume_hint,
 )
-from .data import batches_per_epoch, epoch_loader, loader_workers
+from .data import batches_per_epoch, epoch_loader, image_batch_bytes, loader_workers
 from .loss import DAMSMLoss, DAMSMObjective
 from .runtime import (
     InterruptGuard,
@@ -273,7 +273,7 @@ def train_damsm(
     val: dict[str, float] = {}
     stopped_by = "max_steps" if max_steps is not None or cfg.max_steps is not None else "epochs"
     in_step = False
-    batch_bytes = cfg.batch_size * 3 * image_sizes[0] ** 2 * 4  # float32 images at the image encoder's size
+    batch_bytes = image_batch_bytes(cfg.batch_size, image_sizes)
     workers = loader_workers(preset.data.workers, dev, dist_info.world_size, batch_bytes)
     try:
         with InterruptGuard() as guard:

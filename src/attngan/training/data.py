@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..data.base import collate_batch
 from ..errors import DataError
 
-__all__ = ["batches_per_epoch", "epoch_loader", "loader_workers"]
+__all__ = ["batches_per_epoch", "epoch_loader", "image_batch_bytes", "loader_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ def _shared_memory_free(path: str = "/dev/shm") -> int | None:
     except (OSError, AttributeError):
         return None
     return st.f_bavail * st.f_frsize
+
+
+def image_batch_bytes(batch_size: int, sizes: list[int]) -> int:
+    """Bytes of one batch of float32 RGB images at each of ``sizes`` (what a loader worker hands over)."""
+    return batch_size * sum(3 * s * s * 4 for s in sizes)
 
 
 def loader_workers(workers: int, device: torch.device, world_size: int = 1, batch_bytes: int = 0) -> int:

@@ -58,7 +58,7 @@ from .common import (
     resolve_vocab_size,
     resume_hint,
 )
-from .data import batches_per_epoch, epoch_loader, loader_workers
+from .data import batches_per_epoch, epoch_loader, image_batch_bytes, loader_workers
 from .figures import attention_png
 from .loss import DiscriminatorObjective, GANLoss, TextFeatures
 from .optim import FlatAdam
@@ -500,7 +500,7 @@ def train_gan(
     last: dict[str, Any] = {}
     modules = {"generator": generator, "generator_ema": generator_ema} | {f"discriminator{i}": d for i, d in enumerate(discriminators)}
     hint = "Lower gan_train.g_lr/d_lr, try gan_loss.damsm_lambda or another seed, or check the data."
-    batch_bytes = cfg.batch_size * sum(3 * s * s * 4 for s in image_sizes)  # float32 images of every stage
+    batch_bytes = image_batch_bytes(cfg.batch_size, image_sizes)
     workers = loader_workers(preset.data.workers, dev, dist_info.world_size, batch_bytes)
     try:
         with InterruptGuard() as guard, cudnn_autotuner(dev.type == "cuda" and cfg.fast_kernels):

@@ -139,10 +139,10 @@ def init_distributed(device_spec: str | torch.device | None = None) -> tuple[Dis
 def shutdown_distributed(info: DistInfo) -> None:
     """Leave the process group that :func:`init_distributed` joined.
 
-    With gloo, torch 2.1 deadlocked at the end of about one run in ten here: the group's last reference
-    went (with DDP's reducer) while one of its threads was still releasing the tensors of the last collective,
-    which needs the GIL that the releasing thread held while it waited for that thread. So a short sleep
-    without the GIL first, in which those threads finish their clean-up. (No barrier: after an error on one
+    With gloo, torch 2.1 deadlocked at the end of one run in 5-15 here: the group's last reference went (with
+    DDP's reducer) while one of its worker threads still released the tensors of the last collective. That
+    needs the GIL, which the main thread held while it waited for the worker thread to end. So a short sleep
+    without the GIL first, in which the worker threads finish their clean-up. (No barrier: after an error on one
     process the others are in another collective, and the barrier would wait for ever.)
     """
     if info.owns_group and dist.is_initialized():
@@ -181,7 +181,7 @@ def _native_bf16(device: torch.device) -> bool:
 def check_mixed_precision(device: torch.device, mode: str) -> str:
     """The mode actually used: mixed precision runs on CUDA only (a warning says so elsewhere).
 
-    ``auto`` is bf16 on a CUDA GPU that supports it and float32 everywhere else: on the CPUs measured,
+    ``auto`` is bf16 on a CUDA GPU with native bf16 and float32 everywhere else: on the CPUs measured,
     bf16 and fp16 convolutions are slower than float32 (``benchmarks/bench_dtypes.py``), and fp16 on
     older GPUs needs loss scaling, which stays a choice (``fp16``).
     """

@@ -53,7 +53,8 @@ _RUN_RE = re.compile(r"^(\d{5})-")
 _STATE_GLOB = "state-*.pt"
 
 # Settings that may change when a run is continued: how long it runs, how often it logs/saves, where the
-# data lives and how it is loaded, the precision of the computation (a run may move to another machine). Anything else changes the maths and makes "continue" meaningless.
+# data lives and how it is loaded, the precision of the computation (a run may move to another machine).
+# Anything else changes the maths and makes "continue" meaningless.
 RESUMABLE_CHANGES = (
     "damsm_train.epochs",
     "damsm_train.max_steps",
