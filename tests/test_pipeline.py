@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,21 +126,82 @@ def test_save_and_load_round_trip(pipe, tmp_path):
 
 def test_run_folder_and_save_over_an_existing_model(pipe, tmp_path):
     run = tmp_path / "runs" / "00000-x"
-    (run / "model" / "discriminator0").mkdir(parents=True)
-    pipe.save_pretrained(run / "model")
-    pipe.save_pretrained(run / "model")  # replaces the components, keeps the other files
-    assert sorted(p.name for p in (run / "model").iterdir()) == [
-        "discriminator0",
-        "generator",
-        "text_encoder",
-        "vocab.json",
-    ]
+    (run / "model" / "discriminator0").mkdir(parents=True)  # the parts of another model ...
+    (run / "model" / "image_encoder").mkdir()
+    (run / "model" / "notes.txt").write_text("mine")  # ... and a file of the user's
+    with pytest.raises(UserError, match=r"already holds a model \(discriminator0, image_encoder\).*overwrite=True"):
+        pipe.save_pretrained(run / "model")
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["discriminator0", "image_encoder", "notes.txt"]
+    pipe.save_pretrained(run / "model", overwrite=True)  # one consistent model: the old parts are gone
+    pipe.save_pretrained(run / "model", overwrite=True)
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["generator", "notes.txt", "text_encoder", "vocab.json"]
+    assert (run / "model" / "notes.txt").read_text() == "mine"
     loaded = AttnGANPipeline.from_pretrained(run)  # a run folder means its model/
+    assert loaded.image_encoder is None
     assert torch.equal(
         loaded(PROMPTS[0], seed=5).stage_tensors[0][-1], pipe(PROMPTS[0], seed=5).stage_tensors[0][-1]
     )
     with pytest.raises(CheckpointError, match="neither a model folder"):
         AttnGANPipeline.from_pretrained(tmp_path / "runs")
+
+
+def test_save_pretrained_refuses_empty_names_files_and_puts_the_old_model_back(pipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="empty"):
+        pipe.save_pretrained("")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        pipe.save_pretrained(tmp_path / "afile")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "generator").write_text("keep me")  # a file with a component's name
+    with pytest.raises(UserError, match="already holds a model"):
+        pipe.save_pretrained(tmp_path / "d")
+    assert (tmp_path / "d" / "generator").read_text() == "keep me"
+    # A rename that fails half-way (the vocabulary's, the last one) puts the old model back.
+    model = tmp_path / "m"
+    pipe.save_pretrained(model)
+    before = {f.relative_to(model): f.read_bytes() for f in model.rglob("*") if f.is_file()}
+    real_replace = os.replace
+    calls = []
+
+    def failing(src, dst):
+        if Path(dst) == model / "vocab.json" and not calls:  # the new vocabulary's rename, not the restore
+            calls.append(dst)
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError):
+        pipe.save_pretrained(model, overwrite=True)
+    monkeypatch.undo()
+    assert {f.relative_to(model): f.read_bytes() for f in model.rglob("*") if f.is_file()} == before
+    assert sorted(p.name for p in model.iterdir()) == ["generator", "text_encoder", "vocab.json"]  # no staging left
+
+
+def test_parts_of_different_models_are_refused(pipe):
+    from attngan.nn import ImageEncoder
+
+    te, g, vocab = pipe.text_encoder, pipe.generator, pipe.vocab
+    other = ImageEncoder(dataclasses.replace(PRESETS["tiny"].image_encoder, embed_dim=te.config.embed_dim * 2))
+    with pytest.raises(CheckpointError, match="image encoder's width"):
+        AttnGANPipeline(te, g, vocab, image_encoder=other)
+    with pytest.raises(TypeError, match="text_encoder must be a TextEncoder, got Generator"):
+        AttnGANPipeline(g, te, vocab)
+    with pytest.raises(TypeError, match="vocab must be a Vocabulary, got list"):
+        AttnGANPipeline(te, g, vocab.itos)
+    with pytest.raises(UserError, match="max_words must be an integer >= 1, got 0"):
+        AttnGANPipeline(te, g, vocab, max_words=0)
+
+
+def test_unavailable_devices_are_user_errors(pipe, tmp_path):
+    for device, msg in [("cuda", "CUDA is not available"), ("cuda:5", "CUDA is not available"), (5, "CUDA"),
+                        ("tpu", "unknown device"), ("banana", "unknown device")]:
+        with pytest.raises(UserError, match=msg):
+            pipe.to(device)
+        with pytest.raises(UserError, match=msg):
+            AttnGANPipeline.from_pretrained(tmp_path / "does-not-matter", device=device)  # before any loading
+    assert pipe.to("cpu") is pipe
 
 
 def test_generators_eval_mode_and_argument_errors(pipe):
@@ -163,11 +227,26 @@ def test_generators_eval_mode_and_argument_errors(pipe):
         (dict(seed=[1]), "1 seeds given for 2 images"),
         (dict(seed=1, generator=gens[0]), "not both"),
         (dict(num_images_per_prompt=0), "num_images_per_prompt"),
+        (dict(num_images_per_prompt="2"), "num_images_per_prompt must be an integer >= 1, got '2'"),
+        (dict(batch_size=None), "batch_size must be an integer >= 1, got None"),
+        (dict(max_words=0), "max_words must be an integer >= 1, got 0"),
+        (dict(seed=1.7), "a seed must be an integer, got 1.7"),
+        (dict(seed=[1, 2.5]), "a seed must be an integer, got 2.5"),
     ]:
         with pytest.raises(UserError, match=msg):
             pipe(PROMPTS, **kwargs)
     with pytest.raises(UserError, match="no sentence"):
         pipe([])
+    for bad in (None, b"a red circle", 3):
+        with pytest.raises(UserError, match="prompts must be a string or a list of strings"):
+            pipe(bad)
+    # Seeds as arrays or tensors (one per image) are the same as lists; a str is one prompt everywhere.
+    by_array = pipe(PROMPTS, seed=np.array([7, 8]))
+    assert by_array.seeds == [7, 8] and pipe(PROMPTS, seed=torch.tensor([7, 8])).seeds == [7, 8]
+    assert torch.equal(by_array.stage_tensors[1][-1], by_seed.stage_tensors[1][-1])
+    assert [e.tokens for e in pipe.encode_prompts(PROMPTS[0])] == [e.tokens for e in pipe.encode_prompts([PROMPTS[0]])]
+    with pytest.raises(UserError, match="max_words must be"):
+        pipe.encode_prompts(PROMPTS, max_words=0)
 
 
 def test_seeds_outside_the_generator_range_are_refused(pipe):

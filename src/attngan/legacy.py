@@ -597,6 +597,8 @@ def native_to_original(
     src = Path(native_dir)
     if not src.is_dir():
         raise UserError(f"{src} is not a folder; pass a native model folder (e.g. runs/00000-x/model)")
+    if (src / "model").is_dir() and not any((src / n).is_dir() for n in _NATIVE_FILES):
+        src = src / "model"  # a run folder (GAN or DAMSM): its exported model, as every other command reads it
     names = [n for n in _NATIVE_FILES if (src / n).is_dir()]
     names += sorted(
         (p.name for p in src.iterdir() if p.is_dir() and re.fullmatch(r"discriminator\d+", p.name)),
@@ -604,7 +606,8 @@ def native_to_original(
     )
     if not names:
         raise UserError(
-            f"{src} holds no model components (generator/, text_encoder/, image_encoder/, discriminator*/)"
+            f"{src} holds no model components (generator/, text_encoder/, image_encoder/, discriminator*/); "
+            "pass a model folder or a run folder whose training has exported model/"
         )
     by_class = {cls.__name__: (kind, cls, cfg) for kind, (cls, cfg) in KINDS.items()}
     plan: list[tuple[str, str, type, type, Path]] = []

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import os
+import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,52 @@ log = logging.getLogger(__name__)
 __all__ = ["AttnGANPipeline", "AttnGANOutput", "resolve_model_dir", "COMPONENTS"]
 
 COMPONENTS = ("text_encoder", "generator", "image_encoder")  # sub-folders of a model folder
+# Everything of a model folder that belongs to one model (what save_pretrained(overwrite=True) replaces).
+_MODEL_ENTRY = re.compile(r"(text_encoder|generator|image_encoder|discriminator\d+|vocab\.json)")
+
+
+def _model_entries(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if _MODEL_ENTRY.fullmatch(p.name)) if d.is_dir() else []
+
+
+def _check_device(device: str | int | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, or a UserError if it is not a device name or not available here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"device {device!r} is not available here ({first}); use device='cpu'") from None
+    return dev
+
+
+def _count(name: str, value: Any) -> int:
+    """A positive integer argument (numpy integers too), or a UserError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UserError(f"a seed must be an integer, got {value!r}")
+    return int(value)
+
+
+def _prompt_list(prompts: Any) -> list[str]:
+    if isinstance(prompts, str):
+        return [prompts]
+    if prompts is None or isinstance(prompts, (bytes, bytearray)) or not isinstance(prompts, Iterable):
+        raise UserError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
+    return list(prompts)
 
 
 @dataclass
@@ -119,6 +167,17 @@ class AttnGANPipeline:
         max_words: int | None = None,  # longer captions keep their first words (None: no limit)
         fast: bool = True,  # draw with an inference copy of G (folded BN, fused upsampling, channels-last)
     ) -> None:
+        for name, value, cls in (
+            ("text_encoder", text_encoder, TextEncoder),
+            ("generator", generator, Generator),
+            ("vocab", vocab, Vocabulary),
+        ):
+            if not isinstance(value, cls):
+                raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
+        if image_encoder is not None and not isinstance(image_encoder, ImageEncoder):
+            raise TypeError(f"image_encoder must be an ImageEncoder or None, got {type(image_encoder).__name__}")
+        if max_words is not None:
+            max_words = _count("max_words", max_words)
         if len(vocab) != text_encoder.config.vocab_size:
             raise CheckpointError(
                 f"the vocabulary has {len(vocab)} words but the text encoder expects "
@@ -128,6 +187,11 @@ class AttnGANPipeline:
             raise CheckpointError(
                 f"the text encoder's width {text_encoder.config.embed_dim} != the generator's embed_dim "
                 f"{generator.config.embed_dim}; the two files come from different models"
+            )
+        if image_encoder is not None and image_encoder.config.embed_dim != text_encoder.config.embed_dim:
+            raise CheckpointError(
+                f"the image encoder's width {image_encoder.config.embed_dim} != the text encoder's "
+                f"{text_encoder.config.embed_dim}; the two come from different DAMSMs"
             )
         self.text_encoder = text_encoder.eval()
         self.generator = generator.eval()
@@ -143,6 +207,7 @@ class AttnGANPipeline:
         cls, path: str | os.PathLike, device: str | torch.device = "cpu", fast: bool = True
     ) -> AttnGANPipeline:
         """Load a native model folder, or the ``model/`` folder of a run folder."""
+        _check_device(device)
         d = resolve_model_dir(path)
         missing = [name for name in ("text_encoder/", "vocab.json") if not (d / name.rstrip("/")).exists()]
         if missing:
@@ -177,37 +242,62 @@ class AttnGANPipeline:
         from .data.pickles import load_captions_pickle
         from .legacy import load_original
 
+        _check_device(device)
         generator = load_original(generator_pth, kind="generator")
         text_encoder = load_original(text_encoder_pth, kind="text_encoder")
         image_encoder = load_original(image_encoder_pth, kind="image_encoder") if image_encoder_pth else None
         vocab = load_captions_pickle(captions_pickle).vocab
         return cls(text_encoder, generator, vocab, image_encoder, fast=fast).to(device)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the model folder read by :meth:`from_pretrained`.
 
-        Everything is first written to a temporary folder beside ``directory``, then each component is
-        moved into place by a rename, so an interruption never leaves a half-written component.
-        Other files in ``directory`` (e.g. ``discriminator0/``) are kept.
+        A folder that already holds a model (``generator/``, ``text_encoder/``, ``image_encoder/``,
+        ``discriminator*/``, ``vocab.json``) is refused unless ``overwrite=True``, which replaces all of those
+        (a part of the old model that this one lacks, e.g. its discriminators, is removed: it would not match);
+        other files are kept. Everything is first written to a temporary folder inside ``directory`` and
+        then moved into place by renames; if a rename fails, the old model is put back.
         """
+        if not os.fspath(directory).strip():
+            raise UserError("save_pretrained needs a folder name, got an empty one")
         d = Path(directory)
+        if d.exists() and not d.is_dir():
+            raise UserError(f"{d} is a file, not a folder; give save_pretrained a folder")
+        old_entries = _model_entries(d)
+        if old_entries and not overwrite:
+            raise UserError(
+                f"{d} already holds a model ({', '.join(old_entries)}); pass overwrite=True to replace it "
+                "or choose another folder"
+            )
         d.mkdir(parents=True, exist_ok=True)
         staging = make_staging_dir(d, ".save-")
+        moved_out: list[str] = []  # old entries parked in staging/old, put back if the swap fails
+        moved_in: list[str] = []
         try:
-            names = []
+            new = staging / "new"
+            names = ["vocab.json"]
             for name in COMPONENTS:
                 module = getattr(self, name)
                 if module is not None:
-                    save_component(staging / name, module, module.config)
+                    save_component(new / name, module, module.config)
                     names.append(name)
-            self.vocab.save(staging / "vocab.json")
-            for name in names:
-                target = d / name
-                if target.exists():
-                    old = staging / f"{name}.old"
-                    os.replace(target, old)  # a directory cannot be renamed over a non-empty one
-                os.replace(staging / name, target)
-            os.replace(staging / "vocab.json", d / "vocab.json")
+            self.vocab.save(new / "vocab.json")
+            (staging / "old").mkdir()
+            try:
+                for name in old_entries:
+                    os.replace(d / name, staging / "old" / name)  # a folder cannot be renamed over a non-empty one
+                    moved_out.append(name)
+                for name in names:
+                    os.replace(new / name, d / name)
+                    moved_in.append(name)
+            except BaseException:
+                for name in moved_in:
+                    with contextlib.suppress(OSError):
+                        os.replace(d / name, new / name)
+                for name in moved_out:
+                    with contextlib.suppress(OSError):
+                        os.replace(staging / "old" / name, d / name)
+                raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return d
@@ -215,6 +305,8 @@ class AttnGANPipeline:
     def to(
         self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> AttnGANPipeline:
+        if device is not None:
+            device = _check_device(device)
         for m in (self.text_encoder, self.generator, self.image_encoder):
             if m is not None:
                 m.to(device=device, dtype=dtype)
@@ -255,20 +347,20 @@ class AttnGANPipeline:
         return next(self.generator.parameters()).dtype
 
     # ------------------------------------------------------------------------------------------ text
-    def encode_prompts(self, prompts: Sequence[str], max_words: int | None = None) -> list[EncodedCaption]:
+    def encode_prompts(self, prompts: str | Sequence[str], max_words: int | None = None) -> list[EncodedCaption]:
         """Tokenise each prompt (lowercase, ASCII-folded as the original), drop and report unknown words.
 
         Raises UserError for an empty prompt or one without any word of the vocabulary.
         """
-        max_words = max_words if max_words is not None else self.max_words
+        max_words = _count("max_words", max_words) if max_words is not None else self.max_words
         encoded = []
-        for p in prompts:
+        for p in _prompt_list(prompts):
             if not isinstance(p, str):
                 raise UserError(f"a prompt must be a string, got {type(p).__name__}")
             if not p.strip():
                 raise UserError("empty sentence: give a caption with at least one word the model knows")
             try:
-                enc = encode_caption(p, self.vocab, max_words or 10**9)
+                enc = encode_caption(p, self.vocab, 10**9 if max_words is None else max_words)
             except DataError as exc:
                 raise UserError(str(exc)) from None
             if enc.unknown:
@@ -298,12 +390,14 @@ class AttnGANPipeline:
         cfg = self.generator.config
         if seed is not None and generator is not None:
             raise UserError("give seed or generator, not both")
+        if hasattr(seed, "tolist") and not isinstance(seed, numbers.Integral):  # a numpy array or a tensor
+            seed = seed.tolist()
         if isinstance(seed, Sequence) and not isinstance(seed, str):
             if len(seed) != n:
                 raise UserError(f"{len(seed)} seeds given for {n} images (one per image is needed)")
-            seeds: list[int | None] = [int(s) for s in seed]
+            seeds: list[int | None] = [_seed(s) for s in seed]
         elif seed is not None:
-            seeds = [int(seed) + k for k in range(n)]
+            seeds = [_seed(seed) + k for k in range(n)]
         elif generator is not None:
             seeds = [None] * n
         else:
@@ -350,15 +444,11 @@ class AttnGANPipeline:
         the batches are the original's (``gen_example``): image ``j`` of every prompt in one batch, sorted by
         caption length, longest first, whatever ``batch_size``.
         """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
+        prompts = _prompt_list(prompts)
         if not prompts:
             raise UserError("no sentence given: pass at least one prompt")
-        if num_images_per_prompt < 1:
-            raise UserError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        num_images_per_prompt = _count("num_images_per_prompt", num_images_per_prompt)
+        batch_size = _count("batch_size", batch_size)
         encoded = self.encode_prompts(prompts, max_words)  # errors before any work
         per_image = [(p, e) for p, e in zip(prompts, encoded) for _ in range(num_images_per_prompt)]
         n = len(per_image)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+from .options import PathType
+
+_FILE = PathType(exists=True, dir_okay=False, path_type=Path)
 
 
 def _read_vocabulary(path: Path):
@@ -48,7 +50,7 @@ def _read_vocabulary(path: Path):
 @click.option(
     "--from-native",
     "from_native",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=PathType(exists=True, file_okay=False, path_type=Path),
     help="Convert the other way: a native model folder to original .pth files.",
 )
 @click.option("--to-original", is_flag=True, help="Direction flag for --from-native (implied by it).")
@@ -56,7 +58,7 @@ def _read_vocabulary(path: Path):
     "--out",
     "out",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=PathType(file_okay=False, path_type=Path),
     help="Output folder: a native model folder, or (with --from-native) the folder for the .pth files.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace components or files that already exist in --out.")

@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from .options import PathType
+
 
 @click.group(name="data")
 def data() -> None:
@@ -24,7 +26,7 @@ def data() -> None:
 )
 @click.option(
     "--data-dir",
-    type=click.Path(file_okay=True, dir_okay=True),
+    type=PathType(file_okay=True, dir_okay=True),
     default=None,
     help="Root of the dataset (a folder, or a CSV/JSONL manifest for folder); not needed for shapes.",
 )

@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from .options import DEVICE
+from .options import DEVICE, PathType
 
-_FILE = click.Path(dir_okay=False, path_type=Path)
+_FILE = PathType(dir_okay=False, path_type=Path)
 DATASETS = ("shapes", "birds", "coco", "folder")
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
 @click.command(name="evaluate", context_settings={"show_default": True})
 @click.option(
     "--checkpoint",
-    type=click.Path(path_type=Path),
+    type=PathType(path_type=Path),
     default=None,
     help="Trained model: a run folder (its model/ and data settings are used) or a model folder "
     "(generator/, text_encoder/, image_encoder/, vocab.json).",
@@ -175,7 +175,7 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
     default=None,
     help="Test set; default: the run folder's own. birds/coco/folder need --data-dir.",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Folder of the dataset.")
+@click.option("--data-dir", type=PathType(path_type=Path), default=None, help="Folder of the dataset.")
 @click.option(
     "--metrics",
     default=None,
@@ -244,7 +244,7 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
 )
 @click.option(
     "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=PathType(file_okay=False, path_type=Path),
     default=None,
     help="Cache of real-image FID statistics and of the attribute classifier "
     "(default: $ATTNGAN_CACHE or ~/.cache/attngan).",

@@ -6,7 +6,7 @@ import re
 
 import click
 
-__all__ = ["DEVICE", "UserFailure"]
+__all__ = ["DEVICE", "PathType", "UserFailure"]
 
 
 class DeviceType(click.ParamType):
@@ -23,6 +23,15 @@ class DeviceType(click.ParamType):
 
 
 DEVICE = DeviceType()
+
+
+class PathType(click.Path):
+    """``click.Path`` that refuses an empty name (which would otherwise mean the current folder)."""
+
+    def convert(self, value, param, ctx):  # noqa: ANN001 - click's signature
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; give a file or folder name", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class UserFailure(click.ClickException):

@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from .options import DEVICE
+from .options import DEVICE, PathType
 
-_FILE = click.Path(dir_okay=False, path_type=Path)
+_FILE = PathType(dir_okay=False, path_type=Path)
 
 
 def resolve_device(name: str) -> Any:
@@ -143,7 +143,7 @@ def _png(image: Any) -> bytes:
 @click.argument("sentences", nargs=-1)
 @click.option(
     "--checkpoint",
-    type=click.Path(path_type=Path),
+    type=PathType(path_type=Path),
     default=None,
     help="Trained model: a run folder (runs/00001-shapes-attngan, its model/ is used) or a model folder "
     "(generator/, text_encoder/, vocab.json; e.g. written by `attngan convert`).",
@@ -175,7 +175,7 @@ def _png(image: Any) -> bytes:
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=PathType(file_okay=False, path_type=Path),
     required=True,
     help="Folder for the images (created; must be empty unless --overwrite).",
 )

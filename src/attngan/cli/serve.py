@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from .options import DEVICE
+from .options import DEVICE, PathType
 from .sample import load_pipeline, resolve_device
 
-_FILE = click.Path(dir_okay=False, path_type=Path)
+_FILE = PathType(dir_okay=False, path_type=Path)
 
 
 def is_loopback(host: str) -> bool:
@@ -26,7 +26,7 @@ def is_loopback(host: str) -> bool:
 
 @click.command()
 @click.option(
-    "--checkpoint", type=click.Path(path_type=Path), help="Model folder or run folder (runs/NNNNN-...)."
+    "--checkpoint", type=PathType(path_type=Path), help="Model folder or run folder (runs/NNNNN-...)."
 )
 @click.option(
     "--original-generator", type=_FILE, help="The original release's generator, e.g. bird_AttnGAN2.pth."

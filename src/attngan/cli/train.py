@@ -18,11 +18,11 @@ import click
 
 from ..config import PRESETS, Preset, apply_overrides, check_preset, to_dict
 from ..errors import UserError, user_message
-from .options import DEVICE, UserFailure
+from .options import DEVICE, PathType, UserFailure
 
-_PATH = click.Path(path_type=Path)
-_EXISTING = click.Path(exists=True, path_type=Path)
-_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_PATH = PathType(path_type=Path)
+_EXISTING = PathType(exists=True, path_type=Path)
+_FILE = PathType(exists=True, dir_okay=False, path_type=Path)
 DATASETS = ("birds", "coco", "folder", "shapes")
 
 
