@@ -584,8 +584,12 @@ def test_the_vocabulary_survives_native_to_original_and_back(tmp_path):
     pipe = AttnGANPipeline(
         TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab))), Generator(tiny.generator), vocab
     )
-    pipe.save_pretrained(tmp_path / "native")
-    done, _ = legacy.native_to_original(tmp_path / "native", tmp_path / "orig")
+    pipe.save_pretrained(tmp_path / "run" / "model")
+    with pytest.raises(UserError, match="holds no model components.*run folder whose training has exported model/"):
+        legacy.native_to_original(tmp_path, tmp_path / "orig")
+    done, _ = legacy.native_to_original(tmp_path / "run", tmp_path / "orig")  # a run folder means its model/
+    assert sorted(c.kind for c in done) == ["generator", "text_encoder", "vocabulary"]
+    (tmp_path / "run").rename(tmp_path / "native")
     assert "vocabulary" in [c.kind for c in done]
     assert load_captions_pickle(tmp_path / "orig" / "captions.pickle").vocab == vocab  # what the original reads
     with pytest.raises(UserError, match="already exists"):
@@ -598,3 +602,37 @@ def test_the_vocabulary_survives_native_to_original_and_back(tmp_path):
     )
     again = AttnGANPipeline.from_pretrained(tmp_path / "back")
     assert torch.equal(again("a red circle", seed=1).stage_tensors[0][-1], pipe("a red circle", seed=1).stage_tensors[0][-1])
+
+
+def test_a_file_of_the_wrong_kind_is_named_as_such(tmp_path):
+    """A pickle where a checkpoint belongs, a checkpoint or a vocab.json where captions.pickle belongs: the
+    message says which kind of file it is, not "corrupt, download it again"."""
+    import json
+    import pickle
+
+    from attngan.checkpoint import safe_torch_load
+    from attngan.data.pickles import load_captions_pickle
+    from attngan.errors import CheckpointError, DataError
+
+    captions = tmp_path / "captions.pickle"
+    captions.write_bytes(pickle.dumps([[], [], {0: "<end>"}, {"<end>": 0}], protocol=2))
+    legacy_pth = tmp_path / "netG.pth"
+    torch.save({"w": torch.zeros(2)}, legacy_pth, _use_new_zipfile_serialization=False)
+    zip_pth = tmp_path / "netG_zip.pth"
+    torch.save({"w": torch.zeros(2)}, zip_pth)
+    vocab_json = tmp_path / "vocab.json"
+    vocab_json.write_text(json.dumps({"itos": ["<end>", "a"]}))
+    with pytest.raises(CheckpointError, match="plain Python pickle, not a PyTorch checkpoint"):
+        safe_torch_load(captions)
+    for path, msg in [
+        (legacy_pth, r"PyTorch checkpoint \(\.pth\) in the legacy format, not a pickle"),
+        (zip_pth, r"zip file \(a PyTorch \.pth checkpoint\?\), not a pickle"),
+        (vocab_json, r"JSON text \(a vocab\.json\?\), not a pickle"),
+    ]:
+        with pytest.raises(DataError, match=msg):
+            load_captions_pickle(path)
+    truncated = tmp_path / "truncated.pickle"
+    truncated.write_bytes(captions.read_bytes()[:-3])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        load_captions_pickle(truncated)
+    assert len(load_captions_pickle(captions).vocab) == 1

@@ -61,6 +61,11 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
                 f"{path} is not a PyTorch checkpoint (it does not start as a torch zip file or pickle): the file "
                 "is damaged, or it is something else"
             ) from exc
+        if head.startswith(b"\x80") and "magic number" in text:  # a pickle, but not torch's legacy format
+            raise CheckpointError(
+                f"{path} is a plain Python pickle, not a PyTorch checkpoint (a captions.pickle or "
+                "filenames.pickle?); pass the .pth file of the model here"
+            ) from exc
         msg = msg.split(". ")[0][:200]  # torch's first sentence, without its advice to unpickle unsafely
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {type(exc).__name__}: {msg}"

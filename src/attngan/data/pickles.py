@@ -123,6 +123,9 @@ def _to_str(obj: Any) -> Any:
     return obj
 
 
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first object of a torch.save file in the legacy format
+
+
 def safe_load_pickle(path: str | os.PathLike) -> Any:
     """Unpickle ``path`` through :class:`RestrictedUnpickler`; every failure is a ``DataError``."""
     path = Path(path)
@@ -137,10 +140,16 @@ def safe_load_pickle(path: str | os.PathLike) -> Any:
     except DataError:
         raise
     except Exception as exc:  # UnpicklingError, EOFError, ValueError, ... from a corrupt file
-        raise DataError(
-            f"{path} is not a readable pickle ({type(exc).__name__}: {exc}); "
-            "the file is truncated or corrupt: download it again"
-        ) from exc
+        head = data[:8].lstrip()
+        if head.startswith(b"PK\x03\x04"):
+            what = "it is a zip file (a PyTorch .pth checkpoint?), not a pickle: pass the .pickle file here"
+        elif head.startswith((b"{", b"[")):
+            what = "it is JSON text (a vocab.json?), not a pickle: pass the .pickle file here"
+        else:
+            what = "the file is truncated or corrupt: download it again"
+        raise DataError(f"{path} is not a readable pickle ({type(exc).__name__}: {exc}); {what}") from exc
+    if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:
+        raise DataError(f"{path} is a PyTorch checkpoint (.pth) in the legacy format, not a pickle: pass the .pickle file here")
     return _to_str(obj)
 
 
