@@ -432,3 +432,41 @@ def test_discriminator_loss_uncond_weight(seed):
     got = losses.discriminator_loss(disc, real, fake, sent, uncond_weight=0.5).total
     ref = ref_discriminator_loss(real, fake, sent, True, w=0.5)
     torch.testing.assert_close(got, torch.tensor(ref, dtype=DT), rtol=0, atol=1e-12)
+
+
+def test_wrong_shapes_are_refused_instead_of_broadcast():
+    """Shapes that broadcast into numbers (one length for all captions, one class id, a flat sentence) are
+    errors that name the expected shape, not silently wrong losses."""
+    from attngan import losses as L
+    from attngan.config import DiscriminatorConfig
+    from attngan.nn import Discriminator
+
+    torch.manual_seed(0)
+    b, d, t = 4, 8, 5
+    regions, iv = torch.randn(b, d, 3, 3), torch.randn(b, d)
+    words, sent = torch.randn(b, d, t), torch.randn(b, d)
+    lengths = torch.tensor([5, 3, 2, 4])
+    kw = dict(gamma1=4.0, gamma2=5.0, gamma3=10.0)
+    assert torch.isfinite(L.damsm_loss(regions, iv, words, sent, lengths, **kw).total)
+    cases = [
+        (lambda: L.word_scores(regions, words, lengths[:1], 4.0, 5.0), r"lengths must be \(4,\)"),
+        (lambda: L.word_scores(regions, words, torch.tensor([5, 0, 2, 4]), 4.0, 5.0), r"lengths must be in 1..5"),
+        (lambda: L.word_scores(regions, words, torch.tensor([5, 6, 2, 4]), 4.0, 5.0), r"lengths must be in 1..5"),
+        (lambda: L.region_context(words, regions, 4.0, torch.zeros(1, t, dtype=torch.bool)), r"mask must be \(4, 5\)"),
+        (lambda: L.region_context(words, regions[:3], 4.0), r"regions must be \(4, D, h, w\)"),
+        (lambda: L.word_scores(regions[:, :4], words, lengths, 4.0, 5.0), r"D = 8 as the words"),
+        (lambda: L.damsm_loss(regions, iv, words, sent, lengths, class_ids=torch.tensor([0]), **kw), r"class_ids must be \(4,\)"),
+        (lambda: L.damsm_loss(regions[:3], iv[:3], words, sent, lengths, **kw), r"matching image-caption pairs.*3, 3, 4, 4"),
+        (lambda: L.sentence_scores(iv, sent[:, :4]), r"sentence vectors must be"),
+        (lambda: L.matching_losses(torch.randn(3, 4), 10.0), r"as many images as captions"),
+        (lambda: L.kl_loss(torch.randn(b, 6), torch.randn(6)), r"same shape"),
+    ]
+    for call, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            call()
+    disc = Discriminator(DiscriminatorConfig(df_dim=4, embed_dim=d, image_size=16))
+    fake = torch.randn(b, 3, 16, 16)
+    assert torch.isfinite(L.generator_stage_loss(disc, fake, sent))
+    for bad in (torch.randn(8, 4), torch.randn(2, 16), torch.randn(b * d)):  # b * d elements, other shapes
+        with pytest.raises(ValueError, match=r"sentence must be \(B, D\) = \(4, 8\)"):
+            L.generator_stage_loss(disc, fake, bad)

@@ -23,6 +23,25 @@ import torch.nn.functional as F
 EPS = 1e-8
 
 
+def _shape_error(what: str, expected: str, tensor: torch.Tensor) -> ValueError:
+    return ValueError(f"{what} must be {expected}, got {tuple(tensor.shape)}")
+
+
+def _check_words_regions(words: torch.Tensor, regions: torch.Tensor) -> None:
+    if words.dim() != 3:
+        raise _shape_error("words", "(B, D, T)", words)
+    if regions.dim() != 4 or regions.shape[1] != words.shape[1]:
+        raise _shape_error("regions", f"(B, D, h, w) with D = {words.shape[1]} as the words", regions)
+
+
+def _check_lengths(lengths: torch.Tensor, b: int, t: int) -> None:
+    """(B,) caption lengths in 1..T (their values are checked where they live on the CPU: no device sync)."""
+    if tuple(lengths.shape) != (b,):
+        raise _shape_error("lengths", f"({b},), one per caption", lengths)
+    if lengths.device.type == "cpu" and b and not bool(((lengths >= 1) & (lengths <= t)).all()):
+        raise ValueError(f"caption lengths must be in 1..{t} (T of the word features), got {lengths.tolist()}")
+
+
 def _lengths_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
     """(B, T) bool, True at padding positions."""
     return torch.arange(t, device=lengths.device)[None, :] >= lengths[:, None]
@@ -39,7 +58,12 @@ def region_context(
     Returns:
         c (B, D, T) and alpha (B, T, h, w) (Eq. 9 weights over regions).
     """
+    _check_words_regions(words, regions)
     b, d, t = words.shape
+    if regions.shape[0] != b:
+        raise _shape_error("regions", f"({b}, D, h, w): one image per caption", regions)
+    if mask is not None and tuple(mask.shape) != (b, t):
+        raise _shape_error("mask", f"({b}, {t}), one row per caption", mask)
     h, w = regions.shape[2:]
     v = regions.reshape(b, d, h * w)  # (B, D, N)
     s = torch.bmm(words.transpose(1, 2), v)  # (B, T, N)  Eq. 7: s_{i,j} = e_i^T v_j
@@ -72,8 +96,10 @@ def word_scores(
     Returns:
         (B_img, B_cap) scores.
     """
+    _check_words_regions(words, regions)
     bi, d, h, w = regions.shape
     bc, _, t = words.shape
+    _check_lengths(lengths, bc, t)
     v = regions.reshape(bi, d, h * w)  # (Bi, D, N)
     pad = _lengths_mask(lengths, t)  # (Bc, T)
     s = torch.einsum("cdt,idn->ictn", words, v)  # (Bi, Bc, T, N)  Eq. 7
@@ -92,6 +118,10 @@ def word_scores(
 
 def sentence_scores(image_vectors: torch.Tensor, sentence_vectors: torch.Tensor) -> torch.Tensor:
     """R(Q_j, D_i) = cos(v-bar_j, e-bar_i) (the sentence-level form below Eq. 13): (B_img, B_cap)."""
+    if image_vectors.dim() != 2:
+        raise _shape_error("image vectors", "(B_img, D)", image_vectors)
+    if sentence_vectors.dim() != 2 or sentence_vectors.shape[1] != image_vectors.shape[1]:
+        raise _shape_error("sentence vectors", f"(B_cap, {image_vectors.shape[1]}) as the image vectors", sentence_vectors)
     num = image_vectors @ sentence_vectors.t()
     den = image_vectors.norm(dim=1)[:, None] * sentence_vectors.norm(dim=1)[None, :]
     return num / den.clamp(min=EPS)
@@ -114,9 +144,14 @@ def matching_losses(
     """
     m = scores.size(0)
     if scores.shape != (m, m):
-        raise ValueError(f"scores must be square, got {tuple(scores.shape)}")
+        raise ValueError(
+            f"scores must be (M, M), as many images as captions (matching pairs on the diagonal), got "
+            f"{tuple(scores.shape)}"
+        )
     logits = gamma3 * scores  # Eq. 11
     if class_ids is not None:
+        if tuple(class_ids.shape) != (m,):
+            raise _shape_error("class_ids", f"({m},), one per pair", class_ids)
         same = class_ids[:, None] == class_ids[None, :]
         same = same & ~torch.eye(m, dtype=torch.bool, device=scores.device)
         logits = logits.masked_fill(same, float("-inf"))
@@ -150,6 +185,12 @@ def damsm_loss(
     reduction: str = "mean",
 ) -> DAMSMLossOutput:
     """L_DAMSM = L_1^w + L_2^w + L_1^s + L_2^s (Eq. 14) for a batch of matching image-caption pairs."""
+    sizes = (regions.shape[0], image_vectors.shape[0], words.shape[0], sentence.shape[0])
+    if len(set(sizes)) != 1:
+        raise ValueError(
+            "damsm_loss needs matching image-caption pairs: got regions, image_vectors, words, sentence for "
+            f"{', '.join(map(str, sizes))} items"
+        )
     w1, w2 = matching_losses(
         word_scores(regions, words, lengths, gamma1, gamma2, inverse_gamma2), gamma3, class_ids, reduction
     )
@@ -159,6 +200,8 @@ def damsm_loss(
 
 def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, I)) of conditioning augmentation, mean over all elements (original)."""
+    if mu.shape != logvar.shape:
+        raise ValueError(f"mu and logvar must have the same shape (B, c), got {tuple(mu.shape)} and {tuple(logvar.shape)}")
     return torch.mean(-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()))
 
 

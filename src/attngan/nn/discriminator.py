@@ -91,6 +91,9 @@ class Discriminator(nn.Module):
         uncond = self.UNCOND_DNET(features) if self.UNCOND_DNET is not None else None
         cond = None
         if sentence is not None:
+            expected = (features.shape[0], self.COND_DNET.embed_dim)
+            if tuple(sentence.shape) != expected:
+                raise ValueError(f"sentence must be (B, D) = {expected} for these images, got {tuple(sentence.shape)}")
             with batch_groups(self.COND_DNET, groups):
                 cond = self.COND_DNET(features, sentence)
         return uncond, cond
