@@ -144,7 +144,7 @@ def test_train_without_encoders_says_what_to_pass():
     assert result.exit_code == 2 and "--damsm" in result.output
 
 
-def test_tiny_end_to_end_pretrain_then_train_then_resume(tmp_path):
+def test_tiny_end_to_end_pretrain_then_train_then_resume(tmp_path, caplog):
     runs = tmp_path / "runs"
     common = ["--preset", "tiny", "--runs-dir", runs, "--no-progress", "--set", "data.num_images=32"]
     result = invoke("pretrain-damsm", *common, "--max-steps", "4")
@@ -169,6 +169,15 @@ def test_tiny_end_to_end_pretrain_then_train_then_resume(tmp_path):
     assert result.exit_code == 0, result.output
     last = json.loads((gan_run / "stats.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 5
+    # Resuming a run that is done says so (not "steps 6 to 5") and changes nothing.
+    state = gan_run / "checkpoints" / "state-00000005.pt"
+    before = state.read_bytes()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="attngan"):
+        result = invoke("train", "--resume", gan_run, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "already at step 5 of 5, nothing to train; to go on, give a larger --max-steps" in caplog.text
+    assert "steps 6 to 5" not in caplog.text and state.read_bytes() == before
 
     # Another generator width cannot continue this run: the message names the setting.
     result = CliRunner().invoke(cli, ["train", "--resume", gan_run, "--set", "generator.gf_dim=8", "--no-progress"])

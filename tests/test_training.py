@@ -378,10 +378,40 @@ def test_resume_without_the_run_model_folder_takes_the_encoders_given(tmp_path, 
     shutil.rmtree(result.run_dir / "model")
     with pytest.raises(UserError, match="has no model/ folder with the frozen DAMSM encoders.*--damsm"):
         run_gan(tmp_path, damsm_run, 3, resume=result.run_dir)
+    recorded = json.loads((result.run_dir / "config.json").read_text())["encoders"]
+    # Other encoders (one weight changed) would condition G on other text features: refused.
+    from attngan.checkpoint import load_component, save_component
+    from attngan.config import TextEncoderConfig
+    from attngan.nn import TextEncoder
+
+    other = tmp_path / "other-damsm"
+    shutil.copytree(damsm_run[0].run_dir / "model", other)
+    te = load_component(other / "text_encoder", TextEncoder, TextEncoderConfig)
+    with torch.no_grad():
+        next(te.parameters())[0, 0] += 0.01
+    save_component(other / "text_encoder", te, te.config)
+    with pytest.raises(UserError, match=r"not the ones this run was trained with.*config\.json"):
+        train_gan(None, resume=result.run_dir, damsm=other, max_steps=3, progress=False, tensorboard=False)
     resumed = train_gan(
         None, resume=result.run_dir, damsm=damsm_run[0].run_dir, max_steps=3, progress=False, tensorboard=False
     )
     assert resumed.step == 3 and (result.run_dir / "model" / "generator").is_dir()
+    assert json.loads((result.run_dir / "config.json").read_text())["encoders"] == recorded  # where they came from
+
+
+def test_a_damsm_of_other_data_is_refused(tmp_path, damsm_run):
+    from attngan.data.registry import build_dataset
+    from attngan.errors import UserError
+    from attngan.text import Vocabulary
+
+    own = build_dataset(gan_preset().data, "train", [16, 32], vocab=Vocabulary.load(damsm_run[0].run_dir / "model" / "vocab.json"))
+    assert own.unknown_word_share == 0.0
+    # A DAMSM vocabulary of other captions: most words of these captions are unknown to it.
+    foreign = build_dataset(gan_preset().data, "train", [16, 32], vocab=Vocabulary.build([["a", "red", "bird", "with", "wings"]]))
+    assert 0.5 < foreign.unknown_word_share < 1.0
+    with pytest.raises(UserError, match=r"% of the words of the training captions are not in the vocabulary.*pre-trained on other data"):
+        run_gan(tmp_path, damsm_run, 1, train_set=foreign)
+    assert not list(tmp_path.glob("*-attngan"))  # refused before a run folder was made
 
 
 def test_an_unfinished_damsm_run_or_a_damsm_only_model_say_what_to_do(tmp_path, damsm_run):

@@ -229,6 +229,7 @@ class TextImageDataset(Dataset):
         starts: list[int] = []  # caption c spans flat[starts[c]:starts[c + 1]]
         first: list[int] = []  # image i owns captions first[i]:first[i + 1]
         unknown: set[str] = set()
+        n_known = n_unknown = 0  # word occurrences in the text captions
         skipped: list[str] = []  # the image of each caption skipped
         n_words = len(self.vocab)
         for key, caps in zip(self.keys, captions):
@@ -237,6 +238,8 @@ class TextImageDataset(Dataset):
                 if isinstance(cap, str):
                     ids, unk = self.vocab.encode(tokenize(cap))
                     unknown.update(unk)
+                    n_known += len(ids)
+                    n_unknown += len(unk)
                 else:
                     ids = [int(i) for i in cap]
                     if any(i <= 0 or i >= n_words for i in ids):
@@ -262,6 +265,10 @@ class TextImageDataset(Dataset):
             log.info(
                 "dropped %d unknown words from the captions, e.g. %s", len(unknown), sorted(unknown)[:10]
             )
+        # Share of caption words outside the vocabulary (0 when the vocabulary was built from these captions);
+        # a trainer given another model's vocabulary uses it to tell data and model apart.
+        self.unknown_word_share = n_unknown / max(n_known + n_unknown, 1)
+        self.unknown_word_examples = sorted(unknown)[:10]
         self._ids = np.asarray(flat, dtype=np.int32)
         self._starts = np.asarray(starts, dtype=np.int64)
         self._first = np.asarray(first, dtype=np.int64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import math
 import shutil
@@ -106,6 +107,35 @@ def resolve_vocab_size(preset: Preset, vocab: Vocabulary) -> Preset:
             f"use --set text_encoder.vocab_size={len(vocab)} (or 0 to take it from the data)"
         )
     return preset
+
+
+def check_caption_vocabulary(dataset: Any, source: str) -> None:
+    """Refuse training data whose captions are mostly unknown to the DAMSM encoders' vocabulary (a DAMSM
+    pre-trained on another dataset); warn when a notable share of their words is dropped."""
+    share = float(getattr(dataset, "unknown_word_share", 0.0))
+    examples = ", ".join(getattr(dataset, "unknown_word_examples", [])[:8])
+    if share > 0.5:
+        raise UserError(
+            f"{share:.0%} of the words of the training captions are not in the vocabulary of the DAMSM encoders "
+            f"({source}; e.g. {examples}): they were pre-trained on other data. Pass the dataset they were "
+            "trained on (--dataset/--data-dir), or pre-train a DAMSM on this one (attngan pretrain-damsm)"
+        )
+    if share > 0.05:
+        log.warning(
+            "%.0f%% of the words of the training captions are not in the vocabulary of the DAMSM encoders (%s) "
+            "and are dropped, e.g. %s", 100 * share, source, examples,
+        )  # fmt: skip
+
+
+def encoder_fingerprint(*modules: nn.Module) -> str:
+    """SHA-256 of the modules' state dicts (names and bytes, any memory layout): which encoders a run used."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, t in sorted(unwrap(module).state_dict().items()):
+            h.update(name.encode())
+            h.update(str(t.dtype).encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def unwrap(module: nn.Module) -> nn.Module:

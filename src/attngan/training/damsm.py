@@ -239,7 +239,13 @@ def train_damsm(
         tensorboard=tensorboard,
         name="damsm",
     )
-    if main:
+    if main and step >= total_steps:
+        log.info(
+            "DAMSM pre-training in %s: already at step %d of %d, nothing to train; to go on, give a "
+            "larger --max-steps",
+            run_dir, step, total_steps,
+        )  # fmt: skip
+    elif main:
         log.info(
             "DAMSM pre-training in %s: steps %d to %d of %d images (%d steps per epoch) on %s",
             run_dir, step + 1, total_steps, cfg.batch_size * dist_info.world_size, steps_per_epoch, dev,

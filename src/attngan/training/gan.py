@@ -23,9 +23,11 @@ tensors and :class:`FlatAdam`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
+import json
 import logging
 import sys
 import time
@@ -51,9 +53,11 @@ from .common import (
     TrainingInterrupted,
     TrainResult,
     call_hook,
+    check_caption_vocabulary,
     check_finite,
     discard_empty_run,
     disk_full,
+    encoder_fingerprint,
     export_model,
     resolve_vocab_size,
     resume_hint,
@@ -98,6 +102,16 @@ _STOP, _TIME_UP = 1, 2
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _encoders_record(run_dir: Path, state: dict | None, source: str) -> str:
+    """Where the run's encoders came from: as recorded when it started (a resumed run reads its own model/)."""
+    if state is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            recorded = json.loads((run_dir / "config.json").read_text()).get("encoders")
+            if recorded:
+                return str(recorded)
+    return source
 
 
 def load_encoders(
@@ -335,6 +349,14 @@ def train_gan(
     text_encoder, image_encoder, vocab = load_encoders(
         damsm, original_text_encoder=original_text_encoder, original_image_encoder=original_image_encoder, vocab=vocab_hint
     )
+    encoders_source = str(damsm or original_text_encoder)
+    fingerprint = encoder_fingerprint(text_encoder, image_encoder)
+    if state is not None and state.get("encoders_sha256") not in (None, fingerprint):
+        raise UserError(
+            f"the DAMSM encoders given ({encoders_source}) are not the ones this run was trained with (their "
+            "weights differ), so the generator would be conditioned on other text features; give the encoders "
+            f"the run started with (\"encoders\" in {run_dir_of(Path(state['path'])) / 'config.json'})"
+        )
     if state is not None:
         saved = preset_from_state(state)
         preset = saved if preset is None else check_resume_config(saved, _resolve_gan_preset(preset, text_encoder, image_encoder), state["path"])
@@ -348,6 +370,7 @@ def train_gan(
         train_set = build_dataset(preset.data, "train", image_sizes, vocab=vocab, train=True, progress=progress)
     if vocab is None:
         vocab = train_set.vocab
+    check_caption_vocabulary(train_set, encoders_source)
     preset = resolve_vocab_size(preset, vocab)
     steps_per_epoch = batches_per_epoch(train_set, cfg.batch_size, dist_info.world_size)
     total_steps = max_steps if max_steps is not None else cfg.max_steps
@@ -433,7 +456,7 @@ def train_gan(
             _export(run_dir, vocab, text_encoder, image_encoder, preset, None, [], step)
         write_run_config(
             run_dir, preset, kind="gan", device=str(dev), world_size=dist_info.world_size, max_steps=total_steps,
-            mixed_precision=mp, encoders=str(damsm or original_text_encoder),
+            mixed_precision=mp, encoders=_encoders_record(run_dir, state, encoders_source),
         )  # fmt: skip
         if num_samples > 0:
             from ..data.base import collate_batch
@@ -457,7 +480,13 @@ def train_gan(
         tensorboard=tensorboard,
         name="attngan",
     )
-    if main:
+    if main and step >= total_steps:
+        log.info(
+            "AttnGAN training in %s: already at step %d of %d, nothing to train; to go on, give a "
+            "larger --max-steps",
+            run_dir, step, total_steps,
+        )  # fmt: skip
+    elif main:
         log.info(
             "AttnGAN training in %s: steps %d to %d of %d images (%d steps per epoch), stages %s, on %s%s",
             run_dir, step + 1, total_steps, cfg.batch_size * dist_info.world_size, steps_per_epoch, image_sizes, dev,
@@ -485,6 +514,7 @@ def train_gan(
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "rng": rngs,
                 "world_size": dist_info.world_size,
+                "encoders_sha256": fingerprint,  # a resumed run must condition on the same text features
             },
             keep_checkpoints,
         )
