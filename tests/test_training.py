@@ -887,3 +887,41 @@ def test_a_run_from_before_the_auto_precision_default_resumes_with_the_preset_gi
     assert again.step == 3 and again.run_dir == first.run_dir
     with pytest.raises(CheckpointError, match="gan_train.g_lr"):
         run_gan(tmp_path, damsm_run, 4, resume=first.run_dir, preset=gan_preset("gan_train.snapshot_every=100", "gan_train.g_lr=0.01"))
+
+
+class _FailingDataset(torch.utils.data.Dataset):
+    """A shapes dataset whose item ``bad`` cannot be read (as a missing image file)."""
+
+    def __init__(self, inner, bad: int) -> None:
+        self.inner, self.bad, self.vocab = inner, bad, inner.vocab
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int):
+        from attngan.errors import DataError
+
+        if index == self.bad:
+            raise DataError(f"image {index} does not exist")
+        return self.inner[index]
+
+
+@pytest.mark.parametrize("kind", ["damsm", "gan"])
+def test_a_data_error_in_a_loader_worker_leaves_no_worker_behind(tmp_path, damsm_run, kind):
+    """The workers ignore SIGTERM (Ctrl-C is the main process's business), so a run that failed while they
+    were alive used to hang at exit in multiprocessing's clean-up; they must be gone when the error arrives."""
+    import multiprocessing
+
+    from attngan.data.registry import build_dataset
+    from attngan.errors import DataError
+    from attngan.text import Vocabulary
+
+    preset = gan_preset("data.workers=1")
+    vocab = Vocabulary.load(damsm_run[0].run_dir / "model" / "vocab.json")
+    data = _FailingDataset(build_dataset(preset.data, "train", [16, 32], vocab=vocab), bad=5)
+    with pytest.raises(DataError, match="image 5 does not exist"):
+        if kind == "damsm":
+            train_damsm(preset, runs_dir=tmp_path, train_set=data, val_set=False, max_steps=8, progress=False, tensorboard=False)
+        else:
+            run_gan(tmp_path, damsm_run, 8, "data.workers=1", train_set=data)
+    assert multiprocessing.active_children() == []

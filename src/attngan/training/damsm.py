@@ -45,7 +45,7 @@ from .common import (
     resolve_vocab_size,
     resume_hint,
 )
-from .data import batches_per_epoch, epoch_loader, image_batch_bytes, loader_workers
+from .data import batches_per_epoch, epoch_loader, image_batch_bytes, iterate_batches, loader_workers
 from .loss import DAMSMLoss, DAMSMObjective
 from .runtime import (
     InterruptGuard,
@@ -281,15 +281,17 @@ def train_damsm(
     in_step = False
     batch_bytes = image_batch_bytes(cfg.batch_size, image_sizes)
     workers = loader_workers(preset.data.workers, dev, dist_info.world_size, batch_bytes)
+    batches = None  # the current epoch's batches: closed (its workers shut down) however training ends
     try:
         with InterruptGuard() as guard:
             objective.train()
             done = step >= total_steps
             while not done:
-                for batch in epoch_loader(
+                batches = iterate_batches(epoch_loader(
                     train_set, cfg.batch_size, epoch, batch_in_epoch, seed=cfg.seed,
                     rank=dist_info.rank, world_size=dist_info.world_size, workers=workers, pin_memory=dev.type == "cuda",
-                ):  # fmt: skip
+                ))  # fmt: skip
+                for batch in batches:
                     # Fetch training data.
                     in_step = True
                     batch = batch.to(dev)
@@ -385,6 +387,8 @@ def train_damsm(
             raise
         raise full from exc
     finally:
+        if batches is not None:
+            batches.close()
         stats.close()
         if created and step == 0 and sys.exc_info()[0] is not None:
             discard_empty_run(run_dir)

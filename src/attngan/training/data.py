@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -18,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..data.base import collate_batch
 from ..errors import DataError
 
-__all__ = ["batches_per_epoch", "epoch_loader", "image_batch_bytes", "loader_workers"]
+__all__ = ["batches_per_epoch", "epoch_loader", "image_batch_bytes", "iterate_batches", "loader_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +126,16 @@ def epoch_loader(
         # RNG, so starting mid-epoch (resume) would shift the noise of every later step.
         generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
     )
+
+
+def iterate_batches(loader: DataLoader) -> Iterator[Any]:
+    """Iterate ``loader``; its worker processes are shut down as soon as the iteration ends, fails or is
+    closed. (Left to garbage collection, a run stopped by an error kept them alive until the interpreter
+    exited, whose ``multiprocessing`` clean-up then waited forever for workers that ignore SIGTERM.)"""
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # _MultiProcessingDataLoaderIter
+        if callable(shutdown):
+            shutdown()

@@ -62,7 +62,7 @@ from .common import (
     resolve_vocab_size,
     resume_hint,
 )
-from .data import batches_per_epoch, epoch_loader, image_batch_bytes, loader_workers
+from .data import batches_per_epoch, epoch_loader, image_batch_bytes, iterate_batches, loader_workers
 from .figures import attention_png
 from .loss import DiscriminatorObjective, GANLoss, TextFeatures
 from .optim import FlatAdam
@@ -532,6 +532,7 @@ def train_gan(
     hint = "Lower gan_train.g_lr/d_lr, try gan_loss.damsm_lambda or another seed, or check the data."
     batch_bytes = image_batch_bytes(cfg.batch_size, image_sizes)
     workers = loader_workers(preset.data.workers, dev, dist_info.world_size, batch_bytes)
+    batches = None  # the current epoch's batches: closed (its workers shut down) however training ends
     try:
         with InterruptGuard() as guard, cudnn_autotuner(dev.type == "cuda" and cfg.fast_kernels):
             generator.train()
@@ -539,10 +540,11 @@ def train_gan(
                 d.train()
             done = step >= total_steps
             while not done:
-                for batch in epoch_loader(
+                batches = iterate_batches(epoch_loader(
                     train_set, cfg.batch_size, epoch, batch_in_epoch, seed=cfg.seed,
                     rank=dist_info.rank, world_size=dist_info.world_size, workers=workers, pin_memory=dev.type == "cuda",
-                ):  # fmt: skip
+                ))  # fmt: skip
+                for batch in batches:
                     # Fetch training data; encode the captions with the frozen text encoder.
                     in_step = True
                     lengths_cpu = batch.lengths  # pack_padded_sequence wants them on the CPU: no copy back
@@ -636,6 +638,8 @@ def train_gan(
             raise
         raise full from exc
     finally:
+        if batches is not None:
+            batches.close()
         stats.close()
         if created and step == 0 and sys.exc_info()[0] is not None:
             discard_empty_run(run_dir)
