@@ -713,3 +713,125 @@ def test_folder_reads_gif_and_tiff_and_names_caption_files_without_image(tmp_pat
         scan_folder(root, "test", 0.0)  # the other split is scanned too: no second warning
     assert sorted(train.keys) == ["a", "b", "c"]
     assert caplog.text.count("1 caption files") == 1 and "lonely.txt" in caplog.text  # once per dataset
+
+
+# --------------------------------------------------------------------------------------------------------
+# Messy real-world folders (audit, session 12): nothing silently dropped, mis-paired or turned
+
+
+def _folder_captions(root, split="train") -> dict[str, list[str]]:
+    ds = FolderDataset(root, split, image_sizes=SIZES)
+    return {k: [" ".join(ds.vocab.itos[i] for i in ds.caption_ids(n, c)) for c in range(ds.num_captions(n))]
+            for n, k in enumerate(ds.keys)}  # fmt: skip
+
+
+def test_csv_manifest_refuses_stray_quotes_and_unquoted_commas(tmp_path):
+    for name in "acef":
+        save_lossless(coord_pixels(), tmp_path / "m" / f"{name}.png")
+    manifest = tmp_path / "m" / "captions.csv"
+    # A quote left open swallowed the following rows into one caption.
+    write_text(manifest, 'image,caption\na.png,a bird with a "quoted" word\nc.png,"a stray quote, then text\n'
+                         "e.png,caption of e\nf.png,caption of f\n")  # fmt: skip
+    report = check_dataset("folder", tmp_path / "m")
+    assert not report.usable and any("unbalanced double quote" in p for p in report.problems), report.problems
+    # An unquoted comma cut the caption short.
+    write_text(manifest, "image,caption,split\na.png,a small bird, with red wings,train\nc.png,a cat,train\n")
+    report = check_dataset("folder", tmp_path / "m")
+    assert not report.usable
+    assert any("line 2 has 4 fields for the 3 columns" in p and "double quotes" in p for p in report.problems)
+    # Quoted commas, doubled quotes, extra columns, a caption over csv's default 128 KiB field limit: all read.
+    long = "word " * 30000
+    write_text(manifest, 'id,image,caption,split\n1,a.png,"a small bird, with ""red"" wings",train\n'
+                         f'2,c.png,{long},train\n3,e.png,an e,test\n')  # fmt: skip
+    caps = _folder_captions(tmp_path / "m")
+    assert caps["a"] == ["a small bird with red wings"] and len(caps["c"][0].split()) == 30000
+
+
+def test_folder_split_names_links_case_and_line_endings(tmp_path):
+    root = tmp_path / "f"
+    for split, names in (("Train", "ab"), ("val", "c")):
+        for n in names:
+            save_lossless(coord_pixels(), root / split / f"{n}.png")
+            write_text(root / split / f"{n}.txt", f"caption of {n}\n")
+    # train/ and val/ (any case): val is the test split, not hash-mixed into training.
+    assert list(_folder_captions(root, "train")) == ["Train/a", "Train/b"]
+    assert list(_folder_captions(root, "test")) == ["val/c"]
+    # A caption file with an upper-case extension, old-Mac line ends; a linked folder is followed.
+    (root / "Train" / "b.txt").unlink()
+    write_text(root / "Train" / "b.TXT", b"first line\rsecond line\r")
+    outside = tmp_path / "outside"
+    save_lossless(coord_pixels(), outside / "o.png")
+    write_text(outside / "o.txt", "the linked one\n")
+    os.symlink(outside, root / "Train" / "linked")
+    os.symlink(root / "Train", root / "Train" / "loop")  # a cycle is walked once
+    caps = _folder_captions(root, "train")
+    assert caps["Train/b"] == ["first line", "second line"]
+    assert caps["Train/linked/o"] == ["the linked one"] and "Train/loop/a" not in caps
+    # A link to nothing is named as such by `data check`.
+    os.symlink(tmp_path / "nonexistent.png", root / "Train" / "zz.png")
+    write_text(root / "Train" / "zz.txt", "broken link\n")
+    report = check_dataset("folder", root)
+    assert not report.usable and any("is a link to" in p and "zz.png" in p for p in report.problems)
+
+
+def test_jsonl_rows_keep_every_caption_and_unicode_line_separators(tmp_path):
+    for name in "ab":
+        save_lossless(coord_pixels(), tmp_path / "j" / f"{name}.png")
+    rows = [{"image": "a.png", "caption": "the main caption", "captions": ["alt one", "alt two"], "split": "train"},
+            {"image": "./sub/../b.png", "captions": [], "caption": "b with a line\u2028separator", "split": "train"},
+            {"image": "b.png", "caption": "b again"}]  # fmt: skip
+    write_text(tmp_path / "j" / "captions.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    caps = _folder_captions(tmp_path / "j", "train")
+    assert caps["a"] == ["the main caption", "alt one", "alt two"]
+    assert caps["b"] == ["b with a line separator", "b again"]  # one image, however its path was written
+
+
+def test_photos_are_turned_by_exif_and_16_bit_grey_keeps_its_level(tmp_path):
+    from attngan.data.files import open_image
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "p" / "photo.jpg"
+    path.parent.mkdir()
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    write_text(tmp_path / "p" / "photo.txt", "a photo\n")
+    assert open_image(path).size == (40, 20)  # as stored (CUB, COCO: as the original read them)
+    assert open_image(path, exif_orientation=True).size == (20, 40)  # as viewers show it
+    ds = FolderDataset(tmp_path / "p", "train", image_sizes=[16], test_fraction=0.0)
+    top, bottom = ds[0]["images"][0][:, :4].mean(dim=(1, 2)), ds[0]["images"][0][:, -4:].mean(dim=(1, 2))
+    assert top[0] > 0.5 and bottom[0] < -0.5  # the red half is on top once turned
+    for value, expected in ((32768, 128), (200, 1), (65535, 255)):
+        grey = tmp_path / f"g{value}.png"
+        Image.fromarray(np.full((4, 4), value, np.uint16)).save(grey)
+        assert open_image(grey).getpixel((0, 0)) == (expected,) * 3
+
+
+def test_official_coco_takes_both_splits_from_one_year(tmp_path):
+    root = make_coco_official(tmp_path / "coco")
+    for year in ("2014",):  # 2017 train + val, beside 2014's val only: both splits from 2017
+        (root / "annotations" / f"captions_train{year}.json").rename(root / "annotations" / "captions_train2017.json")
+    val17 = {"images": [{"id": 7, "file_name": "000000000007.jpg"}],
+             "annotations": [{"image_id": 7, "id": 1, "caption": "a kite"}]}  # fmt: skip
+    write_text(root / "annotations" / "captions_val2017.json", json.dumps(val17))
+    save_lossless(coord_pixels(), root / "val2017" / "000000000007.jpg")
+    (root / "train2014").rename(root / "train2017")
+    assert COCODataset(root, "test", image_sizes=SIZES).keys == ["000000000007"]  # not val2014's image 42
+
+
+def test_py2_pickle_utf8_names_and_wrong_size_images(tmp_path):
+    py2_dump([b"001.Bird/caf\xc3\xa9_bird_0001", b"plain"], tmp_path / "filenames.pickle")
+    assert load_filenames(tmp_path / "filenames.pickle") == ["001.Bird/café_bird_0001", "plain"]
+    from attngan.data.files import open_image, verify_image
+
+    big = tmp_path / "big.png"
+    Image.new("L", (64, 64)).save(big)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 1000  # 64 x 64 > 2 x the limit: PIL's DecompressionBombError
+    try:
+        with pytest.raises(DataError, match="larger than PIL's limit"):
+            open_image(big)
+        assert "larger than PIL's limit" in verify_image(big)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit

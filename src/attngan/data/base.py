@@ -124,10 +124,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit / float greyscale: scale to 8 bits before converting (PIL would clip).
+        # 16-bit greyscale (PIL reads 16-bit PNGs as I;16 or I): 0..65535 to 0..255 as the file means it, not
+        # stretched to each image's own range; float images are taken as 0..1 when they stay within it.
         arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.size and arr.max() > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+        if img.mode == "F":
+            scale = 255.0 if arr.size and arr.min() >= 0 and arr.max() <= 1.0 else 1.0
+        else:
+            scale = 255.0 / 65535.0
+        arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     return img.convert("RGB")
 

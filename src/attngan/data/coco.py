@@ -37,13 +37,23 @@ _YEARS = ("2014", "2017")
 _OFFICIAL_SPLIT = {"train": "train", "test": "val"}
 
 
+def _official_year(root: Path) -> str | None:
+    """The release both splits come from: the first year with both caption files, else one with either.
+
+    One year for both splits: 2017's train set holds most of 2014's val images, so mixing the years (train
+    2017 with val 2014) would test on training images.
+    """
+    have = {y: [(root / "annotations" / f"captions_{s}{y}.json").is_file() for s in ("train", "val")] for y in _YEARS}
+    return next((y for y in _YEARS if all(have[y])), next((y for y in _YEARS if any(have[y])), None))
+
+
 def _official_files(root: Path, split: str) -> tuple[Path, Path] | None:
     """(annotation json, image folder) of a split in the official layout, or None."""
-    for year in _YEARS:
-        ann = root / "annotations" / f"captions_{_OFFICIAL_SPLIT[split]}{year}.json"
-        if ann.is_file():
-            return ann, root / f"{_OFFICIAL_SPLIT[split]}{year}"
-    return None
+    year = _official_year(root)
+    if year is None:
+        return None
+    ann = root / "annotations" / f"captions_{_OFFICIAL_SPLIT[split]}{year}.json"
+    return (ann, root / f"{_OFFICIAL_SPLIT[split]}{year}") if ann.is_file() else None
 
 
 def detect_coco_layout(data_dir: str | os.PathLike) -> str:
@@ -68,7 +78,7 @@ def _scan_official(root: Path, split: str) -> Listing:
     listing = Listing(root=root, split=split)
     files = _official_files(root, split)
     if files is None:
-        name = f"captions_{_OFFICIAL_SPLIT[split]}2014.json"
+        name = f"captions_{_OFFICIAL_SPLIT[split]}{_official_year(root) or '2014'}.json"
         listing.problems.append(
             f"{root / 'annotations' / name} does not exist; download the COCO annotations"
         )

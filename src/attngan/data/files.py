@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import DataError, EmptySplitError
 from ..text import Vocabulary, has_words, tokenize
@@ -85,23 +86,40 @@ def read_caption_file(path: str | os.PathLike, limit: int | None = None) -> list
             f"caption file {path} is not UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r}); "
             "re-save it with UTF-8 encoding"
         ) from exc
-    lines = [line.strip() for line in text.lstrip("\ufeff").split("\n")]
+    lines = [line.strip() for line in re.split(r"\r\n|\r|\n", text.lstrip("\ufeff"))]  # LF, CRLF or old Mac CR
     lines = [line for line in lines if has_words(line)]
     if not lines:
         raise DataError(f"caption file {path} is empty (no line with a word); write at least one caption per line")
     return lines if limit is None else lines[:limit]
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode ``path`` fully to an RGB image; a missing, truncated or corrupt file is a DataError naming it."""
+def _too_large(path: Path, exc: Exception) -> DataError:
+    return DataError(
+        f"image {path} is larger than PIL's limit of {Image.MAX_IMAGE_PIXELS} pixels ({exc}); resize it, or raise "
+        "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+    )
+
+
+def open_image(path: str | os.PathLike, exif_orientation: bool = False) -> Image.Image:
+    """Decode ``path`` fully to an RGB image; a missing, truncated or corrupt file is a DataError naming it.
+
+    ``exif_orientation``: turn the pixels as the file's EXIF orientation tag says (what image viewers show;
+    for photos of users' own). The original code ignored the tag, so CUB and COCO are read as stored.
+    """
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()  # decode now, so a truncated file fails here and not deep inside a transform
+            if exif_orientation:
+                im = ImageOps.exif_transpose(im)
             return to_rgb(im)
     except FileNotFoundError:
+        if path.is_symlink():
+            raise DataError(f"image {path} is a link to {os.readlink(path)}, which does not exist") from None
         raise DataError(f"image {path} does not exist; restore it or remove it from the dataset") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise _too_large(path, exc) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"cannot decode image {path} ({exc}); the file is truncated or corrupt: "
             "download it again or remove it from the dataset"
@@ -124,8 +142,12 @@ def verify_image(path: str | os.PathLike, decode: bool = True) -> str | None:
                     im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
     except FileNotFoundError:
+        if path.is_symlink():
+            return f"image {path} is a link to {os.readlink(path)}, which does not exist"
         return f"image {path} does not exist"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        return str(_too_large(path, exc))
+    except (OSError, SyntaxError, ValueError) as exc:
         return f"image {path} cannot be decoded ({exc}): it is truncated or corrupt"
     return None
 

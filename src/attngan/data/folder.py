@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from ..errors import DataError
 from ..text import Vocabulary
 from .files import (
@@ -39,6 +41,7 @@ from .files import (
     Listing,
     build_vocabulary,
     check_split,
+    open_image,
     read_caption_file,
 )
 
@@ -104,40 +107,55 @@ def _key_of(image: Path, base: Path) -> str:
     return rel.with_suffix("").as_posix()
 
 
+def _split_folders(root: Path) -> dict[str, str]:
+    """Top-level folder name -> split, when ``root`` has a ``train/`` folder and a test folder (``test/``, or
+    else ``val/``, ``valid/`` or ``validation/``; any case). Empty: no split given by folders."""
+    tops = {d.name.lower(): d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    test = next((tops[n] for n in ("test", "val", "valid", "validation") if n in tops), None)
+    if "train" not in tops or test is None:
+        return {}
+    return {tops["train"]: "train", test: "test"}
+
+
 def _scan_image_folder(root: Path) -> _Scan:
     scan = _Scan(root=root)
     images: list[Path] = []
-    texts: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    texts: dict[Path, Path] = {}  # image path without suffix -> its caption file (.txt in any case)
+    visited: set[str] = set()  # real paths of the folders walked (links are followed, loops are not)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             ext = os.path.splitext(name)[1].lower()
             if not name.startswith(".") and ext in IMAGE_EXTENSIONS:
                 images.append(Path(dirpath) / name)
             elif not name.startswith(".") and ext == ".txt":
-                texts.append(Path(dirpath) / name)
-    scan.orphans = sorted(set(texts) - {image.with_suffix(".txt") for image in images})
-    given = (root / "train").is_dir() and (root / "test").is_dir()
+                texts.setdefault((Path(dirpath) / name).with_suffix(""), Path(dirpath) / name)
+    scan.orphans = sorted(set(texts.values()) - {texts.get(image.with_suffix("")) for image in images})
+    splits = _split_folders(root)
     seen: dict[str, Path] = {}
     for image in images:
         key = _key_of(image, root)
+        text = texts.get(image.with_suffix(""), image.with_suffix(".txt"))
         if key in seen:
-            scan.problems.append(
-                f"images {seen[key]} and {image} share the caption file {image.with_suffix('.txt')}; "
-                "rename one of them"
-            )
+            scan.problems.append(f"images {seen[key]} and {image} share the caption file {text}; rename one of them")
             continue
         seen[key] = image
+        if not image.exists():  # os.walk lists a link to nothing as a file
+            scan.problems.append(f"image {image} is a link to {os.readlink(image)}, which does not exist")
+            continue
         split = None
-        if given:
+        if splits:
             top = key.split("/", 1)[0]
-            if top not in ("train", "test"):
-                scan.problems.append(
-                    f"image {image} is outside {root / 'train'} and {root / 'test'}; move it"
-                )
+            if top not in splits:
+                folders = " and ".join(str(root / name) for name in splits)
+                scan.problems.append(f"image {image} is outside {folders}; move it")
                 continue
-            split = top
-        text = image.with_suffix(".txt")
+            split = splits[top]
         entry = _Entry(key=key, image=image, split=split, where=str(text))
         try:
             entry.captions = read_caption_file(text)
@@ -162,22 +180,8 @@ def _manifest_rows(path: Path, scan: _Scan) -> list[tuple[str, str, list[str], s
         return []
     rows: list[tuple[str, str, list[str], str | None]] = []
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        fields = [f.strip().lower() for f in reader.fieldnames or []]
-        if "image" not in fields or "caption" not in fields:
-            scan.problems.append(
-                f"manifest {path} needs a header with 'image' and 'caption' columns, got {fields}"
-            )
-            return []
-        reader.fieldnames = fields
-        for row in reader:
-            where = f"{path} line {reader.line_num}"
-            caption = (row.get("caption") or "").strip()
-            rows.append(
-                (where, (row.get("image") or "").strip(), [caption] if caption else [], row.get("split"))
-            )
-        return rows
-    for n, line in enumerate(text.splitlines(), 1):
+        return _csv_rows(path, text, scan)
+    for n, line in enumerate(text.split("\n"), 1):  # JSON strings may hold U+2028 etc. (str.splitlines splits there)
         if not line.strip():
             continue
         where = f"{path} line {n}"
@@ -190,9 +194,15 @@ def _manifest_rows(path: Path, scan: _Scan) -> list[tuple[str, str, list[str], s
             scan.problems.append(f"{where} should be a JSON object with 'image' and 'caption'")
             continue
         image = obj.get("image", obj.get("file_name"))
-        caps = obj.get("captions", obj.get("caption", obj.get("text")))
-        if isinstance(caps, str):
-            caps = [caps]
+        caps: object = []
+        for name in ("caption", "text", "captions"):  # every caption the row gives, in this order
+            value = obj.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, (str, list)) or not isinstance(caps, list):
+                caps = None
+                break
+            caps = caps + ([value] if isinstance(value, str) else value)
         if (
             not isinstance(image, str)
             or not isinstance(caps, list)
@@ -204,6 +214,45 @@ def _manifest_rows(path: Path, scan: _Scan) -> list[tuple[str, str, list[str], s
             continue
         split = obj.get("split")
         rows.append((where, image.strip(), [c.strip() for c in caps if c.strip()], split))
+    return rows
+
+
+def _csv_rows(path: Path, text: str, scan: _Scan) -> list[tuple[str, str, list[str], str | None]]:
+    """Rows of a CSV manifest, strictly: a row with more fields than the header (an unquoted comma in a
+    caption) or an unbalanced quote (which would swallow the following rows) is a problem naming its line."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**24))  # long captions (the default limit is 128 KiB)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[tuple[str, str, list[str], str | None]] = []
+    try:
+        header = next(reader, None)
+        fields = [f.strip().lower() for f in header or []]
+        if "image" not in fields or "caption" not in fields:
+            scan.problems.append(f"manifest {path} needs a header with 'image' and 'caption' columns, got {fields}")
+            return []
+        start = 1
+        for values in reader:
+            where = f"{path} line {start + 1}" if reader.line_num == start + 1 else f"{path} lines {start + 1}-{reader.line_num}"
+            start = reader.line_num
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) != len(fields):
+                scan.problems.append(
+                    f"{where} has {len(values)} fields for the {len(fields)} columns of the header; put captions "
+                    'that contain commas in double quotes ("a bird, red and small")'
+                )
+                continue
+            row = dict(zip(fields, values))
+            caption = row["caption"].strip()
+            rows.append((where, row["image"].strip(), [caption] if caption else [], row.get("split")))
+    except csv.Error as exc:
+        scan.problems.append(
+            f"{path} line {reader.line_num}: {exc} (an unbalanced double quote?); quote a caption as "
+            '"text", writing a quote inside it as ""'
+        )
+        return []
+    for where, _, captions, _ in rows:
+        if any("\n" in c for c in captions):  # a quote left open earlier swallowed line ends
+            scan.problems.append(f"{where}: the caption spans several lines; check the quotes of that row")
     return rows
 
 
@@ -225,14 +274,15 @@ def _scan_manifest(path: Path) -> _Scan:
                 continue
         else:
             split = None
-        image_path = (base / image) if not os.path.isabs(image) else Path(image)
+        image_path = Path(os.path.normpath((base / image) if not os.path.isabs(image) else Path(image)))
         key = _key_of(image_path, base)
         entry = by_key.get(key)
         if entry is None:
             entry = by_key[key] = _Entry(key=key, image=image_path, where=where)
             scan.entries.append(entry)
             if not image_path.is_file():
-                scan.problems.append(f"image {image_path} named on {where} does not exist")
+                hint = "; write paths with / (not \\)" if "\\" in image and os.sep == "/" else ""
+                scan.problems.append(f"image {image_path} named on {where} does not exist{hint}")
         elif entry.image != image_path:
             scan.problems.append(
                 f"{where}: {image_path} and {entry.image} have the same key {key!r}; rename one"
@@ -327,3 +377,10 @@ class FolderDataset(ImageFileDataset):
             cache_dir=cache_dir,
             progress=progress,
         )
+
+    def load_image(self, index: int) -> Image.Image:
+        # Photos are turned as their EXIF orientation says (as viewers show them); CUB and COCO are read as stored.
+        return self.crop(open_image(self.image_paths[index], exif_orientation=True), index)
+
+    def cache_extra(self) -> str:
+        return "exif-orientation"

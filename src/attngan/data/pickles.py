@@ -7,7 +7,8 @@ bytes) by an unpickler whose ``find_class`` allows only builtin containers and s
 array and numeric scalar reconstruction for ``class_info.pickle`` (the birds release's holds
 ``numpy.int64`` scalars, protocol 0). Anything else (``os.system``, ``subprocess.Popen``, arbitrary
 classes) is refused with a :class:`~attngan.errors.DataError` naming the global. ``bytes`` left in the
-result (Python 3 protocol-2 writers encode them through ``_codecs.encode``) are decoded to ``str``.
+result (Python 3 protocol-2 writers encode them through ``_codecs.encode``) are decoded to ``str``, and
+Python 2 ``str`` holding UTF-8 (read as latin1) are decoded as UTF-8.
 """
 
 from __future__ import annotations
@@ -112,6 +113,13 @@ def _to_str(obj: Any) -> Any:
             return obj.decode("utf-8")
         except UnicodeDecodeError:
             return obj.decode("latin1")
+    if isinstance(obj, str) and not obj.isascii() and max(obj) <= "\xff":
+        # A Python 2 str is read as latin1 (see the module docstring); its bytes were most likely UTF-8
+        # (e.g. a file name 'café'), which latin1 turns into 'cafÃ©'. Undo that where the bytes are valid UTF-8.
+        try:
+            return obj.encode("latin1").decode("utf-8")
+        except UnicodeDecodeError:
+            return obj
     if isinstance(obj, list):
         return [_to_str(x) for x in obj]
     if isinstance(obj, tuple):
