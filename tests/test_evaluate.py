@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -346,6 +348,18 @@ def test_cli_on_a_run_folder(pipe, tmp_path, capsys, monkeypatch):
         and json.loads(lines[0])["r_precision"] == data["metrics"]["r_precision"]["r_precision"]
     )
     assert not (run / "metric-inception_score.jsonl").exists()  # skipped metrics are not reported
+    record = json.loads(lines[0])  # the line names what made its figure
+    assert record["seed"] == 0 and record["n_images"] == 24 and record["ca_mean"] is False
+    assert record["data"]["dataset"] == "shapes" and Path(record["snapshot"]).is_absolute()
+    # An existing --out is never replaced without --overwrite (it could be any file, e.g. the model's own).
+    vocab = run / "model" / "vocab.json"
+    before = vocab.read_bytes()
+    code, _, err = run_main(args + ["--metrics", "r_precision", "--out", str(vocab)], capsys)
+    assert code == 2 and "already exists; pass --overwrite" in err and vocab.read_bytes() == before
+    main(args + ["--metrics", "r_precision", "--out", str(out), "--overwrite", "--cache-dir", str(tmp_path / "cache")])
+    capsys.readouterr()
+    code, _, err = run_main(args + ["--metrics", ""], capsys)  # not "the default metrics"
+    assert code == 2 and "no metric given" in err
     # Only a metric whose weights are missing: a one-line error, exit code 2.
     code, _, err = run_main(args + ["--metrics", "fid"], capsys)
     assert code == 2 and "nothing to evaluate" in err and "Traceback" not in err
@@ -376,3 +390,37 @@ def test_real_statistics_key_follows_the_image_files(tmp_path, monkeypatch):
     Image.fromarray(np.full((12, 12, 3), 255, np.uint8)).save(root / "p1.png")  # replaced in place
     os.utime(root / "p1.png", ns=(1, 1))
     assert _dataset_identity(FolderDataset("photos", "train", image_sizes=[8], test_fraction=0.0)) != ident
+
+
+def test_a_wrong_metric_network_fails_before_generation_and_a_failing_metric_keeps_the_others(
+    pipe, test_set, tmp_path, monkeypatch
+):
+    import attngan.evaluation as ev
+
+    generated = []
+    real_generate = ev._generate
+    monkeypatch.setattr(ev, "_generate", lambda *a, **k: (generated.append(1), real_generate(*a, **k))[1])
+    # A TorchScript "classifier" that returns (B,) instead of (B, C): refused before any image is drawn.
+    scripted = tmp_path / "flat.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in torch 2.x, still read
+        torch.jit.save(torch.jit.script(torch.nn.Flatten(0)), scripted)
+        with pytest.raises(UserError, match=r"--is-classifier .*flat\.pt (returns|failed)"):
+            evaluate_model(pipe, test_set, "r_precision,is", n_images=16, batch_size=16, progress=False,
+                           is_classifier=str(scripted), cache_dir=tmp_path)  # fmt: skip
+    assert generated == []
+    # A metric that fails after generation is reported as failed; the metrics before it are kept.
+    def broken_features(images):
+        raise RuntimeError("out of memory in the feature extractor")
+
+    res = evaluate_model(pipe, test_set, "r_precision,fid", n_images=16, batch_size=16, progress=False,
+                         fid_extractor=broken_features, fid_extractor_id="broken", cache_dir=tmp_path)  # fmt: skip
+    assert res["metrics"]["r_precision"]["n"] == 16 and "failed" not in res["metrics"]["r_precision"]
+    assert res["metrics"]["fid"]["failed"] and "out of memory" in res["metrics"]["fid"]["skipped"]
+    assert "failed" in format_table(res)
+    with pytest.raises(UserError, match="n_images must be at most"):
+        evaluate_model(pipe, test_set, "r_precision", n_images=10**10, progress=False)
+    monkeypatch.setattr(ev, "_IN_MEMORY_LIMIT", 1000)  # 16 images of 32 px: kept on "disk"
+    monkeypatch.setattr(ev.shutil, "disk_usage", lambda path: type("U", (), {"free": 10})())
+    with pytest.raises(UserError, match=r"need .* GB in the temporary folder .*TMPDIR"):
+        evaluate_model(pipe, test_set, "r_precision", n_images=16, progress=False)

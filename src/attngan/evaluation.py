@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -79,6 +80,7 @@ METRICS: dict[str, str] = {
 _ALIASES = {v: k for k, v in METRICS.items()} | {"rp": "r_precision", "r-precision": "r_precision"}
 ATTRIBUTE_CLASSIFIER_SIZE = 32  # resolution of the cached attribute classifier used here
 _IN_MEMORY_LIMIT = 2 * 1024**3  # bytes of uint8 images kept in RAM; more go to a temporary memmap file
+MAX_IMAGES = 10_000_000  # a sanity bound on n_images (the paper: 30,000)
 PROTOCOL = (
     "AttnGAN paper Sec. 4: {n} images (last stage, {size} px, 8-bit) generated from test captions drawn at "
     "random (seed {seed}; test images in random order, a new permutation per pass, one random caption "
@@ -154,6 +156,7 @@ class _ImageStore:
         shape = (n, 3, size, size)
         self._tmp: tempfile.TemporaryDirectory | None = None
         if n * 3 * size * size > _IN_MEMORY_LIMIT:
+            check_image_space(n, size)
             self._tmp = tempfile.TemporaryDirectory(prefix="attngan-eval-")
             path = Path(self._tmp.name) / "images.npy"
             log.info("keeping the generated images in the temporary file %s", path)
@@ -179,6 +182,44 @@ class _ImageStore:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def check_image_space(n: int, size: int) -> None:
+    """Refuse before generating when ``n`` images of ``size`` px do not fit where they will be kept."""
+    need = n * 3 * size * size
+    if need <= _IN_MEMORY_LIMIT:
+        return
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise UserError(
+            f"{n} generated images of {size} px need {need / 1e9:.1f} GB in the temporary folder {folder}, which "
+            f"has {free / 1e9:.1f} GB free: free space there, point TMPDIR to a larger disk, or lower --n-images"
+        )
+
+
+def _probe(network: Callable[[torch.Tensor], torch.Tensor], size: int, device: torch.device, option: str) -> None:
+    """Run a metric network on two blank images now, so that a wrong file fails before any generation."""
+    try:
+        with torch.no_grad():
+            out = network(torch.zeros(2, 3, size, size, device=device))
+    except Exception as exc:  # noqa: BLE001 - any failure of a user network is reported as its mistake
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(
+            f"{option} failed on two test images of {size} px ({type(exc).__name__}: {first}); it must take "
+            "(B, 3, H, W) images in [-1, 1]"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.size(0) != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"{option} returns {got} for two images; it must return (B, C) scores or features")
+
+
+def _failed(metric: str, exc: Exception) -> dict[str, Any]:
+    """A result saying that computing ``metric`` failed (the other metrics are kept)."""
+    res = _skipped(metric, f"failed: {exc}", warn=False)
+    log.error("%s failed: %s", metric, exc)
+    res["failed"] = True
+    return res
 
 
 def _as_float(images: torch.Tensor) -> torch.Tensor:
@@ -272,7 +313,7 @@ class ClipModel:
     name: str = "user CLIP model"
 
 
-def _skipped(metric: str, reason: str) -> dict[str, Any]:
+def _skipped(metric: str, reason: str, warn: bool = True) -> dict[str, Any]:
     """A result saying that ``metric`` was not computed and why."""
     protocols = {
         "r_precision": rp_mod.PROTOCOL.format(m=99, cls="", splits=10),
@@ -283,7 +324,8 @@ def _skipped(metric: str, reason: str) -> dict[str, Any]:
         ),
         "clip": clip_mod.PROTOCOL,
     }
-    log.warning("%s skipped: %s", metric, reason)
+    if warn:
+        log.warning("%s skipped: %s", metric, reason)
     return {
         "metric": METRICS[metric],
         "skipped": reason,
@@ -403,9 +445,12 @@ def evaluate_model(
         raise UserError(
             f"n_images must be >= 2 (R-precision and the Inception score need several), got {n_images}"
         )
+    if n_images > MAX_IMAGES:
+        raise UserError(f"n_images must be at most {MAX_IMAGES:,} (the paper: 30,000), got {n_images:,}")
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
+    check_image_space(n_images, pipeline.generator.config.image_sizes[-1])
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     image_encoder = image_encoder if image_encoder is not None else pipeline.image_encoder
     draws = draw_test_captions(dataset, n_images, seed)
@@ -444,6 +489,18 @@ def evaluate_model(
         )
     if len(skipped) == len(names):
         raise UserError("nothing to evaluate: " + "; ".join(f"{m}: {skipped[m]}" for m in names))
+    # Load and try the metric networks now: a wrong file must fail before an hour of generation.
+    probe_size = pipeline.generator.config.image_sizes[-1]
+    if "is" in names and "is" not in skipped and isinstance(is_classifier, (str, os.PathLike, nn.Module)):
+        classifier, _ = is_mod.load_classifier(
+            is_classifier, fid_weights if is_classifier == "fid-inception" else None, device
+        )
+        _probe(classifier, probe_size, device, f"--is-classifier {is_classifier}")
+        del classifier
+    if "fid" in names and "fid" not in skipped and isinstance(fid_extractor, str):
+        extractor, _, _ = fid_mod.load_fid_extractor(fid_extractor, fid_weights, device)
+        _probe(extractor, probe_size, device, f"--fid-extractor {fid_extractor}")
+        del extractor
     if "attributes" in names and "attributes" not in skipped and attribute_classifier is None:
         attribute_classifier = load_or_train_attribute_classifier(
             cache / "attributes", ATTRIBUTE_CLASSIFIER_SIZE, device=device
@@ -456,6 +513,79 @@ def evaluate_model(
     if dataset.image_sizes[-1] != size:
         log.warning("real test images are %d px, generated ones %d px", dataset.image_sizes[-1], size)
     store = _ImageStore(n_images, size)
+
+    def _compute_metric(name: str) -> dict[str, Any]:
+        if name == "r_precision":
+            image_encoder.to(device)
+            image_vecs, text_vecs, _ = encode_for_r_precision(
+                image_encoder, pipeline.text_encoder, _rp_batches(store, encoded, batch_size), device
+            )
+            return calc_metric(
+                "r_precision",
+                image_vecs=image_vecs,  # (N, D)
+                text_vecs=text_vecs,  # (N, D)
+                class_ids=torch.as_tensor(draws.class_ids),
+                n_mismatch=min(n_mismatch, n_images - 1),
+                splits=min(splits, n_images),
+                seed=seed,
+                exclude_same_class=r_precision_other_classes,
+                # Another caption of the same test image is no mismatch (unless every sample has one).
+                image_ids=torch.as_tensor(draws.indices) if len(set(draws.indices.tolist())) > 1 else None,
+                encoder_name="the model's DAMSM",
+            )
+        if name == "is":
+            return calc_metric(
+                "inception_score",
+                images=store.batches(batch_size),
+                classifier=is_classifier,
+                weights=fid_weights if is_classifier == "fid-inception" else None,
+                splits=min(splits, n_images),
+                batch_size=batch_size,
+                device=device,
+            )
+        if name == "fid":
+            res = calc_metric(
+                "fid",
+                images=store.batches(batch_size),
+                real_images=_real_images(dataset, batch_size),
+                extractor=fid_extractor,
+                extractor_id=fid_extractor_id,
+                weights=fid_weights,
+                dataset_id=_dataset_identity(dataset),
+                cache_dir=cache / "fid",
+                batch_size=batch_size,
+                device=device,
+            )
+            if fid_extractor == "torchvision-imagenet":
+                res["protocol"] = (
+                    "NOT standard FID (torchvision ImageNet Inception features): " + res["protocol"]
+                )
+            res["real"] = f"every test image once, center crop, {dataset.image_sizes[-1]} px"
+            return res
+        if name == "attributes":
+            res = calc_metric(
+                "attribute_accuracy",
+                images=store.batches(batch_size),
+                target_attributes=targets,
+                classifier=attribute_classifier,
+                device=device,
+            )
+            res["real_reference"] = _real_attribute_reference(attribute_classifier, dataset, draws)
+            return res
+        if name == "clip":
+            return calc_metric(
+                "clip_score",
+                images=store.batches(batch_size),
+                captions=draws.texts,
+                model=clip.model,
+                tokenizer=clip.tokenizer,
+                preprocess=clip.preprocess,
+                model_name=clip.name,
+                batch_size=batch_size,
+                device=device,
+            )
+        raise AssertionError(name)
+
     results: dict[str, Any] = {}
     try:
         _generate(pipeline, draws, store, batch_size, ca_mean, progress)
@@ -466,75 +596,10 @@ def evaluate_model(
                 results[name] = _skipped(name, skipped[name])
                 continue
             log.info("computing %s on %d images", name, n_images)
-            if name == "r_precision":
-                image_encoder.to(device)
-                image_vecs, text_vecs, _ = encode_for_r_precision(
-                    image_encoder, pipeline.text_encoder, _rp_batches(store, encoded, batch_size), device
-                )
-                results[name] = calc_metric(
-                    "r_precision",
-                    image_vecs=image_vecs,  # (N, D)
-                    text_vecs=text_vecs,  # (N, D)
-                    class_ids=torch.as_tensor(draws.class_ids),
-                    n_mismatch=min(n_mismatch, n_images - 1),
-                    splits=min(splits, n_images),
-                    seed=seed,
-                    exclude_same_class=r_precision_other_classes,
-                    # Another caption of the same test image is no mismatch (unless every sample has one).
-                    image_ids=torch.as_tensor(draws.indices) if len(set(draws.indices.tolist())) > 1 else None,
-                    encoder_name="the model's DAMSM",
-                )
-            elif name == "is":
-                results[name] = calc_metric(
-                    "inception_score",
-                    images=store.batches(batch_size),
-                    classifier=is_classifier,
-                    weights=fid_weights if is_classifier == "fid-inception" else None,
-                    splits=min(splits, n_images),
-                    batch_size=batch_size,
-                    device=device,
-                )
-            elif name == "fid":
-                res = calc_metric(
-                    "fid",
-                    images=store.batches(batch_size),
-                    real_images=_real_images(dataset, batch_size),
-                    extractor=fid_extractor,
-                    extractor_id=fid_extractor_id,
-                    weights=fid_weights,
-                    dataset_id=_dataset_identity(dataset),
-                    cache_dir=cache / "fid",
-                    batch_size=batch_size,
-                    device=device,
-                )
-                if fid_extractor == "torchvision-imagenet":
-                    res["protocol"] = (
-                        "NOT standard FID (torchvision ImageNet Inception features): " + res["protocol"]
-                    )
-                res["real"] = f"every test image once, center crop, {dataset.image_sizes[-1]} px"
-                results[name] = res
-            elif name == "attributes":
-                res = calc_metric(
-                    "attribute_accuracy",
-                    images=store.batches(batch_size),
-                    target_attributes=targets,
-                    classifier=attribute_classifier,
-                    device=device,
-                )
-                res["real_reference"] = _real_attribute_reference(attribute_classifier, dataset, draws)
-                results[name] = res
-            elif name == "clip":
-                results[name] = calc_metric(
-                    "clip_score",
-                    images=store.batches(batch_size),
-                    captions=draws.texts,
-                    model=clip.model,
-                    tokenizer=clip.tokenizer,
-                    preprocess=clip.preprocess,
-                    model_name=clip.name,
-                    batch_size=batch_size,
-                    device=device,
-                )
+            try:
+                results[name] = _compute_metric(name)
+            except (UserError, ValueError, RuntimeError, OSError) as exc:  # keep the metrics already computed
+                results[name] = _failed(name, exc)
     finally:
         store.close()
     protocol = PROTOCOL.format(
@@ -577,7 +642,7 @@ def _rows(name: str, res: dict[str, Any]) -> list[tuple[str, str, int]]:
 
     n = int(res.get("n") or 0)
     if "skipped" in res:
-        return [(_LABELS[name], "skipped", n)]
+        return [(_LABELS[name], "failed" if res.get("failed") else "skipped", n)]
     if name == "r_precision":
         label = _LABELS[name] + (", other classes" if res.get("exclude_same_class") else "")
         return [(label, pm(res["r_precision"], res["r_precision_std"]), n)]
@@ -606,7 +671,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"{'metric':<44}{'value':>18}{'n':>8}  protocol"]
     notes: list[str] = []
     for name, res in result["metrics"].items():
-        notes.append(res["protocol"] + (f" -- skipped: {res['skipped']}" if "skipped" in res else ""))
+        why = (" -- " if res.get("failed") else " -- skipped: ") + str(res.get("skipped"))
+        notes.append(res["protocol"] + (why if "skipped" in res else ""))
         for label, value, n in _rows(name, res):
             lines.append(f"{label:<44}{value:>18}{n:>8}  [{len(notes)}]")
     lines.append("")

@@ -184,7 +184,7 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
 )
 @click.option(
     "--n-images",
-    type=click.IntRange(min=2),
+    type=click.IntRange(2, 10_000_000),
     default=30_000,
     help="Images generated from random test captions (the paper: 30,000).",
 )
@@ -207,8 +207,12 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
     help="Where to run; auto picks cuda (or cuda:N), then mps, then cpu.",
 )
 @click.option(
-    "--out", type=_FILE, default=None, help="Write every figure with its protocol to this JSON file."
+    "--out",
+    type=_FILE,
+    default=None,
+    help="Write every figure with its protocol to this JSON file (an existing file needs --overwrite).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option(
     "--progress/--no-progress", default=True, help="Show a progress bar while generating (on a terminal)."
 )
@@ -271,6 +275,7 @@ def evaluate(
     seed: int,
     device: str,
     out: Path | None,
+    overwrite: bool,
     progress: bool,
     r_precision_other_classes: bool,
     is_classifier: str,
@@ -311,6 +316,8 @@ def evaluate(
 
     _setup_logging()
     if out is not None:
+        if out.exists() and not overwrite:
+            raise UserError(f"--out {out} already exists; pass --overwrite to replace it, or choose another file")
         check_writable(out)  # not after an hour of metrics
     if checkpoint is not None:
         resolve_model_dir(checkpoint)  # a missing or wrong folder is reported before anything else
@@ -318,7 +325,7 @@ def evaluate(
         raise UserError(_NO_MODEL)
     run_dir = _run_folder(checkpoint)
     data_config = resolve_data_config(run_dir, dataset, data_dir)
-    names = parse_metrics(metrics) if metrics else ["r_precision", "is", "fid"]
+    names = parse_metrics(metrics) if metrics is not None else ["r_precision", "is", "fid"]
     if metrics is None and data_config.dataset == "shapes":
         names.append("attributes")
     clip = load_clip(clip_model, clip_pretrained)
@@ -353,9 +360,15 @@ def evaluate(
     if run_dir is not None:
         from ..metrics import report_metric
 
+        # Each line names everything that made its figure: images, seed, CA noise, test data.
+        context = {"images": result["protocol"], "n_images": n_images, "seed": seed, "ca_mean": ca_mean,
+                   "data": result["data"]}  # fmt: skip
         for res in result["metrics"].values():
             if "skipped" not in res:
-                report_metric(res, run_dir, snapshot=str(resolve_model_dir(checkpoint)))
+                report_metric(res | context, run_dir, snapshot=str(resolve_model_dir(checkpoint).resolve()))
     click.echo(format_table(result))
     if out is not None:
         click.echo(f"wrote {out}")
+    failed = [f"{name}: {res['skipped']}" for name, res in result["metrics"].items() if res.get("failed")]
+    if failed:
+        raise UserError("; ".join(failed) + " (the other figures are above" + (f" and in {out})" if out else ")"))
