@@ -217,7 +217,22 @@ def test_bad_inputs_get_4xx_with_a_message_and_the_server_keeps_serving(server):
         assert isinstance(answer["detail"], str) and message in answer["detail"], (body, answer)
     # Not JSON at all.
     status, answer, _ = request(server.url, "/api/v1/generate", b"caption=red", content_type="text/plain")
+    assert status == 422 and "not JSON" in answer["detail"] and "Content-Type: application/json" in answer["detail"]
+    # JSON sent without its content type: the message says what to change (not "must be a JSON object").
+    for route in ("/api/v1/generate", "/api/v1.0/bird"):
+        status, answer, _ = request(server.url, route, b'{"caption": "a red circle"}', content_type="text/plain")
+        assert status == 422 and "Content-Type: application/json" in answer["detail"], answer
+    status, answer, _ = request(server.url, "/api/v1/generate", b'["a red circle"]')
     assert status == 422 and "JSON object" in answer["detail"]
+    # Bytes that are not UTF-8.
+    status, answer, _ = request(server.url, "/api/v1/generate", b'{"caption": "a red \xff circle"}')
+    assert status == 400 and "UTF-8 JSON" in answer["detail"], answer
+    # HEAD works where GET does (uptime checkers).
+    for path in ("/health", "/"):
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=TIMEOUT)
+        conn.request("HEAD", path)
+        assert conn.getresponse().status == 200
+        conn.close()
     # Too large: refused from the Content-Length header, and while reading a chunked body.
     huge = json.dumps({"caption": "a" * 20000}).encode()
     status, answer, _ = request(server.url, "/api/v1/generate", huge)
@@ -352,3 +367,13 @@ def test_cli_serve_binds_loopback_by_default(pipe, tmp_path, monkeypatch):
     assert result.exit_code != 0 and "no model given" in str(result.exception)
     result = runner.invoke(cli, ["serve", "--checkpoint", str(tmp_path / "model"), "--queue-timeout", "0"])
     assert result.exit_code == 2 and "queue-timeout" in result.output
+
+
+def test_the_body_limit_follows_the_longest_caption_allowed(pipe):
+    caption = "a red circle " + "\u00e9" * 9000  # 9,013 characters; as JSON (\u00e9 escapes) about 54 KB
+    body = json.dumps({"caption": caption, "seed": 0}).encode()
+    assert len(body) > 16 * 1024
+    with BackgroundServer(create_app(pipe, max_caption_chars=10000)) as srv:
+        status, answer, _ = request(srv.url, "/api/v1/generate", body)
+        assert status == 200, answer
+        assert request(srv.url, "/health")[1]["limits"]["max_body_bytes"] >= 6 * 10000

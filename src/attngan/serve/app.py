@@ -42,10 +42,11 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import UserError
 from ..pipeline import AttnGANOutput
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 __all__ = ["create_app", "BatchWorker", "BackgroundServer", "example_captions", "MAX_SEED", "MAX_BODY_BYTES"]
 
 MAX_SEED = 2**31 - 1  # image k of a request uses seed + k, which must stay <= MAX_SEED
-MAX_BODY_BYTES = 16 * 1024  # a request body larger than this gets a 413
+MAX_BODY_BYTES = 16 * 1024  # a request body larger than this gets a 413 (more when captions may be longer)
 TOP_WORDS = 5  # words shown per attention stage (Fig. 1 shows the top 5)
 MAP_SIZE_RANGE = (64, 128)  # attention overlays are drawn at the image's size, clamped to this range
 _HEAT_COLOR = np.array([255.0, 0.0, 0.0])  # red tint of the attention overlays, as viz.attention_figure
@@ -476,6 +477,8 @@ def create_app(
             "max_caption_chars, max_images, max_batch and max_queue must be >= 1 and queue_timeout > 0"
         )
     worker = BatchWorker(pipeline, max_batch=max_batch, max_queue=max_queue)
+    # Room for the longest allowed caption as JSON (at most 6 bytes per character, as \uXXXX) and the rest.
+    max_body = max(MAX_BODY_BYTES, 6 * max_caption_chars + 1024)
     page = _read_page()
     examples = example_captions(pipeline.vocab)
     model = {"name": model_name, **_describe_model(pipeline)}
@@ -486,7 +489,7 @@ def create_app(
         "max_batch": max_batch,
         "max_queue": max_queue,
         "queue_timeout_s": queue_timeout,
-        "max_body_bytes": MAX_BODY_BYTES,
+        "max_body_bytes": max_body,
     }
     GenerateRequest, BirdRequest = _request_models(max_caption_chars, max_images)
 
@@ -505,7 +508,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.worker = worker
-    app.add_middleware(_BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(_BodyLimit, max_bytes=max_body)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Any, exc: RequestValidationError) -> JSONResponse:
@@ -522,6 +525,12 @@ def create_app(
                 msg = 'the body is empty: send a JSON object such as {"caption": "a red bird"}'
             elif e.get("type") == "model_attributes_type":
                 msg = 'the body must be a JSON object such as {"caption": "a red bird"}'
+                content_type = request.headers.get("content-type", "")
+                if "json" not in content_type.lower():
+                    msg = (
+                        f"the body was sent as {content_type or 'no content type'!r}, not JSON: send it with the "
+                        'header Content-Type: application/json (e.g. curl -H "Content-Type: application/json")'
+                    )
                 loc = ""
             parts.append(f"{loc}: {msg}" if loc else msg)
         simple = [
@@ -531,6 +540,13 @@ def create_app(
         return JSONResponse(
             {"detail": "; ".join(parts), "errors": simple}, status_code=400 if malformed else 422
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Any, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's wording
+            detail = 'the body could not be read as UTF-8 JSON: send a JSON object such as {"caption": "a red bird"}'
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     def check_caption(caption: str) -> None:
         if not caption.strip():
@@ -585,6 +601,11 @@ def create_app(
             raise HTTPException(
                 500, f"the model failed on this request: {type(exc).__name__}: {exc}"
             ) from None
+
+    @app.head("/", include_in_schema=False)
+    @app.head("/health", include_in_schema=False)
+    async def head() -> Response:  # uptime checkers probe with HEAD
+        return Response(status_code=200)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
