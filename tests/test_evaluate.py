@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -424,3 +425,30 @@ def test_a_wrong_metric_network_fails_before_generation_and_a_failing_metric_kee
     monkeypatch.setattr(ev.shutil, "disk_usage", lambda path: type("U", (), {"free": 10})())
     with pytest.raises(UserError, match=r"need .* GB in the temporary folder .*TMPDIR"):
         evaluate_model(pipe, test_set, "r_precision", n_images=16, progress=False)
+
+
+def test_sigterm_during_evaluate_removes_the_temporary_images(pipe, tmp_path, capsys, monkeypatch):
+    import signal
+    import tempfile
+
+    import attngan.evaluation as ev
+
+    run = tmp_path / "00000-tiny"
+    pipe.save_pretrained(run / "model")
+    (run / "config.json").write_text(json.dumps({"preset": to_dict(PRESETS["tiny"])}))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(ev, "_IN_MEMORY_LIMIT", 0)  # the images go to a temporary file, as 30,000 would
+
+    def killed(*args, **kwargs):
+        assert list(scratch.iterdir())  # the temporary folder exists while generating
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ev, "_generate", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = run_main(["evaluate", "--checkpoint", str(run), "--n-images", "8", "--metrics", "r_precision",
+                             "--device", "cpu", "--no-progress"], capsys)  # fmt: skip
+    assert code == 130 and ("Aborted" in err or "Interrupted" in err)
+    assert list(scratch.iterdir()) == []  # removed, not left behind
+    assert signal.getsignal(signal.SIGTERM) == before  # the command's handler is gone again

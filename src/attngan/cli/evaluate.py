@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _run_folder(checkpoint: Path | None) -> Path | None:
@@ -307,6 +312,43 @@ def evaluate(
           --original-image-encoder image_encoder200.pth --captions-pickle data/birds/captions.pickle \\
           --dataset birds --data-dir data/birds --r-precision-other-classes
     """
+    options = dict(locals())
+    _setup_logging()
+    # SIGTERM (kill, a batch scheduler) unwinds like Ctrl-C, so that the temporary file of the generated
+    # images (5.9 GB for 30,000 at 256 px) is removed instead of left behind.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        _evaluate(**options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _evaluate(
+    checkpoint: Path | None,
+    original_generator: Path | None,
+    original_text_encoder: Path | None,
+    original_image_encoder: Path | None,
+    captions_pickle: Path | None,
+    dataset: str | None,
+    data_dir: Path | None,
+    metrics: str | None,
+    n_images: int,
+    batch_size: int,
+    seed: int,
+    device: str,
+    out: Path | None,
+    overwrite: bool,
+    progress: bool,
+    r_precision_other_classes: bool,
+    is_classifier: str,
+    fid_extractor: str,
+    fid_weights: Path | None,
+    allow_download: bool,
+    cache_dir: Path | None,
+    clip_model: str | None,
+    clip_pretrained: str | None,
+    ca_mean: bool,
+) -> None:
     from ..atomic import check_writable
     from ..checkpoint import atomic_write_json
     from ..data.registry import build_dataset
@@ -314,7 +356,6 @@ def evaluate(
     from ..pipeline import resolve_model_dir
     from .sample import resolve_device
 
-    _setup_logging()
     if out is not None:
         if out.exists() and not overwrite:
             raise UserError(f"--out {out} already exists; pass --overwrite to replace it, or choose another file")
