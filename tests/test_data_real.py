@@ -733,7 +733,10 @@ def test_csv_manifest_refuses_stray_quotes_and_unquoted_commas(tmp_path):
     write_text(manifest, 'image,caption\na.png,a bird with a "quoted" word\nc.png,"a stray quote, then text\n'
                          "e.png,caption of e\nf.png,caption of f\n")  # fmt: skip
     report = check_dataset("folder", tmp_path / "m")
-    assert not report.usable and any("unbalanced double quote" in p for p in report.problems), report.problems
+    assert not report.usable and any("line 3: an unbalanced double quote" in p for p in report.problems), report.problems
+    write_text(manifest, 'image,caption\na.png,one\nc.png,"open\ne.png,a "big" e\nf.png,f\n')  # closed late
+    report = check_dataset("folder", tmp_path / "m")
+    assert any("line 3: an unbalanced double quote" in p for p in report.problems), report.problems
     # An unquoted comma cut the caption short.
     write_text(manifest, "image,caption,split\na.png,a small bird, with red wings,train\nc.png,a cat,train\n")
     report = check_dataset("folder", tmp_path / "m")

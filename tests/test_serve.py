@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'attngan[serve]')")
-pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install 'attngan[serve]')")
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[serve]')")
+pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install -e '.[serve]')")
 
 from PIL import Image  # noqa: E402
 

@@ -94,8 +94,8 @@ def draw(page, caption: str, seed: int | None) -> None:
 
 @pytest.fixture(scope="module")
 def browser_env():
-    pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'attngan[serve]')")
-    pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install 'attngan[serve]')")
+    pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[serve]')")
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install -e '.[serve]')")
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
     )

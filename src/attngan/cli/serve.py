@@ -92,7 +92,8 @@ def serve(
         from ..serve import create_app
     except ImportError as exc:
         raise UserError(
-            f"attngan serve needs FastAPI and uvicorn ({exc}); install them with: pip install 'attngan[serve]'"
+            f"attngan serve needs FastAPI and uvicorn ({exc}); install them with pip install -e '.[serve]' in the "
+            "attngan checkout, or pip install fastapi uvicorn"
         ) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipeline = load_pipeline(

@@ -321,7 +321,9 @@ def train(
 @click.command("demo", context_settings={"show_default": True})
 @click.option("--out", "out", type=_PATH, required=True, help="Output folder (created; must be empty if it exists).")
 @click.option("--minutes", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
-              help="Wall-clock budget for everything (data, DAMSM, GAN, evaluation).")
+              help="Wall-clock budget for everything (data, DAMSM, GAN, evaluation). Training stops early enough "
+                   "for the evaluation at an idle machine's speed: a busy machine trains fewer steps (worse "
+                   "figures) and may end some seconds late.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help="Seed of the data, the networks and the samples.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a setting of the shapes preset, e.g. --set gan_loss.damsm_lambda=10 (repeatable).")

@@ -223,13 +223,13 @@ def _csv_rows(path: Path, text: str, scan: _Scan) -> list[tuple[str, str, list[s
     csv.field_size_limit(max(csv.field_size_limit(), 2**24))  # long captions (the default limit is 128 KiB)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: list[tuple[str, str, list[str], str | None]] = []
+    start = 1  # the physical line the current row starts after
     try:
         header = next(reader, None)
         fields = [f.strip().lower() for f in header or []]
         if "image" not in fields or "caption" not in fields:
             scan.problems.append(f"manifest {path} needs a header with 'image' and 'caption' columns, got {fields}")
             return []
-        start = 1
         for values in reader:
             where = f"{path} line {start + 1}" if reader.line_num == start + 1 else f"{path} lines {start + 1}-{reader.line_num}"
             start = reader.line_num
@@ -245,8 +245,9 @@ def _csv_rows(path: Path, text: str, scan: _Scan) -> list[tuple[str, str, list[s
             caption = row["caption"].strip()
             rows.append((where, row["image"].strip(), [caption] if caption else [], row.get("split")))
     except csv.Error as exc:
+        line = _odd_quote_line(text, start + 1) or reader.line_num  # the parser fails later, where the data ends
         scan.problems.append(
-            f"{path} line {reader.line_num}: {exc} (an unbalanced double quote?); quote a caption as "
+            f"{path} line {line}: an unbalanced double quote ({exc}); quote a caption as "
             '"text", writing a quote inside it as ""'
         )
         return []
@@ -254,6 +255,15 @@ def _csv_rows(path: Path, text: str, scan: _Scan) -> list[tuple[str, str, list[s
         if any("\n" in c for c in captions):  # a quote left open earlier swallowed line ends
             scan.problems.append(f"{where}: the caption spans several lines; check the quotes of that row")
     return rows
+
+
+def _odd_quote_line(text: str, first: int) -> int | None:
+    """The first physical line from ``first`` on with an odd number of double quotes: where a quoted field
+    is opened and not closed (a field may span lines only between such lines)."""
+    for n, line in enumerate(text.split("\n"), 1):  # as csv counts lines (not at U+2028 and the like)
+        if n >= first and line.count('"') % 2:
+            return n
+    return None
 
 
 def _scan_manifest(path: Path) -> _Scan:

@@ -1,5 +1,6 @@
 """``attngan.serve``: an HTTP API and a web page that draw images from sentences (needs the ``serve`` extra:
-``pip install 'attngan[serve]'``). Start it with ``attngan serve --checkpoint RUN_OR_MODEL_DIR``, or::
+``pip install -e '.[serve]'`` in the attngan checkout, or ``pip install fastapi uvicorn``). Start it with
+``attngan serve --checkpoint RUN_OR_MODEL_DIR``, or::
 
     from attngan.pipeline import AttnGANPipeline
     from attngan.serve import BackgroundServer, create_app
