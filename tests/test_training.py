@@ -925,3 +925,35 @@ def test_a_data_error_in_a_loader_worker_leaves_no_worker_behind(tmp_path, damsm
         else:
             run_gan(tmp_path, damsm_run, 8, "data.workers=1", train_set=data)
     assert multiprocessing.active_children() == []
+
+
+def test_thread_tuner_leaves_an_idle_machine_alone_and_drops_threads_under_contention():
+    from attngan.training.runtime import ThreadTuner
+
+    torch.set_num_threads(2)  # the fixture set 1; it restores its own value afterwards
+    load = [0.0]  # cores busy with other work
+    speed = {2: 0.15, 1: 0.2}  # seconds per step by thread count (idle: 2 threads faster)
+
+    def run(tuner, steps):
+        counts = []
+        for _ in range(steps):
+            tuner.step(speed[torch.get_num_threads()])
+            counts.append(torch.get_num_threads())
+        return counts
+
+    idle = ThreadTuner(check_every=5, trial_steps=3, warmup=1, busy_elsewhere=lambda: load[0], cpus=2)
+    assert set(run(idle, 60)) == {2}  # nothing tried: the same rounding as without the tuner
+    busy = ThreadTuner(check_every=5, trial_steps=3, warmup=1, busy_elsewhere=lambda: load[0], cpus=2)
+    load[0], speed[2] = 1.0, 0.55  # another process keeps a core busy: 2 spinning threads are slow
+    counts = run(busy, 20)
+    assert counts[-1] == 1 and counts.count(1) > 10  # tried 1 thread, found it faster, kept it
+    load[0], speed[2] = 0.0, 0.15  # the other process ended: 2 threads are tried again and kept
+    assert run(busy, 30)[-1] == 2
+    # Under contention where 1 thread is not faster: back to 2 after the trial.
+    speed[2], load[0] = 0.2, 1.0
+    stay = ThreadTuner(check_every=5, trial_steps=3, warmup=1, busy_elsewhere=lambda: load[0], cpus=2)
+    counts = run(stay, 12)
+    assert 1 in counts and 2 in counts[counts.index(1) :]  # tried, not kept
+    stay.restore()
+    assert torch.get_num_threads() == 2
+    assert not ThreadTuner(enabled=False).enabled

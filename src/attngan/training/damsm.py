@@ -49,6 +49,7 @@ from .data import batches_per_epoch, epoch_loader, image_batch_bytes, iterate_ba
 from .loss import DAMSMLoss, DAMSMObjective
 from .runtime import (
     InterruptGuard,
+    ThreadTuner,
     all_reduce_mean,
     broadcast_object,
     eval_mode,
@@ -147,6 +148,7 @@ def train_damsm(
     progress: bool = True,  # tqdm bar (on a terminal)
     tensorboard: bool = True,  # TensorBoard events when tensorboard is installed
     callback: Callable[[StepInfo], None] | None = None,  # called after every step (tests, fault injection)
+    adapt_threads: bool = False,  # on one CPU process: fewer threads while other work competes (ThreadTuner)
 ) -> TrainResult:
     """Pre-train the DAMSM text and image encoders (Eq. 7-14). Returns where the run and its model are.
 
@@ -282,6 +284,7 @@ def train_damsm(
     batch_bytes = image_batch_bytes(cfg.batch_size, image_sizes)
     workers = loader_workers(preset.data.workers, dev, dist_info.world_size, batch_bytes)
     batches = None  # the current epoch's batches: closed (its workers shut down) however training ends
+    tuner = ThreadTuner(enabled=adapt_threads and dev.type == "cpu" and dist_info.world_size == 1)
     try:
         with InterruptGuard() as guard:
             objective.train()
@@ -294,6 +297,7 @@ def train_damsm(
                 for batch in batches:
                     # Fetch training data.
                     in_step = True
+                    step_started = time.perf_counter()
                     batch = batch.to(dev)
 
                     # Execute the training phase: L_DAMSM, clip the text encoder's gradients, step.
@@ -308,6 +312,7 @@ def train_damsm(
                     step += 1
                     batch_in_epoch += 1
                     in_step = False
+                    tuner.step(time.perf_counter() - step_started)
 
                     # Report progress.
                     scalars["lr"] = optimizer.param_groups[0]["lr"]
@@ -389,6 +394,7 @@ def train_damsm(
     finally:
         if batches is not None:
             batches.close()
+        tuner.restore()
         stats.close()
         if created and step == 0 and sys.exc_info()[0] is not None:
             discard_empty_run(run_dir)

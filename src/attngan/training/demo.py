@@ -180,6 +180,7 @@ def run_demo(
         progress=progress,
         tensorboard=False,
         keep_checkpoints=1,
+        adapt_threads=True,  # a time budget on a possibly shared CPU: fewer threads when that is faster
     )
 
     # Train the AttnGAN within what is left before the evaluation reserve.
@@ -195,6 +196,7 @@ def run_demo(
         progress=progress,
         tensorboard=False,
         keep_checkpoints=1,
+        adapt_threads=True,  # a time budget on a possibly shared CPU: fewer threads when that is faster
     )
     trained_at = time.perf_counter()
 

@@ -68,6 +68,7 @@ from .loss import DiscriminatorObjective, GANLoss, TextFeatures
 from .optim import FlatAdam
 from .runtime import (
     InterruptGuard,
+    ThreadTuner,
     all_reduce_mean,
     autocast,
     broadcast_object,
@@ -308,6 +309,7 @@ def train_gan(
     progress: bool = True,  # tqdm bar (on a terminal)
     tensorboard: bool = True,  # TensorBoard events when tensorboard is installed
     callback: Callable[[StepInfo], None] | None = None,  # called after every step (tests, fault injection)
+    adapt_threads: bool = False,  # on one CPU process: fewer threads while other work competes (ThreadTuner)
 ) -> TrainResult:
     """Train the AttnGAN generator and discriminators (Eq. 1-5, 14). Returns where the run and its model are.
 
@@ -533,6 +535,7 @@ def train_gan(
     batch_bytes = image_batch_bytes(cfg.batch_size, image_sizes)
     workers = loader_workers(preset.data.workers, dev, dist_info.world_size, batch_bytes)
     batches = None  # the current epoch's batches: closed (its workers shut down) however training ends
+    tuner = ThreadTuner(enabled=adapt_threads and dev.type == "cpu" and dist_info.world_size == 1)
     try:
         with InterruptGuard() as guard, cudnn_autotuner(dev.type == "cuda" and cfg.fast_kernels):
             generator.train()
@@ -547,6 +550,7 @@ def train_gan(
                 for batch in batches:
                     # Fetch training data; encode the captions with the frozen text encoder.
                     in_step = True
+                    step_started = time.perf_counter()
                     lengths_cpu = batch.lengths  # pack_padded_sequence wants them on the CPU: no copy back
                     batch = batch.to(dev, non_blocking=True)
                     with torch.no_grad():
@@ -582,6 +586,7 @@ def train_gan(
                     step += 1
                     batch_in_epoch += 1
                     in_step = False
+                    tuner.step(time.perf_counter() - step_started)
                     del fake
 
                     # Report progress.
@@ -640,6 +645,7 @@ def train_gan(
     finally:
         if batches is not None:
             batches.close()
+        tuner.restore()
         stats.close()
         if created and step == 0 and sys.exc_info()[0] is not None:
             discard_empty_run(run_dir)
