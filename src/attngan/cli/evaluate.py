@@ -3,11 +3,13 @@ model, measured as in the paper (a thin layer over :func:`attngan.evaluation.eva
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,18 @@ def _setup_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (so ``finally`` clauses run) while the block runs."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_folder(checkpoint: Path | None) -> Path | None:
@@ -312,43 +324,6 @@ def evaluate(
           --original-image-encoder image_encoder200.pth --captions-pickle data/birds/captions.pickle \\
           --dataset birds --data-dir data/birds --r-precision-other-classes
     """
-    options = dict(locals())
-    _setup_logging()
-    # SIGTERM (kill, a batch scheduler) unwinds like Ctrl-C, so that the temporary file of the generated
-    # images (5.9 GB for 30,000 at 256 px) is removed instead of left behind.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        _evaluate(**options)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _evaluate(
-    checkpoint: Path | None,
-    original_generator: Path | None,
-    original_text_encoder: Path | None,
-    original_image_encoder: Path | None,
-    captions_pickle: Path | None,
-    dataset: str | None,
-    data_dir: Path | None,
-    metrics: str | None,
-    n_images: int,
-    batch_size: int,
-    seed: int,
-    device: str,
-    out: Path | None,
-    overwrite: bool,
-    progress: bool,
-    r_precision_other_classes: bool,
-    is_classifier: str,
-    fid_extractor: str,
-    fid_weights: Path | None,
-    allow_download: bool,
-    cache_dir: Path | None,
-    clip_model: str | None,
-    clip_pretrained: str | None,
-    ca_mean: bool,
-) -> None:
     from ..atomic import check_writable
     from ..checkpoint import atomic_write_json
     from ..data.registry import build_dataset
@@ -356,60 +331,64 @@ def _evaluate(
     from ..pipeline import resolve_model_dir
     from .sample import resolve_device
 
-    if out is not None:
-        if out.exists() and not overwrite:
-            raise UserError(f"--out {out} already exists; pass --overwrite to replace it, or choose another file")
-        check_writable(out)  # not after an hour of metrics
-    if checkpoint is not None:
-        resolve_model_dir(checkpoint)  # a missing or wrong folder is reported before anything else
-    elif not (original_generator or original_text_encoder or original_image_encoder):
-        raise UserError(_NO_MODEL)
-    run_dir = _run_folder(checkpoint)
-    data_config = resolve_data_config(run_dir, dataset, data_dir)
-    names = parse_metrics(metrics) if metrics is not None else ["r_precision", "is", "fid"]
-    if metrics is None and data_config.dataset == "shapes":
-        names.append("attributes")
-    clip = load_clip(clip_model, clip_pretrained)
-    dev = resolve_device(device)
-    pipe = load_eval_pipeline(
-        checkpoint, original_generator, original_text_encoder, original_image_encoder, captions_pickle, dev
-    )
-    size = pipe.generator.config.image_sizes[-1]
-    test_set = build_dataset(data_config, "test", [size], vocab=pipe.vocab, train=False)
-    result = evaluate_model(
-        pipe,
-        test_set,
-        names,
-        n_images=n_images,
-        batch_size=batch_size,
-        seed=seed,
-        device=dev,
-        r_precision_other_classes=r_precision_other_classes,
-        is_classifier=is_classifier,
-        fid_extractor=fid_extractor,
-        fid_weights=fid_weights,
-        cache_dir=cache_dir,
-        clip=clip,
-        allow_download=allow_download,
-        ca_mean=ca_mean,
-        progress=progress and sys.stderr.isatty(),
-    )
-    model = str(checkpoint) if checkpoint is not None else str(original_generator)
-    result = {"model": model, "data": dataclasses.asdict(data_config), **result}
-    if out is not None:
-        atomic_write_json(out, result)
-    if run_dir is not None:
-        from ..metrics import report_metric
+    _setup_logging()
+    # SIGTERM (kill, a batch scheduler) unwinds like Ctrl-C, so that the temporary file of the generated
+    # images (5.9 GB for 30,000 at 256 px) is removed instead of left behind.
+    with _sigterm_as_interrupt():
+        if out is not None:
+            if out.exists() and not overwrite:
+                raise UserError(f"--out {out} already exists; pass --overwrite to replace it, or choose another file")
+            check_writable(out)  # not after an hour of metrics
+        if checkpoint is not None:
+            resolve_model_dir(checkpoint)  # a missing or wrong folder is reported before anything else
+        elif not (original_generator or original_text_encoder or original_image_encoder):
+            raise UserError(_NO_MODEL)
+        run_dir = _run_folder(checkpoint)
+        data_config = resolve_data_config(run_dir, dataset, data_dir)
+        names = parse_metrics(metrics) if metrics is not None else ["r_precision", "is", "fid"]
+        if metrics is None and data_config.dataset == "shapes":
+            names.append("attributes")
+        clip = load_clip(clip_model, clip_pretrained)
+        dev = resolve_device(device)
+        pipe = load_eval_pipeline(
+            checkpoint, original_generator, original_text_encoder, original_image_encoder, captions_pickle, dev
+        )
+        size = pipe.generator.config.image_sizes[-1]
+        test_set = build_dataset(data_config, "test", [size], vocab=pipe.vocab, train=False)
+        result = evaluate_model(
+            pipe,
+            test_set,
+            names,
+            n_images=n_images,
+            batch_size=batch_size,
+            seed=seed,
+            device=dev,
+            r_precision_other_classes=r_precision_other_classes,
+            is_classifier=is_classifier,
+            fid_extractor=fid_extractor,
+            fid_weights=fid_weights,
+            cache_dir=cache_dir,
+            clip=clip,
+            allow_download=allow_download,
+            ca_mean=ca_mean,
+            progress=progress and sys.stderr.isatty(),
+        )
+        model = str(checkpoint) if checkpoint is not None else str(original_generator)
+        result = {"model": model, "data": dataclasses.asdict(data_config), **result}
+        if out is not None:
+            atomic_write_json(out, result)
+        if run_dir is not None:
+            from ..metrics import report_metric
 
-        # Each line names everything that made its figure: images, seed, CA noise, test data.
-        context = {"images": result["protocol"], "n_images": n_images, "seed": seed, "ca_mean": ca_mean,
-                   "data": result["data"]}  # fmt: skip
-        for res in result["metrics"].values():
-            if "skipped" not in res:
-                report_metric(res | context, run_dir, snapshot=str(resolve_model_dir(checkpoint).resolve()))
-    click.echo(format_table(result))
-    if out is not None:
-        click.echo(f"wrote {out}")
-    failed = [f"{name}: {res['skipped']}" for name, res in result["metrics"].items() if res.get("failed")]
-    if failed:
-        raise UserError("; ".join(failed) + " (the other figures are above" + (f" and in {out})" if out else ")"))
+            # Each line names everything that made its figure: images, seed, CA noise, test data.
+            context = {"images": result["protocol"], "n_images": n_images, "seed": seed, "ca_mean": ca_mean,
+                       "data": result["data"]}  # fmt: skip
+            for res in result["metrics"].values():
+                if "skipped" not in res:
+                    report_metric(res | context, run_dir, snapshot=str(resolve_model_dir(checkpoint).resolve()))
+        click.echo(format_table(result))
+        if out is not None:
+            click.echo(f"wrote {out}")
+        failed = [f"{name}: {res['skipped']}" for name, res in result["metrics"].items() if res.get("failed")]
+        if failed:
+            raise UserError("; ".join(failed) + " (the other figures are above" + (f" and in {out})" if out else ")"))
