@@ -461,6 +461,8 @@ def test_folder_of_images_with_hash_split(tmp_path):
     assert train.class_ids.tolist() == list(range(len(train)))
     sample = test[1]
     assert [tuple(t.shape) for t in sample["images"]] == [(3, 16, 16), (3, 32, 32)]
+    notes = check_dataset("folder", root).notes  # the user is told how the split was made
+    assert any("no split given for 14 images: a hash of their names put 2 of them in test" in n for n in notes)
 
 
 def test_folder_with_train_test_subfolders_and_errors(tmp_path):

@@ -168,6 +168,12 @@ def check_dataset(
             report.notes.append(f"{split}: no class_info.pickle and no class folders: class id = image index")
     if dataset == "folder" and report.splits["test"].images == 0 and report.splits["train"].images:
         report.notes.append("the test split is empty (add a 'split' column or train/ and test/ folders)")
+    hashed = {split: lst.hashed for split, lst in listings.items() if lst.hashed}
+    if dataset == "folder" and hashed:
+        report.notes.append(
+            f"no split given for {sum(hashed.values())} images: a hash of their names put {hashed.get('test', 0)} "
+            f"of them in test (about {test_fraction:.0%}); add train/ and test/ folders or a 'split' column to choose"
+        )
 
     # Images: every file opened and verified (and decoded), problems collected.
     paths = [p for lst in listings.values() for p in lst.images]

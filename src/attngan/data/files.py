@@ -55,6 +55,7 @@ class Listing:
     problems: list[str] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)  # metadata files read (they invalidate caches)
     vocab: Vocabulary | None = None  # set when the layout carries its own vocabulary (captions.pickle)
+    hashed: int = 0  # folder layouts: images of this split chosen by a hash of their names (no split given)
 
     def raise_problems(self, dataset: str) -> None:
         """Raise one DataError quoting the first problems (each names its file), if any."""

@@ -340,6 +340,7 @@ def _split_listing(scan: _Scan, split: str, test_fraction: float) -> Listing:
     listing = Listing(root=scan.root, split=check_split(split), problems=scan.problems, sources=scan.sources)
     for e in scan.entries:
         if (e.split or hash_split(e.key, test_fraction)) == split:
+            listing.hashed += e.split is None
             listing.keys.append(e.key)
             listing.images.append(e.image)
             listing.captions.append(e.captions)
