@@ -155,8 +155,7 @@ class _ImageStore:
     def __init__(self, n: int, size: int) -> None:
         shape = (n, 3, size, size)
         self._tmp: tempfile.TemporaryDirectory | None = None
-        if n * 3 * size * size > _IN_MEMORY_LIMIT:
-            check_image_space(n, size)
+        if n * 3 * size * size > _IN_MEMORY_LIMIT:  # the space was checked up front (check_image_space)
             self._tmp = tempfile.TemporaryDirectory(prefix="attngan-eval-")
             path = Path(self._tmp.name) / "images.npy"
             log.info("keeping the generated images in the temporary file %s", path)
@@ -450,7 +449,8 @@ def evaluate_model(
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    check_image_space(n_images, pipeline.generator.config.image_sizes[-1])
+    size = pipeline.generator.config.image_sizes[-1]  # of the generated images
+    check_image_space(n_images, size)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     image_encoder = image_encoder if image_encoder is not None else pipeline.image_encoder
     draws = draw_test_captions(dataset, n_images, seed)
@@ -490,16 +490,15 @@ def evaluate_model(
     if len(skipped) == len(names):
         raise UserError("nothing to evaluate: " + "; ".join(f"{m}: {skipped[m]}" for m in names))
     # Load and try the metric networks now: a wrong file must fail before an hour of generation.
-    probe_size = pipeline.generator.config.image_sizes[-1]
     if "is" in names and "is" not in skipped and isinstance(is_classifier, (str, os.PathLike, nn.Module)):
         classifier, _ = is_mod.load_classifier(
             is_classifier, fid_weights if is_classifier == "fid-inception" else None, device
         )
-        _probe(classifier, probe_size, device, f"--is-classifier {is_classifier}")
+        _probe(classifier, size, device, f"--is-classifier {is_classifier}")
         del classifier
     if "fid" in names and "fid" not in skipped and isinstance(fid_extractor, str):
         extractor, _, _ = fid_mod.load_fid_extractor(fid_extractor, fid_weights, device)
-        _probe(extractor, probe_size, device, f"--fid-extractor {fid_extractor}")
+        _probe(extractor, size, device, f"--fid-extractor {fid_extractor}")
         del extractor
     if "attributes" in names and "attributes" not in skipped and attribute_classifier is None:
         attribute_classifier = load_or_train_attribute_classifier(
@@ -509,7 +508,6 @@ def evaluate_model(
     # Generate the images.
     pipeline.to(device)
     encoded = pipeline.encode_prompts(draws.texts)  # the ids the text encoder sees (unknown words dropped)
-    size = pipeline.generator.config.image_sizes[-1]
     if dataset.image_sizes[-1] != size:
         log.warning("real test images are %d px, generated ones %d px", dataset.image_sizes[-1], size)
     store = _ImageStore(n_images, size)
