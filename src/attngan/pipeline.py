@@ -54,7 +54,7 @@ from .viz import to_pil
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AttnGANPipeline", "AttnGANOutput", "resolve_model_dir", "COMPONENTS"]
+__all__ = ["AttnGANPipeline", "AttnGANOutput", "resolve_model_dir", "check_device", "COMPONENTS"]
 
 COMPONENTS = ("text_encoder", "generator", "image_encoder")  # sub-folders of a model folder
 # Everything of a model folder that belongs to one model (what save_pretrained(overwrite=True) replaces).
@@ -65,22 +65,22 @@ def _model_entries(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if _MODEL_ENTRY.fullmatch(p.name)) if d.is_dir() else []
 
 
-def _check_device(device: str | int | torch.device) -> torch.device:
+def check_device(device: str | int | torch.device) -> torch.device:
     """``device`` as a ``torch.device``, or a UserError if it is not a device name or not available here."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
+        raise UserError(f"device {device!r} was asked for but CUDA is not available here; use cpu or auto")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UserError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
-    if dev.type != "cpu":
+    if dev.type not in ("cpu", "cuda"):  # (no CUDA probe: it would open a context on GPU 0 in every process)
         try:
             torch.empty(0, device=dev)
         except (RuntimeError, AssertionError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"device {device!r} is not available here ({first}); use device='cpu'") from None
+            raise UserError(f"device {device!r} is not available here ({first}); use cpu or auto") from None
     return dev
 
 
@@ -207,7 +207,7 @@ class AttnGANPipeline:
         cls, path: str | os.PathLike, device: str | torch.device = "cpu", fast: bool = True
     ) -> AttnGANPipeline:
         """Load a native model folder, or the ``model/`` folder of a run folder."""
-        _check_device(device)
+        check_device(device)
         d = resolve_model_dir(path)
         missing = [name for name in ("text_encoder/", "vocab.json") if not (d / name.rstrip("/")).exists()]
         if missing:
@@ -242,7 +242,7 @@ class AttnGANPipeline:
         from .data.pickles import load_captions_pickle
         from .legacy import load_original
 
-        _check_device(device)
+        check_device(device)
         generator = load_original(generator_pth, kind="generator")
         text_encoder = load_original(text_encoder_pth, kind="text_encoder")
         image_encoder = load_original(image_encoder_pth, kind="image_encoder") if image_encoder_pth else None
@@ -306,7 +306,7 @@ class AttnGANPipeline:
         self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> AttnGANPipeline:
         if device is not None:
-            device = _check_device(device)
+            device = check_device(device)
         for m in (self.text_encoder, self.generator, self.image_encoder):
             if m is not None:
                 m.to(device=device, dtype=dtype)

@@ -87,19 +87,11 @@ def resolve_device(spec: str | torch.device | None = None, local_rank: int = 0) 
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as exc:
-        raise UserError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {spec!r} was asked for but CUDA is not available; use --device cpu or auto")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        elif device.index >= torch.cuda.device_count():
-            raise UserError(f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
-    elif device.type == "mps" and not _mps_available():
-        raise UserError(f"device {spec!r} was asked for but MPS is not available; use --device cpu or auto")
+    from ..pipeline import check_device
+
+    device = check_device(spec)  # unknown, absent or unusable devices are user errors
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
     elif device.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"unsupported device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
