@@ -75,11 +75,14 @@ def check_device(device: str | int | torch.device) -> torch.device:
         raise UserError(f"device {device!r} was asked for but CUDA is not available here; use cpu or auto")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UserError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise UserError(f"device {device!r} was asked for but MPS is not available here; use cpu or auto")
     if dev.type not in ("cpu", "cuda"):  # (no CUDA probe: it would open a context on GPU 0 in every process)
         try:
             torch.empty(0, device=dev)
         except (RuntimeError, AssertionError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise UserError(f"device {device!r} is not available here ({first}); use cpu or auto") from None
     return dev
 
