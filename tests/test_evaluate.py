@@ -315,6 +315,7 @@ def test_help_lists_the_options():
         "--is-classifier",
         "--fid-extractor",
         "--fid-weights",
+        "--words-num",
     ):
         assert option in result.output
     assert "30000" in result.output  # the paper's sample count is the default
@@ -340,6 +341,7 @@ def test_cli_on_a_run_folder(pipe, tmp_path, capsys, monkeypatch):
     stdout = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["data"]["dataset"] == "shapes" and data["data"]["num_images"] == 128  # the run's own data
+    assert data["data"]["words_num"] == 10 and "truncated to 10 words" in data["protocol"]
     assert data["metrics"]["r_precision"]["n"] == 24 and "protocol" in data["metrics"]["r_precision"]
     assert "torch hub cache" in data["metrics"]["is"]["skipped"]
     assert "R-precision (%)" in stdout and "skipped" in stdout
@@ -359,6 +361,10 @@ def test_cli_on_a_run_folder(pipe, tmp_path, capsys, monkeypatch):
     assert code == 2 and "already exists; pass --overwrite" in err and vocab.read_bytes() == before
     main(args + ["--metrics", "r_precision", "--out", str(out), "--overwrite", "--cache-dir", str(tmp_path / "cache")])
     capsys.readouterr()
+    main(args + ["--metrics", "r_precision", "--out", str(out), "--overwrite", "--words-num", "4"])
+    capsys.readouterr()
+    data = json.loads(out.read_text())
+    assert data["data"]["words_num"] == 4 and "truncated to 4 words" in data["protocol"]
     code, _, err = run_main(args + ["--metrics", ""], capsys)  # not "the default metrics"
     assert code == 2 and "no metric given" in err
     # Only a metric whose weights are missing: a one-line error, exit code 2.
@@ -452,3 +458,16 @@ def test_sigterm_during_evaluate_removes_the_temporary_images(pipe, tmp_path, ca
     assert code == 130 and ("Aborted" in err or "Interrupted" in err)
     assert list(scratch.iterdir()) == []  # removed, not left behind
     assert signal.getsignal(signal.SIGTERM) == before  # the command's handler is gone again
+
+
+def test_birds_and_coco_captions_are_cut_at_the_original_evaluation_length(tmp_path):
+    """The original trained with 18 (birds) / 12 (coco) words but evaluated with cfg/eval_bird.yml's 25 and
+    cfg/eval_coco.yml's 20; --words-num overrides it."""
+    from attngan.cli.evaluate import resolve_data_config
+    from attngan.config import DataConfig
+
+    assert PRESETS["birds"].data.words_num == 18 and PRESETS["coco"].data.words_num == 12
+    assert resolve_data_config(None, "birds", tmp_path).words_num == 25
+    assert resolve_data_config(None, "coco", tmp_path).words_num == 20
+    assert resolve_data_config(None, "coco", tmp_path, words_num=12).words_num == 12
+    assert resolve_data_config(None, "folder", tmp_path).words_num == DataConfig().words_num  # training's

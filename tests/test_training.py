@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attngan.config import PRESETS, apply_overrides
+from attngan.config import PRESETS, apply_overrides, check_preset
 from attngan.errors import CheckpointError
 from attngan.training import NonFiniteLossError, TrainingInterrupted, train_damsm, train_gan
 from attngan.training.gan import update_ema
@@ -957,3 +957,56 @@ def test_thread_tuner_leaves_an_idle_machine_alone_and_drops_threads_under_conte
     stay.restore()
     assert torch.get_num_threads() == 2
     assert not ThreadTuner(enabled=False).enabled
+
+
+def test_damsm_words_num_sets_the_caption_length_of_pretraining(tmp_path, monkeypatch):
+    """damsm_train.words_num (the original's coco DAMSM: 15 words, its GAN 12) cuts the DAMSM's captions;
+    unset, data.words_num does."""
+    import attngan.training.damsm as damsm_mod
+
+    assert PRESETS["coco"].damsm_train.words_num == 15 and PRESETS["coco"].data.words_num == 12
+    assert PRESETS["birds"].damsm_train.words_num is None  # cfg/DAMSM/bird.yml: 18, as the GAN
+    built = []
+    real = damsm_mod.build_dataset
+
+    def recording(data_config, *args, **kwargs):
+        built.append(data_config.words_num)
+        return real(data_config, *args, **kwargs)
+
+    monkeypatch.setattr(damsm_mod, "build_dataset", recording)
+    for words, expected in ((None, 10), (4, 4)):
+        built.clear()
+        preset = apply_overrides(PRESETS["tiny"], ["data.num_images=16", f"damsm_train.words_num={words or 'null'}"])
+        train_damsm(preset, runs_dir=tmp_path / str(words), max_steps=1, progress=False, tensorboard=False)
+        assert built == [expected, expected]  # train and validation split
+    with pytest.raises(ValueError, match="damsm_train.words_num"):
+        check_preset(apply_overrides(PRESETS["tiny"], ["damsm_train.words_num=0"]))
+
+
+@pytest.mark.parametrize("batch_stats", [False, True])
+def test_damsm_backbone_batch_stats_lets_the_frozen_inception_statistics_drift(tmp_path, batch_stats):
+    """The original pre-trained the DAMSM with the frozen Inception in train mode: its BatchNorm used batch
+    statistics and moved its running statistics. damsm_train.backbone_batch_stats does the same (and so
+    does not fold the BatchNorm); by default the statistics stay as loaded."""
+    preset = apply_overrides(
+        PRESETS["tiny"],
+        [
+            "image_encoder.backbone=inception",
+            "image_encoder.input_size=299",
+            "data.num_images=4",
+            "damsm_train.batch_size=2",
+            f"damsm_train.backbone_batch_stats={str(batch_stats).lower()}",
+        ],
+    )
+    from attngan.nn import ImageEncoder
+
+    torch.manual_seed(0)
+    reference = ImageEncoder(preset.image_encoder, backbone_weights=None).state_dict()
+    backbone = {k: v for k, v in reference.items() if not k.startswith("emb_")}
+    result = train_damsm(
+        preset, runs_dir=tmp_path, max_steps=1, backbone_weights=backbone, val_set=False, progress=False, tensorboard=False
+    )
+    saved = load_state(result.checkpoint, "damsm")["models"]["image_encoder"]
+    key = "Mixed_6e.branch1x1.bn.running_mean"
+    assert torch.equal(saved[key], reference[key]) is not batch_stats
+    assert torch.equal(saved["Mixed_6e.branch1x1.conv.weight"], reference["Mixed_6e.branch1x1.conv.weight"])  # frozen

@@ -152,6 +152,13 @@ class DAMSMTrainConfig:
     log_every: int = 50
     seed: int = 0
     fast_kernels: bool = True  # a frozen Inception runs with its BatchNorm folded into its convs (same maths)
+    # Caption length T in pre-training; None: data.words_num. The original's coco DAMSM used 15 words
+    # (cfg/DAMSM/coco.yml), its coco GAN 12.
+    words_num: int | None = None
+    # True: the frozen Inception's BatchNorm normalises with batch statistics and updates its running
+    # statistics during pre-training, as the original (cnn_model.train()), to reproduce its encoders;
+    # False: the backbone stays in eval mode (its ImageNet statistics are kept).
+    backbone_batch_stats: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,7 +226,7 @@ PRESETS: dict[str, Preset] = {
         damsm_loss=DAMSMLossConfig(gamma1=4.0, gamma2=5.0, gamma3=10.0, class_masking=False),
         gan_loss=GANLossConfig(damsm_lambda=50.0),
         data=DataConfig(dataset="coco", words_num=12, captions_per_image=5, truncate="random"),
-        damsm_train=DAMSMTrainConfig(batch_size=48, epochs=600, lr=2e-3),
+        damsm_train=DAMSMTrainConfig(batch_size=48, epochs=600, lr=2e-3, words_num=15),
         gan_train=GANTrainConfig(batch_size=14, epochs=120),
     ),
     "shapes": Preset(
@@ -411,6 +418,7 @@ _RULES: list[tuple[str, Any, str]] = [
         "gan_train.sample_every", "gan_train.log_every",
     )],  # fmt: skip
     *[(k, lambda v: v is None or v >= 1, ">= 1 (or null: the epochs decide)") for k in ("damsm_train.max_steps", "gan_train.max_steps")],
+    ("damsm_train.words_num", lambda v: v is None or v >= 1, ">= 1 (or null: data.words_num)"),
     *[(k, lambda v: v >= 2, ">= 2 (BatchNorm and the matching loss need two samples)") for k in ("damsm_train.batch_size", "gan_train.batch_size")],
     *[(k, lambda v: v > 0, "> 0") for k in (
         "damsm_loss.gamma1", "damsm_loss.gamma2", "damsm_loss.gamma3", "damsm_train.lr", "damsm_train.rnn_grad_clip",

@@ -13,7 +13,8 @@ drawn test captions (seeded), then computes the requested metrics of :mod:`attng
 
 Captions are drawn like the original evaluation loop, which went over the shuffled test set as often as
 needed: the test images in a seeded random order (a new permutation per pass), one random caption of each
-(truncated to the dataset's ``words_num``). Image k uses noise seed ``seed + k``, so the images do not
+(truncated to the dataset's ``words_num``; ``attngan evaluate`` sets it to the original's evaluation length,
+:data:`EVAL_WORDS_NUM`, for birds and coco). Image k uses noise seed ``seed + k``, so the images do not
 depend on the batch size. Every figure names its protocol and sample count; a metric whose weights are
 missing is reported as skipped with a message saying how to provide them.
 
@@ -58,6 +59,7 @@ from .text import truncate_ids
 
 __all__ = [
     "METRICS",
+    "EVAL_WORDS_NUM",
     "parse_metrics",
     "EvalCaptions",
     "draw_test_captions",
@@ -77,6 +79,9 @@ METRICS: dict[str, str] = {
     "attributes": "attribute_accuracy",
     "clip": "clip_score",
 }
+# Longest test caption of the original's evaluation (cfg/eval_bird.yml, cfg/eval_coco.yml: TEXT.WORDS_NUM);
+# training cut captions to 18 (birds) and 12 (coco) words.
+EVAL_WORDS_NUM: dict[str, int] = {"birds": 25, "coco": 20}
 _ALIASES = {v: k for k, v in METRICS.items()} | {"rp": "r_precision", "r-precision": "r_precision"}
 ATTRIBUTE_CLASSIFIER_SIZE = 32  # resolution of the cached attribute classifier used here
 _IN_MEMORY_LIMIT = 2 * 1024**3  # bytes of uint8 images kept in RAM; more go to a temporary memmap file

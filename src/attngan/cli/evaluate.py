@@ -64,9 +64,16 @@ _NO_MODEL = (
 )
 
 
-def resolve_data_config(run_dir: Path | None, dataset: str | None, data_dir: Path | None) -> Any:
-    """The test data: the run's own data settings, or the preset of ``--dataset``; ``--data-dir`` wins."""
+def resolve_data_config(
+    run_dir: Path | None, dataset: str | None, data_dir: Path | None, words_num: int | None = None
+) -> Any:
+    """The test data: the run's own data settings, or the preset of ``--dataset``; ``--data-dir`` wins.
+
+    Captions are cut to ``words_num``; None: the original's evaluation length for birds and coco
+    (``EVAL_WORDS_NUM``), else the training setting.
+    """
     from ..config import PRESETS, DataConfig, from_dict
+    from ..evaluation import EVAL_WORDS_NUM
 
     run_cfg = None
     if run_dir is not None:
@@ -88,7 +95,8 @@ def resolve_data_config(run_dir: Path | None, dataset: str | None, data_dir: Pat
         cfg = PRESETS[dataset].data if dataset in PRESETS else DataConfig(dataset=dataset)
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
-    return cfg
+    words_num = words_num or EVAL_WORDS_NUM.get(cfg.dataset, cfg.words_num)
+    return dataclasses.replace(cfg, words_num=words_num)
 
 
 def load_eval_pipeline(
@@ -277,6 +285,13 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
     help="open_clip architecture for the CLIP score (e.g. ViT-B-32).",
 )
 @click.option("--clip-pretrained", default=None, help="open_clip weights: a local file or a tag it knows.")
+@click.option(
+    "--words-num",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Longest test caption in words; longer ones lose random words, as in the original. "
+    "Default: 25 for birds and 20 for coco (the original's evaluation settings), else the training setting.",
+)
 @click.option("--ca-mean", is_flag=True, help="Condition on the CA mean (no CA noise); the paper samples it.")
 def evaluate(
     checkpoint: Path | None,
@@ -302,6 +317,7 @@ def evaluate(
     cache_dir: Path | None,
     clip_model: str | None,
     clip_pretrained: str | None,
+    words_num: int | None,
     ca_mean: bool,
 ) -> None:
     """Measure a trained model as the paper did (Sec. 4).
@@ -344,7 +360,7 @@ def evaluate(
         elif not (original_generator or original_text_encoder or original_image_encoder):
             raise UserError(_NO_MODEL)
         run_dir = _run_folder(checkpoint)
-        data_config = resolve_data_config(run_dir, dataset, data_dir)
+        data_config = resolve_data_config(run_dir, dataset, data_dir, words_num)
         names = parse_metrics(metrics) if metrics is not None else ["r_precision", "is", "fid"]
         if metrics is None and data_config.dataset == "shapes":
             names.append("attributes")

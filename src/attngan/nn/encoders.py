@@ -125,7 +125,8 @@ class ImageEncoder(nn.Module):
     Mixed_7c; inputs in [-1, 1] are resized to 299 x 299 (bilinear, align_corners=True as the original,
     no ``transform_input``). ``backbone_weights``: None (random init), ``"imagenet"`` (torchvision
     ``Inception_V3_Weights.IMAGENET1K_V1``, downloaded to the torch cache if absent), a local file, a
-    state dict, or a torchvision weights enum. The backbone is frozen and kept in eval mode.
+    state dict, or a torchvision weights enum. The backbone is frozen and kept in eval mode (unless
+    ``backbone_batch_stats`` is set: then its BatchNorm follows the module's train/eval mode).
     """
 
     def __init__(self, config: ImageEncoderConfig, backbone_weights: Any = None) -> None:
@@ -158,6 +159,9 @@ class ImageEncoder(nn.Module):
         if self.frozen_backbone:
             for p in self.backbone_parameters():
                 p.requires_grad_(False)
+        # True: in train mode a frozen Inception's BatchNorm uses batch statistics and updates its running
+        # statistics, as the original's DAMSM pre-training did (cnn_model.train()); set by the trainer.
+        self.backbone_batch_stats = False
 
     @property
     def frozen_backbone(self) -> bool:
@@ -171,9 +175,9 @@ class ImageEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> ImageEncoder:
         # A frozen backbone keeps its BatchNorm statistics (the original let them drift during DAMSM
-        # pre-training, original-attngan.md 8.1 #11; we do not).
+        # pre-training, original-attngan.md 8.1 #11), unless backbone_batch_stats asks for the original's way.
         super().train(mode)
-        if self.frozen_backbone:
+        if self.frozen_backbone and not self.backbone_batch_stats:
             for name in INCEPTION_BLOCKS:
                 getattr(self, name).eval()
         return self

@@ -10,10 +10,13 @@ the test split after every epoch, and resumable checkpoints. The run exports a m
 Difference from the original, on purpose: the original re-created the Adam optimizer every epoch
 (to set the decayed learning rate), which threw away Adam's moment estimates each epoch. That was a
 defect; here the optimizer is created once and the learning rate is changed in its parameter groups.
+The original also ran the frozen Inception's BatchNorm in train mode (batch statistics, drifting running
+statistics); here it stays in eval mode unless ``damsm_train.backbone_batch_stats`` asks for the original's way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -173,15 +176,17 @@ def train_damsm(
     seed_everything(cfg.seed)
 
     # Load training data. DAMSM sees real images at the image encoder's input size (the original: 299).
+    # Captions are cut to damsm_train.words_num where it is set (the original's coco DAMSM: 15 words).
     image_sizes = [preset.image_encoder.input_size]
+    data_config = preset.data if cfg.words_num is None else dataclasses.replace(preset.data, words_num=cfg.words_num)
     if train_set is None:
         vocab_arg = Vocabulary(state["vocab"]) if state is not None else None
-        train_set = build_dataset(preset.data, "train", image_sizes, vocab=vocab_arg, train=True, progress=progress)
+        train_set = build_dataset(data_config, "train", image_sizes, vocab=vocab_arg, train=True, progress=progress)
     vocab = train_set.vocab
     preset = resolve_vocab_size(preset, vocab)
     if val_set is None:
         try:
-            val_set = build_dataset(preset.data, "test", image_sizes, vocab=vocab, train=False, progress=progress)
+            val_set = build_dataset(data_config, "test", image_sizes, vocab=vocab, train=False, progress=progress)
         except DataError as exc:
             log.warning("no validation: the test split is not usable (%s)", exc)
             val_set = False
@@ -200,6 +205,7 @@ def train_damsm(
     except ValueError as exc:  # weights of another network
         source = backbone_weights if isinstance(backbone_weights, (str, os.PathLike)) else "the given state dict"
         raise CheckpointError(f"{source}: {exc}") from exc
+    image_encoder.backbone_batch_stats = cfg.backbone_batch_stats
     objective = DAMSMObjective(text_encoder, image_encoder, preset.damsm_loss)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
@@ -215,8 +221,8 @@ def train_damsm(
         step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         restore_rng_state(state["rng"][dist_info.rank])  # check_resumable: same number of processes
         log.info("resuming DAMSM training from %s (step %d, epoch %d)", state["path"], step, epoch)
-    if cfg.fast_kernels and image_encoder.frozen_backbone:
-        objective.image_encoder = _folded_encoder(image_encoder)
+    if cfg.fast_kernels and image_encoder.frozen_backbone and not cfg.backbone_batch_stats:
+        objective.image_encoder = _folded_encoder(image_encoder)  # eval-mode BatchNorm only
     trained: nn.Module = objective
     if dist_info.distributed:
         trained = nn.parallel.DistributedDataParallel(objective, device_ids=[dev] if dev.type == "cuda" else None)
