@@ -548,7 +548,7 @@ def test_cache_matches_decoding_and_is_rebuilt_when_sources_change(tmp_path):
     assert cache_size(32) == 38 and len(data_files) == 1
     assert data_files[0].stat().st_size == 3 * 38 * 38 * 3
     index = json.loads(data_files[0].with_suffix(".json").read_text())
-    assert index["keys"] == ["train/p0", "train/p1", "train/p2"]
+    assert index["keys"] == ["train/p0", "train/p1", "train/p2"] and index["shapes"] == [[38, 38]] * 3
     for i in range(3):  # square sources: the cached path gives exactly the same tensors
         for a, b in zip(before[i], cached[i]["images"]):
             assert torch.equal(a, b)
@@ -571,13 +571,38 @@ def test_cache_matches_decoding_and_is_rebuilt_when_sources_change(tmp_path):
     )
 
 
+def test_cache_keeps_non_square_images_whole_so_random_crops_are_unchanged(tmp_path):
+    """The cache stores each image with its shorter side resized (not a centre square): training crops
+    move along the long side as without the cache, and the tensors are the same."""
+    root = tmp_path / "wide"
+    for i, (h, w) in enumerate([(36, 90), (90, 36), (40, 40)]):
+        save_lossless(coord_pixels(h, w), root / "train" / f"p{i}.png")
+        write_text(root / "train" / f"p{i}.txt", f"picture {i}\n")
+    plain = FolderDataset(root, "train", image_sizes=SIZES, train=True)
+    cached = FolderDataset(root, "train", image_sizes=SIZES, train=True, cache_dir=tmp_path / "c", progress=False)
+    (data_file,) = (tmp_path / "c").glob("*.u8")
+    assert data_file.stat().st_size == (38 * 95 + 95 * 38 + 38 * 38) * 3  # shorter side 38, aspect kept
+    for epoch in range(4):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in range(3):
+            assert all(torch.equal(a, b) for a, b in zip(plain[i]["images"], cached[i]["images"]))
+    # Over the epochs the crops of the wide image start at different places (a centre square would not).
+    firsts = set()
+    for epoch in range(12):
+        cached.set_epoch(epoch)
+        firsts.add(tuple(cached[0]["images"][-1][0, 0, :].tolist()))
+    assert len(firsts) > 2
+
+
 def test_cub_cache_holds_the_bbox_crop(tmp_path):
     root = make_cub(tmp_path / "birds")
     ds = CUBDataset(root, "train", image_sizes=SIZES, captions_per_image=2, train=False,
                     cache_dir=tmp_path / "c", progress=False)  # fmt: skip
-    # Crop 0 is square (14 x 14): the cached path equals decoding.
-    want = expected_images(coord_pixels(), CUB_BOXES[CUB_TRAIN[0]][1])
-    assert all(torch.equal(a, b) for a, b in zip(ds[0]["images"], want))
+    # The cached path equals decoding, for square and non-square crops alike.
+    for i in range(len(ds)):
+        want = expected_images(coord_pixels(), CUB_BOXES[CUB_TRAIN[i]][1])
+        assert all(torch.equal(a, b) for a, b in zip(ds[i]["images"], want))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ __all__ = [
     "TextImageDataset",
     "to_rgb",
     "image_to_tensor",
+    "resize_shorter_side",
     "multiscale_transform",
     "make_loader",
     "set_epoch",
@@ -142,6 +143,17 @@ def image_to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
+def resize_shorter_side(img: Image.Image, short: int) -> Image.Image:
+    """``img`` with its shorter side resized to ``short`` (bilinear), the aspect ratio kept (the original's
+    ``transforms.Resize(int)``); an image already of that size is returned as is."""
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = short, max(short, int(short * h / w))
+    else:
+        new_w, new_h = max(short, int(short * w / h)), short
+    return img if (new_w, new_h) == (w, h) else img.resize((new_w, new_h), Image.BILINEAR)
+
+
 def multiscale_transform(
     img: Image.Image,
     sizes: Sequence[int],
@@ -156,14 +168,8 @@ def multiscale_transform(
     """
     sizes = sorted(int(s) for s in sizes)
     final = sizes[-1]
-    img = to_rgb(img)
-    w, h = img.size
-    short = int(final * 76 / 64)
-    if w <= h:
-        new_w, new_h = short, max(short, int(short * h / w))
-    else:
-        new_w, new_h = max(short, int(short * w / h)), short
-    img = img.resize((new_w, new_h), Image.BILINEAR)
+    img = resize_shorter_side(to_rgb(img), int(final * 76 / 64))
+    new_w, new_h = img.size
     if train:
         rng = np.random.default_rng() if rng is None else rng
         x = int(rng.integers(0, new_w - final + 1))

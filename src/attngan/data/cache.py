@@ -1,15 +1,16 @@
-"""Optional cache of decoded, cropped and resized images: one memory-mapped uint8 array per split and size.
+"""Optional cache of decoded, cropped and resized images: one memory-mapped uint8 file per split and size.
 
 Decoding a JPEG and cropping it costs more than the rest of a training step on small models; the cache
-does it once. ``<cache_dir>/<name>-<split>-<size>.u8`` holds ``(N, size, size, 3)`` uint8 pixels (image
-``i`` = key ``i``) and ``<name>-<split>-<size>.json`` the keys and a hash of the source files' paths, sizes
-and modification times. A cache whose index does not match (other keys, changed files, other crop) is
-rebuilt; both files are written to temporary names first and renamed (the index last), so an interrupted
-build never leaves a cache that looks valid. The cache only ever touches its own two files.
+does it once. ``<cache_dir>/<name>-<split>-<size>.u8`` holds the uint8 pixels (H, W, 3) of every image one
+after the other (image ``i`` = key ``i``) and ``<name>-<split>-<size>.json`` the keys, each image's
+(H, W) and a hash of the source files' paths, sizes and modification times. A cache whose index does not
+match (other keys, changed files, other crop) is rebuilt; both files are written to temporary names first
+and renamed (the index last), so an interrupted build never leaves a cache that looks valid. The cache
+only ever touches its own two files.
 
-What is stored: the image (after any dataset crop, e.g. the CUB bounding box) with its shorter side resized
-to ``size = int(final * 76 / 64)`` as :func:`~attngan.data.base.multiscale_transform` does, then
-center-cropped to a square. Random crops from the cache therefore range over the central square only.
+What is stored: the whole image (after any dataset crop, e.g. the CUB bounding box) with its shorter side
+resized to ``size = int(final * 76 / 64)``, exactly as :func:`~attngan.data.base.multiscale_transform`
+resizes it, so the random crops (and so the batches) are the same with and without the cache.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_text, temporary_file
 from ..errors import DataError
-from .base import to_rgb
+from .base import resize_shorter_side, to_rgb
 
 __all__ = [
     "CACHE_VERSION",
     "cache_size",
-    "square_image",
+    "resized_image",
     "source_fingerprint",
     "ImageCache",
     "default_cache_dir",
@@ -42,7 +43,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 1: centre squares
 
 
 def default_cache_dir() -> Path:
@@ -58,21 +59,13 @@ def default_cache_dir() -> Path:
 
 
 def cache_size(final_size: int) -> int:
-    """Side of the cached squares for a largest scale ``final_size``: the original's ``int(s * 76 / 64)``."""
+    """Shorter side of the cached images for a largest scale ``final_size``: the original's ``int(s * 76 / 64)``."""
     return int(final_size * 76 / 64)
 
 
-def square_image(img: Image.Image, size: int) -> np.ndarray:
-    """Shorter side to ``size`` (bilinear, as multiscale_transform), center square -> uint8 (size, size, 3)."""
-    img = to_rgb(img)
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = size, max(size, int(size * h / w))
-    else:
-        new_w, new_h = max(size, int(size * w / h)), size
-    img = img.resize((new_w, new_h), Image.BILINEAR)
-    x, y = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(img.crop((x, y, x + size, y + size)), dtype=np.uint8)
+def resized_image(img: Image.Image, size: int) -> np.ndarray:
+    """Shorter side to ``size`` (as multiscale_transform), the aspect ratio kept -> uint8 (H, W, 3)."""
+    return np.asarray(resize_shorter_side(to_rgb(img), size), dtype=np.uint8)
 
 
 def source_fingerprint(paths: Sequence[str | os.PathLike], extra: str = "") -> str:
@@ -88,16 +81,18 @@ def source_fingerprint(paths: Sequence[str | os.PathLike], extra: str = "") -> s
 
 
 class ImageCache:
-    """Read-only view of a built cache: ``cache[i]`` -> uint8 (size, size, 3) of key ``i``.
+    """Read-only view of a built cache: ``cache[i]`` -> uint8 (H, W, 3) of key ``i``.
 
     The memory map is opened lazily in each process (DataLoader workers re-open it rather than receiving a
     pickled copy of the pixels).
     """
 
-    def __init__(self, data_path: str | os.PathLike, keys: Sequence[str], size: int):
+    def __init__(self, data_path: str | os.PathLike, keys: Sequence[str], size: int, shapes: Sequence[Sequence[int]]):
         self.data_path = Path(data_path)
         self.keys = list(keys)
         self.size = int(size)
+        self.shapes = np.asarray(shapes, dtype=np.int64).reshape(len(self.keys), 2)  # (N, 2): H, W
+        self.offsets = np.concatenate([[0], np.cumsum(self.shapes.prod(axis=1) * 3)])  # (N + 1,) bytes
         self._array: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -105,12 +100,14 @@ class ImageCache:
 
     def _open(self) -> np.ndarray:
         if self._array is None:
-            shape = (len(self.keys), self.size, self.size, 3)
-            self._array = np.memmap(self.data_path, dtype=np.uint8, mode="r", shape=shape)
+            self._array = np.memmap(self.data_path, dtype=np.uint8, mode="r", shape=(int(self.offsets[-1]),))
         return self._array
 
     def __getitem__(self, index: int) -> np.ndarray:
-        return np.array(self._open()[index])  # (size, size, 3) copy: tensors must not alias the map
+        h, w = (int(v) for v in self.shapes[index])
+        start = int(self.offsets[index])
+        # A copy: tensors must not alias the map.
+        return np.array(self._open()[start : start + h * w * 3]).reshape(h, w, 3)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -123,10 +120,10 @@ class ImageCache:
         cache_dir: str | os.PathLike,
         name: str,  # dataset name, unique per source folder (e.g. "birds-1a2b3c4d")
         split: str,
-        size: int,  # side of the cached squares, see cache_size
+        size: int,  # shorter side of the cached images, see cache_size
         keys: Sequence[str],
         sources: Sequence[str | os.PathLike],  # files whose change invalidates the cache
-        load: Callable[[int], np.ndarray],  # index -> uint8 (size, size, 3)
+        load: Callable[[int], np.ndarray],  # index -> uint8 (H, W, 3), min(H, W) == size
         extra: str = "",  # anything else the pixels depend on (crop boxes), hashed into the index
         progress: bool = True,
     ) -> ImageCache:
@@ -152,26 +149,27 @@ class ImageCache:
             "source_hash": fingerprint,
             "keys": list(keys),
         }
-        nbytes = len(keys) * size * size * 3
-        with contextlib.suppress(OSError, ValueError):
-            if (
-                json.loads(index_path.read_text(encoding="utf-8")) == index
-                and data_path.stat().st_size == nbytes
-            ):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            stored = json.loads(index_path.read_text(encoding="utf-8"))
+            shapes = stored.pop("shapes")
+            cache = cls(data_path, keys, size, shapes)
+            if stored == index and data_path.stat().st_size == int(cache.offsets[-1]):
                 log.info("using the image cache %s", data_path)
-                return cls(data_path, keys, size)
+                return cache
 
-        log.info("building the image cache %s (%d images at %d px)", data_path, len(keys), size)
+        log.info("building the image cache %s (%d images, shorter side %d px)", data_path, len(keys), size)
         tmp = temporary_file(data_path, suffix=".u8.tmp")
+        shapes = []
         try:
-            array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(keys), size, size, 3))
-            for i in tqdm(range(len(keys)), desc=f"caching {name} {split}", unit="img", disable=None if progress else True):
-                pixels = load(i)
-                if pixels.shape != (size, size, 3) or pixels.dtype != np.uint8:
-                    raise ValueError(f"cache loader gave {pixels.dtype} {pixels.shape} for {keys[i]!r}")
-                array[i] = pixels
-            array.flush()
-            del array
+            with open(tmp, "wb") as f:
+                for i in tqdm(range(len(keys)), desc=f"caching {name} {split}", unit="img", disable=None if progress else True):
+                    pixels = load(i)
+                    if pixels.ndim != 3 or pixels.shape[2] != 3 or min(pixels.shape[:2]) != size or pixels.dtype != np.uint8:
+                        raise ValueError(f"cache loader gave {pixels.dtype} {pixels.shape} for {keys[i]!r}")
+                    f.write(np.ascontiguousarray(pixels).tobytes())
+                    shapes.append([int(pixels.shape[0]), int(pixels.shape[1])])
+                f.flush()
+                os.fsync(f.fileno())
             with contextlib.suppress(OSError):
                 index_path.unlink()  # a stale index must never describe the new pixels
             os.replace(tmp, data_path)
@@ -179,5 +177,5 @@ class ImageCache:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        atomic_write_text(index_path, json.dumps(index) + "\n")
-        return cls(data_path, keys, size)
+        atomic_write_text(index_path, json.dumps(index | {"shapes": shapes}) + "\n")
+        return cls(data_path, keys, size, shapes)

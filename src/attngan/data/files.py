@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from ..errors import DataError, EmptySplitError
 from ..text import Vocabulary, has_words, tokenize
 from .base import TextImageDataset, multiscale_transform, to_rgb
-from .cache import ImageCache, cache_size, default_cache_dir, square_image
+from .cache import ImageCache, cache_size, default_cache_dir, resized_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -219,7 +219,7 @@ class ImageFileDataset(TextImageDataset):
                 size=size,
                 keys=self.keys,
                 sources=[*self.image_paths, *listing.sources],
-                load=lambda i: square_image(self.load_image(i), size),
+                load=lambda i: resized_image(self.load_image(i), size),
                 extra=self.cache_extra(),
                 progress=progress,
             )
