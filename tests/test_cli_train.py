@@ -264,3 +264,56 @@ def test_a_worker_killed_by_a_full_shared_memory_gets_one_line_with_what_to_do(m
     monkeypatch.setattr(cli_module.cli, "main", other)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug keeps its traceback
         cli_module.main(["train"])
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate", "demo", "convert", "data", "serve"])
+def test_commands_of_one_process_refuse_torchrun(command, monkeypatch, capsys):
+    """Under torchrun every process would run the whole command on the same outputs."""
+    from attngan.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--out", "x"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("Error:") == 1
+    assert f"'attngan {command}' runs in one process; start it without torchrun" in err
+
+
+def test_under_torchrun_only_rank_0_reports_a_user_error_at_once(monkeypatch, capsys, request):
+    """Every rank runs the same checks: rank 0 prints; another rank waits (torchrun stops it meanwhile) and
+    prints only an error of its own, with its rank."""
+    import logging
+
+    import attngan.cli as cli_mod
+    from attngan.cli import main
+
+    waited = []
+    monkeypatch.setattr(cli_mod.time, "sleep", waited.append)
+    logger = logging.getLogger("attngan")  # rank 1 quiets it: restored after the test
+    request.addfinalizer(lambda level=logger.level: logger.setLevel(level))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["train", "--preset", "tiny", "--device", "cpu", "--set", "gan_train.batch_size=1", "--dry-run"]
+    for rank, prefix in (("0", "Error: "), ("1", "[rank 1] Error: ")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.startswith(prefix) and "gan_train.batch_size" in err
+    assert waited == [3.0]
+    # --dry-run prints the settings once, from rank 0.
+    monkeypatch.setenv("RANK", "1")
+    main(args[:-3] + ["--dry-run"])
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    main(args[:-3] + ["--dry-run"])
+    assert json.loads(capsys.readouterr().out)["preset"]["gan_train"]["batch_size"] == 8
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain-damsm"])
+def test_reshard_goes_with_resume(command, capsys):
+    from attngan.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--preset", "tiny", "--device", "cpu", "--reshard"] + (["--damsm", "."] if command == "train" else []))
+    assert exc.value.code == 2 and "--reshard goes with --resume RUN" in capsys.readouterr().err

@@ -28,13 +28,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, damsm_dir: str, runs_dir: str, out_dir: str) -> None:
-    # What torchrun would set for each process.
+def _as_torchrun_process(rank: int, world_size: int, port: int) -> None:
+    """What torchrun would set for each process."""
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world_size: int, port: int, damsm_dir: str, runs_dir: str, out_dir: str) -> None:
+    _as_torchrun_process(rank, world_size, port)
     final: dict[str, dict[str, torch.Tensor]] = {}
 
     def keep(info) -> None:
@@ -56,6 +60,26 @@ def _worker(rank: int, world_size: int, port: int, damsm_dir: str, runs_dir: str
         callback=keep,
     )
     torch.save(final, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _peer_dies_worker(rank: int, world_size: int, port: int, damsm_dir: str, runs_dir: str, out_dir: str) -> None:
+    from attngan.training.common import PeerProcessError
+
+    _as_torchrun_process(rank, world_size, port)
+
+    def die(info) -> None:
+        if rank == 1 and info.step == 2:  # after the checkpoint of step 2: killed, out of memory, ...
+            os._exit(3)
+
+    try:
+        train_gan(
+            apply_overrides(PRESETS["tiny"], [*SETTINGS, "gan_train.snapshot_every=1"]),
+            damsm=damsm_dir, runs_dir=runs_dir, max_steps=6, device="cpu", progress=False, tensorboard=False,
+            num_samples=2, callback=die,
+        )  # fmt: skip
+    except PeerProcessError as exc:
+        with open(os.path.join(out_dir, f"error{rank}.txt"), "w") as f:
+            f.write(str(exc))
 
 
 def test_two_gloo_processes_hold_identical_trained_weights(tmp_path):
@@ -93,3 +117,29 @@ def test_two_gloo_processes_hold_identical_trained_weights(tmp_path):
     for name, module in initial.items():
         changed = [not torch.equal(p, ranks[0][name][k]) for k, p in module.named_parameters()]
         assert sum(changed) > len(changed) // 2, name
+
+
+def test_a_process_that_dies_leaves_one_clear_message_and_its_checkpoint(tmp_path):
+    """When one process of the run ends, the others' failing collective becomes one message that names the
+    intact checkpoint and the torchrun command that continues the run (not a gloo traceback)."""
+    torch.set_num_threads(1)
+    damsm = train_damsm(
+        apply_overrides(PRESETS["tiny"], ["data.num_images=32"]),
+        runs_dir=tmp_path / "damsm", max_steps=2, val_set=False, progress=False, tensorboard=False,
+    )  # fmt: skip
+    runs = tmp_path / "runs"
+    ctx = mp.spawn(
+        _peer_dies_worker,
+        args=(2, _free_port(), str(damsm.model_dir), str(runs), str(tmp_path)),
+        nprocs=2,
+        join=False,
+    )
+    for process in ctx.processes:
+        process.join(timeout=180)
+    assert [p.exitcode for p in ctx.processes] == [0, 3]
+    message = (tmp_path / "error0.txt").read_text()
+    (run,) = list(runs.iterdir())
+    assert "another process of this run ended during step 3" in message
+    assert str(run / "checkpoints" / "state-00000002.pt") in message
+    assert "torchrun --nproc_per_node=2" in message and "--resume" in message
+    assert torch.load(run / "checkpoints" / "state-00000002.pt", weights_only=True)["step"] == 2

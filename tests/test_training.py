@@ -843,6 +843,12 @@ def test_a_numbered_gpu_under_torchrun_is_refused(monkeypatch):
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    # A stale WORLD_SIZE without the rest of torchrun's environment: one line, not torch's rendezvous error.
+    with pytest.raises(UserError, match="RANK, MASTER_ADDR, MASTER_PORT are not: start distributed training with torchrun"):
+        init_distributed("cpu")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
     with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES"):
         init_distributed("cuda:0")
     with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES"):
@@ -1010,3 +1016,73 @@ def test_damsm_backbone_batch_stats_lets_the_frozen_inception_statistics_drift(t
     key = "Mixed_6e.branch1x1.bn.running_mean"
     assert torch.equal(saved[key], reference[key]) is not batch_stats
     assert torch.equal(saved["Mixed_6e.branch1x1.conv.weight"], reference["Mixed_6e.branch1x1.conv.weight"])  # frozen
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_an_interrupt_saves_between_steps_only_when_every_process_can(tmp_path, distributed):
+    """Ctrl-C between steps saves the state; in a distributed run only when all processes agreed to stop
+    (StopAgreed): a second signal on one process must not start a collective that the others never join."""
+    from attngan.training.common import StopAgreed, interruption
+
+    saved = []
+
+    def snapshot():
+        saved.append(1)
+        return tmp_path / "state-00000007.pt"
+
+    common = dict(step=7, distributed=distributed, snapshot=snapshot, run_dir=tmp_path, world_size=2 if distributed else 1)
+    last = tmp_path / "state-00000005.pt"
+    out = interruption(StopAgreed(), "AttnGAN training", "train", in_step=False, saved_step=5, last_checkpoint=last, **common)
+    assert saved == [1] and out.checkpoint == tmp_path / "state-00000007.pt" and "saved the state of step 7" in out.message
+    saved.clear()
+    out = interruption(KeyboardInterrupt(), "AttnGAN training", "train", in_step=False, saved_step=5, last_checkpoint=last, **common)
+    assert bool(saved) is not distributed
+    if distributed:
+        assert out.checkpoint == last and "step 7 was not saved" in out.message and "--resume" in out.message
+    saved.clear()
+    out = interruption(KeyboardInterrupt(), "AttnGAN training", "train", in_step=True, saved_step=5, last_checkpoint=None, **common)
+    assert not saved and "unfinished step 8 was dropped" in out.message and "no checkpoint was written yet" in out.message
+
+
+def test_peer_failure_is_recognised_only_for_collectives_of_a_distributed_run(tmp_path):
+    from attngan.training.common import PeerProcessError, peer_failure
+
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:16539: Connection reset by peer")
+    failed = peer_failure(gloo, 9, tmp_path / "state-00000008.pt", "train", tmp_path, 2)
+    assert isinstance(failed, PeerProcessError) and "during step 10" in str(failed)
+    assert "state-00000008.pt is intact" in str(failed) and "torchrun --nproc_per_node=2" in str(failed)
+    assert peer_failure(gloo, 9, None, "train", tmp_path, 1) is None  # one process: not a peer's failure
+    assert peer_failure(RuntimeError("CUDA out of memory"), 9, None, "train", tmp_path, 2) is None
+
+
+def test_reshard_continues_a_checkpoint_of_another_number_of_processes(tmp_path):
+    """A state of 2 processes x 8 images is refused by 1 process unless reshard=True; then the weights,
+    optimizer state and step count carry over, and the epoch goes on after the 16 images already used."""
+    from attngan.errors import CheckpointError
+    from attngan.training.state import restore_position
+
+    preset = apply_overrides(PRESETS["tiny"], ["data.num_images=64", "damsm_train.batch_size=8"])
+    first = train_damsm(preset, runs_dir=tmp_path, max_steps=2, val_set=False, progress=False, tensorboard=False)
+    state = torch.load(first.checkpoint, weights_only=True)
+    assert state["step"] == 2 and state["batch_in_epoch"] == 2 and len(state["rng"]) == 1
+    # As if written by 2 processes with 4 images each: 2 steps of 8 images.
+    state["rng"] = state["rng"] * 2
+    state["config"]["damsm_train"]["batch_size"] = 4
+    torch.save(state, first.checkpoint)
+    weights = state["models"]["text_encoder"]
+
+    with pytest.raises(CheckpointError, match="written by 2 process.*add --reshard"):
+        train_damsm(None, resume=first.run_dir, max_steps=3, val_set=False, progress=False, tensorboard=False)
+    seen = []  # the given batch size (8) differs from the checkpoint's (4): reshard allows that too
+    result = train_damsm(
+        preset, resume=first.run_dir, reshard=True, max_steps=3, val_set=False, progress=False, tensorboard=False,
+        callback=lambda info: seen.append(info.step),
+    )  # fmt: skip
+    assert seen == [3] and result.step == 3
+    after = load_state(result.checkpoint, "damsm")
+    assert len(after["rng"]) == 1 and after["batch_in_epoch"] == 3  # 2 batches x 2 processes x 4 = 16 images = 2 of 8, + 1
+    assert after["config"]["damsm_train"]["batch_size"] == 8
+    assert any(not torch.equal(after["models"]["text_encoder"][k], v) for k, v in weights.items())  # trained on
+    # The position: the images already used in the epoch, in batches of the new layout.
+    assert restore_position(state | {"batch_in_epoch": 3}, 0, 1, 0, 8)[1:] == (state["epoch"], 3)  # 24 images
+    assert restore_position(state | {"batch_in_epoch": 3}, 0, 4, 0, 4)[1:] == (state["epoch"], 1)  # 24 // 16

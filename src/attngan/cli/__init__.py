@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import sys
+import time
+from collections.abc import Callable
 
 import click
 
@@ -27,6 +30,18 @@ COMMANDS = {
 }
 
 
+# Commands that torchrun may launch (one process per GPU); the others work in one process.
+DISTRIBUTED_COMMANDS = ("train", "pretrain-damsm")
+
+
+def _torchrun_world() -> tuple[int, int]:
+    """(rank, world size) that torchrun put in the environment; (0, 1) outside torchrun."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return 0, 1
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -34,6 +49,16 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
+        if _torchrun_world()[1] > 1 and name not in DISTRIBUTED_COMMANDS and not ctx.resilient_parsing:
+
+            @click.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+            def single_process() -> None:
+                raise UserError(
+                    f"'attngan {name}' runs in one process; start it without torchrun (only "
+                    f"{' and '.join(DISTRIBUTED_COMMANDS)} run distributed)"
+                )
+
+            return single_process
         module_name, attr, help_text = COMMANDS[name]
         try:
             module = importlib.import_module(f"{__name__}.{module_name}")
@@ -59,6 +84,27 @@ def cli() -> None:
     """
 
 
+def _fail(message: str, code: int, show: Callable[[], None] | None = None) -> None:
+    """Print ``message`` (or call ``show``) and exit with ``code``; under torchrun, once.
+
+    Every process of a torchrun job runs the same checks and would print the same error. Rank 0 prints at
+    once; the others wait a moment, in which torchrun, seeing rank 0 fail, stops them. An error that only
+    one of them has (its share of the data) is still printed, after the wait, with its rank.
+    """
+    rank, world = _torchrun_world()
+    if world > 1 and rank > 0:
+        try:
+            time.sleep(3.0)
+        except BaseException:  # torchrun's SIGTERM (or Ctrl-C): rank 0 has reported
+            os._exit(code)
+        click.echo(f"[rank {rank}] {message}", err=True)
+    elif show is not None:
+        show()
+    else:
+        click.echo(message, err=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user mistakes are printed as one line, without a traceback."""
     try:
@@ -67,14 +113,11 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        _fail(f"Error: {exc.format_message()}", exc.exit_code, exc.show)
     except UserError as exc:
-        click.echo(f"Error: {user_message(exc)}", err=True)
-        sys.exit(2)
+        _fail(f"Error: {user_message(exc)}", 2)
     except OSError as exc:  # the file system refused: a path the user chose, a full disk, a size limit
-        click.echo(f"Error: {_os_error_message(exc)}", err=True)
-        sys.exit(1)
+        _fail(f"Error: {_os_error_message(exc)}", 1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)

@@ -34,8 +34,8 @@ def _setup_logging() -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if not _is_main_process():
-        logging.getLogger("attngan").setLevel(logging.WARNING)
+    if not _is_main_process():  # under torchrun every process runs the same checks: rank 0 reports them
+        logging.getLogger("attngan").setLevel(logging.ERROR)
 
 
 def _yaml_overrides(path: Path) -> dict[str, Any]:
@@ -113,6 +113,8 @@ def _example_caption(run_dir: Path) -> str:
 
 
 def _print_config(preset: Preset, **run: Any) -> None:
+    if not _is_main_process():  # under torchrun: printed once
+        return
     here = _on_this_machine(preset, run["device"], run["command"])
     run = {k: str(v) if isinstance(v, Path) else v for k, v in run.items()}
     click.echo(json.dumps({"preset": to_dict(preset), **run, "on_this_machine": here}, indent=2))
@@ -162,6 +164,11 @@ def _common_options(func: Callable) -> Callable:
                      help="Parent folder of the numbered run folders (runs/00000-<desc>/)."),
         click.option("--resume", type=_EXISTING, default=None,
                      help="Continue a run: its folder or one of its checkpoints/state-*.pt files."),
+        click.option("--reshard", is_flag=True,
+                     help="With --resume: continue a checkpoint written by another number of processes (torchrun), "
+                          "optionally with another per-process batch size (--set ...batch_size). Weights, optimizer "
+                          "states and the step count carry over; the epoch goes on after the images already used, "
+                          "with new random streams (not an exact continuation)."),
         click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."),
         click.option("--max-steps", type=click.IntRange(min=1), default=None,
                      help="Stop after this many steps in total (sets *_train.max_steps)."),
@@ -198,7 +205,7 @@ def _run(call: Callable[[], Any], tune_malloc: bool) -> Any:
               help="Inception-v3 weights for image_encoder.backbone=inception: 'imagenet' (torchvision) or a file.")
 def pretrain_damsm(
     preset: str | None, config_file: Path | None, sets: tuple[str, ...], dataset: str | None, data_dir: Path | None,
-    runs_dir: Path, resume: Path | None, device: str, max_steps: int | None, max_minutes: float | None, keep: int,
+    runs_dir: Path, resume: Path | None, reshard: bool, device: str, max_steps: int | None, max_minutes: float | None, keep: int,
     progress: bool, tune_malloc: bool, dry_run: bool, inception_weights: str,
 ) -> None:  # fmt: skip
     """Pre-train the DAMSM text and image encoders (Eq. 7-14), the first stage of AttnGAN.
@@ -213,6 +220,8 @@ def pretrain_damsm(
       attngan pretrain-damsm --resume runs/00000-shapes-damsm
     """
     _setup_logging()
+    if reshard and resume is None:
+        raise UserFailure("--reshard goes with --resume RUN (it continues a checkpoint of another number of processes)")
     try:
         base = _base_preset(preset, resume, "damsm", dataset)
     except UserError as exc:
@@ -229,6 +238,7 @@ def pretrain_damsm(
             resolved,
             runs_dir=runs_dir,
             resume=resume,
+            reshard=reshard,
             device=device,
             max_seconds=max_minutes * 60 if max_minutes else None,
             backbone_weights=inception_weights,
@@ -256,7 +266,7 @@ def pretrain_damsm(
               help="Or the original release's image_encoder*.pth (with --original-text-encoder).")
 def train(
     preset: str | None, config_file: Path | None, sets: tuple[str, ...], dataset: str | None, data_dir: Path | None,
-    runs_dir: Path, resume: Path | None, device: str, max_steps: int | None, max_minutes: float | None, keep: int,
+    runs_dir: Path, resume: Path | None, reshard: bool, device: str, max_steps: int | None, max_minutes: float | None, keep: int,
     progress: bool, tune_malloc: bool, dry_run: bool, damsm: Path | None, original_text_encoder: Path | None,
     original_image_encoder: Path | None,
 ) -> None:  # fmt: skip
@@ -285,6 +295,8 @@ def train(
         )
     if bool(original_text_encoder) != bool(original_image_encoder):
         raise click.UsageError("--original-text-encoder and --original-image-encoder go together")
+    if reshard and resume is None:
+        raise UserFailure("--reshard goes with --resume RUN (it continues a checkpoint of another number of processes)")
     try:
         base = _base_preset(preset, resume, "gan", dataset)
     except UserError as exc:
@@ -305,6 +317,7 @@ def train(
             original_image_encoder=original_image_encoder,
             runs_dir=runs_dir,
             resume=resume,
+            reshard=reshard,
             device=device,
             max_seconds=max_minutes * 60 if max_minutes else None,
             keep_checkpoints=keep,

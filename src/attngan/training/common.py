@@ -26,6 +26,11 @@ __all__ = [
     "TrainResult",
     "NonFiniteLossError",
     "TrainingInterrupted",
+    "StopAgreed",
+    "PeerProcessError",
+    "interruption",
+    "peer_failure",
+    "failure_of_environment",
     "check_finite",
     "resolve_vocab_size",
     "export_model",
@@ -76,6 +81,96 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return self.message
+
+
+class StopAgreed(KeyboardInterrupt):
+    """Every process of the run saw the stop request (the all-reduced flags), so they can save together."""
+
+
+class PeerProcessError(UserError):
+    """Another process of a distributed run ended (killed, out of memory, its own error)."""
+
+
+def _checkpoint_text(checkpoint: Path | None) -> str:
+    return str(checkpoint) if checkpoint is not None else "none (no checkpoint was written yet)"
+
+
+def interruption(
+    exc: KeyboardInterrupt,
+    what_run: str,  # "AttnGAN training", "DAMSM pre-training"
+    command: str,  # the CLI command that continues it
+    *,
+    in_step: bool,
+    step: int,  # completed steps
+    saved_step: int,  # the step of the last checkpoint (-1: none)
+    distributed: bool,
+    snapshot: Callable[[], Path | None],  # saves the state (a collective when distributed)
+    last_checkpoint: Path | None,
+    run_dir: Path | None,
+    world_size: int = 1,
+) -> TrainingInterrupted:
+    """What Ctrl-C (or SIGTERM) leaves: the state saved between steps, or the unfinished step dropped.
+
+    A distributed run saves only when every process agreed to stop (:class:`StopAgreed`): a second signal
+    reaching one process between steps while the others are inside the next one must not start the
+    collective of a snapshot that they never join.
+    """
+    together = not distributed or isinstance(exc, StopAgreed)
+    if not in_step and saved_step != step and together:
+        last_checkpoint = snapshot() or last_checkpoint
+        what = f"saved the state of step {step} to {last_checkpoint}"
+    elif not in_step and saved_step == step:
+        what = f"the state of step {step} is in {last_checkpoint}"
+    elif in_step:
+        what = f"the unfinished step {step + 1} was dropped; the last checkpoint is {_checkpoint_text(last_checkpoint)}"
+    else:
+        what = (
+            f"step {step} was not saved (the processes did not stop together); the last checkpoint is "
+            f"{_checkpoint_text(last_checkpoint)}"
+        )
+    message = f"{what_run} interrupted: {what}; {resume_hint(command, run_dir, world_size)}"
+    return TrainingInterrupted(message, last_checkpoint, run_dir, step)
+
+
+def peer_failure(
+    exc: RuntimeError,
+    step: int,
+    checkpoint: Path | None,
+    command: str,
+    run_dir: Path | None,
+    world_size: int,
+) -> PeerProcessError | None:
+    """A PeerProcessError for a collective that failed because another process ended (else None)."""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(exc)
+    markers = ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "collective")
+    if world_size <= 1 or not (isinstance(exc, dist_error) or any(m in text for m in markers)):
+        return None
+    checkpoint = (latest_checkpoint(run_dir) if run_dir is not None else None) or checkpoint
+    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    kept = f"the last checkpoint {checkpoint} is intact; " if checkpoint else "no checkpoint was written yet; "
+    return PeerProcessError(
+        f"another process of this run ended during step {step + 1} (this one saw: {first_line[:200]}); {kept}"
+        "look for its own error above, then "
+        + (resume_hint(command, run_dir, world_size) if checkpoint else "start again")
+    )
+
+
+def failure_of_environment(
+    exc: BaseException,
+    step: int,
+    checkpoint: Path | None,
+    command: str,
+    run_dir: Path | None,
+    world_size: int,
+) -> UserError | None:
+    """A full disk or a lost process of the run, as an error saying where training stopped and how to go on;
+    None for anything else."""
+    if isinstance(exc, (OSError, DiskFullError)):
+        return disk_full(exc, step, checkpoint, command, run_dir, world_size)
+    if isinstance(exc, RuntimeError):
+        return peer_failure(exc, step, checkpoint, command, run_dir, world_size)
+    return None
 
 
 def check_finite(values: dict[str, float], step: int, last_checkpoint: Path | None, hint: str) -> None:

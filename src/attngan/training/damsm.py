@@ -38,15 +38,16 @@ from ..text import Vocabulary
 from .common import (
     NonFiniteLossError,
     StepInfo,
+    StopAgreed,
     TrainingInterrupted,
     TrainResult,
     call_hook,
     check_finite,
     discard_empty_run,
-    disk_full,
     export_model,
+    failure_of_environment,
+    interruption,
     resolve_vocab_size,
-    resume_hint,
 )
 from .data import batches_per_epoch, epoch_loader, image_batch_bytes, iterate_batches, loader_workers
 from .loss import DAMSMLoss, DAMSMObjective
@@ -67,7 +68,7 @@ from .state import (
     load_state,
     make_run_dir,
     preset_from_state,
-    restore_rng_state,
+    restore_position,
     run_dir_of,
     save_state,
     truncate_stats,
@@ -140,6 +141,7 @@ def train_damsm(
     run_dir: str | Path | None = None,  # write here (created if missing); None: a new numbered folder in runs_dir
     runs_dir: str | Path = "runs",  # parent of numbered run folders
     resume: str | Path | None = None,  # a run folder or state file to continue; its config must match
+    reshard: bool = False,  # resume a state of another number of processes (not exact: state.restore_position)
     device: str | torch.device | None = None,  # None/"auto": CUDA, else MPS, else CPU
     max_steps: int | None = None,  # stop after this many steps in total (None: the preset's max_steps/epochs)
     max_seconds: float | None = None,  # stop after this many seconds of this call (None: no time limit)
@@ -162,13 +164,13 @@ def train_damsm(
     dist_info, dev = init_distributed(device)
     state = load_state(resume, "damsm") if resume is not None else None
     if state is not None:
-        check_resumable(state, dist_info.world_size)
+        check_resumable(state, dist_info.world_size, reshard)
     if state is None and preset is None:
         raise ValueError("train_damsm needs a preset, or resume= to take the one of a checkpoint")
     if state is not None:
         saved = preset_from_state(state)
         vocab = Vocabulary(state["vocab"])
-        preset = saved if preset is None else check_resume_config(saved, resolve_vocab_size(preset, vocab), state["path"])
+        preset = saved if preset is None else check_resume_config(saved, resolve_vocab_size(preset, vocab), state["path"], reshard)
         run_dir = Path(run_dir) if run_dir is not None else run_dir_of(Path(state["path"]))
     check_preset(preset)  # every setting in range, before any work
     cfg = preset.damsm_train
@@ -218,8 +220,7 @@ def train_damsm(
         text_encoder.load_state_dict(state["models"]["text_encoder"])
         image_encoder.load_state_dict(state["models"]["image_encoder"])
         optimizer.load_state_dict(state["optimizers"]["damsm"])
-        step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        restore_rng_state(state["rng"][dist_info.rank])  # check_resumable: same number of processes
+        step, epoch, batch_in_epoch = restore_position(state, dist_info.rank, dist_info.world_size, cfg.seed, cfg.batch_size)
         log.info("resuming DAMSM training from %s (step %d, epoch %d)", state["path"], step, epoch)
     if cfg.fast_kernels and image_encoder.frozen_backbone and not cfg.backbone_batch_stats:
         objective.image_encoder = _folded_encoder(image_encoder)  # eval-mode BatchNorm only
@@ -335,7 +336,7 @@ def train_damsm(
                         StepInfo(step, epoch, scalars, {"text_encoder": text_encoder, "image_encoder": image_encoder}, run_dir, dist_info.rank),
                     )
                     if flags & _STOP:
-                        raise KeyboardInterrupt
+                        raise StopAgreed
                     if step >= total_steps or flags & _TIME_UP:
                         stopped_by = "time" if flags & _TIME_UP and step < total_steps else stopped_by
                         done = True
@@ -377,26 +378,23 @@ def train_damsm(
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise
-        if not in_step and saved_step != step:
-            last_checkpoint = snapshot() or last_checkpoint
-            what = f"saved the state of step {step} to {last_checkpoint}"
-        elif not in_step:
-            what = f"the state of step {step} is in {last_checkpoint}"
-        else:
-            what = f"the unfinished step {step + 1} was dropped; the last checkpoint is {last_checkpoint}"
-        message = f"DAMSM pre-training interrupted: {what}; {resume_hint('pretrain-damsm', run_dir, dist_info.world_size)}"
+        stopped = interruption(
+            exc, "DAMSM pre-training", "pretrain-damsm", in_step=in_step, step=step, saved_step=saved_step,
+            distributed=dist_info.distributed, snapshot=snapshot, last_checkpoint=last_checkpoint, run_dir=run_dir,
+            world_size=dist_info.world_size,
+        )  # fmt: skip
         if main:
-            log.warning(message)
-        raise TrainingInterrupted(message, last_checkpoint, run_dir, step) from None
+            log.warning(stopped.message)
+        raise stopped from None
     except NonFiniteLossError:
         if main:
             log.error("stopped: a loss is not finite (see the error message)")
         raise
-    except (OSError, DiskFullError) as exc:  # a full disk: say where it stopped and how to go on
-        full = disk_full(exc, step, last_checkpoint, "pretrain-damsm", run_dir, dist_info.world_size)
-        if full is None:
+    except (OSError, DiskFullError, RuntimeError) as exc:  # a full disk, a lost process: where it stopped, how to go on
+        failed = failure_of_environment(exc, step, last_checkpoint, "pretrain-damsm", run_dir, dist_info.world_size)
+        if failed is None:
             raise
-        raise full from exc
+        raise failed from exc
     finally:
         if batches is not None:
             batches.close()

@@ -50,17 +50,18 @@ from ..text import Vocabulary
 from .common import (
     NonFiniteLossError,
     StepInfo,
+    StopAgreed,
     TrainingInterrupted,
     TrainResult,
     call_hook,
     check_caption_vocabulary,
     check_finite,
     discard_empty_run,
-    disk_full,
     encoder_fingerprint,
     export_model,
+    failure_of_environment,
+    interruption,
     resolve_vocab_size,
-    resume_hint,
 )
 from .data import batches_per_epoch, epoch_loader, image_batch_bytes, iterate_batches, loader_workers
 from .figures import attention_png
@@ -87,7 +88,7 @@ from .state import (
     make_run_dir,
     preset_from_state,
     replace_section,
-    restore_rng_state,
+    restore_position,
     run_dir_of,
     save_state,
     truncate_stats,
@@ -299,6 +300,7 @@ def train_gan(
     run_dir: str | Path | None = None,  # write here (created if missing); None: a new numbered folder in runs_dir
     runs_dir: str | Path = "runs",  # parent of numbered run folders
     resume: str | Path | None = None,  # a run folder or state file to continue; its config must match
+    reshard: bool = False,  # resume a state of another number of processes (not exact: state.restore_position)
     device: str | torch.device | None = None,  # None/"auto": CUDA, else MPS, else CPU
     max_steps: int | None = None,  # stop after this many steps in total (None: the preset's max_steps/epochs)
     max_seconds: float | None = None,  # stop after this many seconds of this call (None: no time limit)
@@ -323,7 +325,7 @@ def train_gan(
     dist_info, dev = init_distributed(device)
     state = load_state(resume, "gan") if resume is not None else None
     if state is not None:
-        check_resumable(state, dist_info.world_size)
+        check_resumable(state, dist_info.world_size, reshard)
     if state is None and preset is None:
         raise ValueError("train_gan needs a preset, or resume= to take the one of a checkpoint")
     if state is not None:
@@ -361,7 +363,7 @@ def train_gan(
         )
     if state is not None:
         saved = preset_from_state(state)
-        preset = saved if preset is None else check_resume_config(saved, _resolve_gan_preset(preset, text_encoder, image_encoder), state["path"])
+        preset = saved if preset is None else check_resume_config(saved, _resolve_gan_preset(preset, text_encoder, image_encoder), state["path"], reshard)
     preset = _resolve_gan_preset(preset, text_encoder, image_encoder)
     check_preset(preset)  # every setting in range, before any work
     cfg = preset.gan_train
@@ -407,8 +409,7 @@ def train_gan(
             o.load_state_dict(state["optimizers"][f"discriminator{i}"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        restore_rng_state(state["rng"][dist_info.rank])  # check_resumable: same number of processes
+        step, epoch, batch_in_epoch = restore_position(state, dist_info.rank, dist_info.world_size, cfg.seed, cfg.batch_size)
         log.info("resuming GAN training from %s (step %d, epoch %d)", state["path"], step, epoch)
 
     # Wrap for distributed training (one forward per backward: G itself, and the Eq. 5 objective per D).
@@ -602,7 +603,7 @@ def train_gan(
                         saved_step = step
                     call_hook(callback, StepInfo(step, epoch, scalars, modules, run_dir, dist_info.rank))
                     if flags & _STOP:
-                        raise KeyboardInterrupt
+                        raise StopAgreed
                     if step >= total_steps or flags & _TIME_UP:
                         stopped_by = "time" if flags & _TIME_UP and step < total_steps else stopped_by
                         done = True
@@ -622,26 +623,23 @@ def train_gan(
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise
-        if not in_step and saved_step != step:
-            last_checkpoint = snapshot() or last_checkpoint
-            what = f"saved the state of step {step} to {last_checkpoint}"
-        elif not in_step:
-            what = f"the state of step {step} is in {last_checkpoint}"
-        else:
-            what = f"the unfinished step {step + 1} was dropped; the last checkpoint is {last_checkpoint}"
-        message = f"AttnGAN training interrupted: {what}; {resume_hint('train', run_dir, dist_info.world_size)}"
+        stopped = interruption(
+            exc, "AttnGAN training", "train", in_step=in_step, step=step, saved_step=saved_step,
+            distributed=dist_info.distributed, snapshot=snapshot, last_checkpoint=last_checkpoint, run_dir=run_dir,
+            world_size=dist_info.world_size,
+        )  # fmt: skip
         if main:
-            log.warning(message)
-        raise TrainingInterrupted(message, last_checkpoint, run_dir, step) from None
+            log.warning(stopped.message)
+        raise stopped from None
     except NonFiniteLossError:
         if main:
             log.error("stopped: a loss is not finite (see the error message)")
         raise
-    except (OSError, DiskFullError) as exc:  # a full disk: say where it stopped and how to go on
-        full = disk_full(exc, step, last_checkpoint, "train", run_dir, dist_info.world_size)
-        if full is None:
+    except (OSError, DiskFullError, RuntimeError) as exc:  # a full disk, a lost process: where it stopped, how to go on
+        failed = failure_of_environment(exc, step, last_checkpoint, "train", run_dir, dist_info.world_size)
+        if failed is None:
             raise
-        raise full from exc
+        raise failed from exc
     finally:
         if batches is not None:
             batches.close()

@@ -109,6 +109,13 @@ def init_distributed(device_spec: str | torch.device | None = None) -> tuple[Dis
         if device.type == "cuda":  # else pinned batches and cuda.* queries go to cuda:0's context
             torch.cuda.set_device(device)
         return DistInfo(), device
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing and not dist.is_initialized():
+        raise UserError(
+            f"WORLD_SIZE={world} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: start "
+            "distributed training with torchrun (torchrun --nproc_per_node=N -m attngan ...), or unset WORLD_SIZE "
+            "to train in one process"
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_spec is not None and str(device_spec).startswith("cuda:"):  # every process would take that GPU
         raise UserError(
@@ -122,6 +129,10 @@ def init_distributed(device_spec: str | torch.device | None = None) -> tuple[Dis
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        log.info(
+            "joining the %d processes of this run at %s:%s (this waits until all have started)",
+            world, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"],
+        )  # fmt: skip
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         owns = True
     info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns)

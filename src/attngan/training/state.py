@@ -42,6 +42,8 @@ __all__ = [
     "preset_from_state",
     "check_resume_config",
     "RESUMABLE_CHANGES",
+    "restore_position",
+    "saved_world_size",
     "truncate_stats",
 ]
 
@@ -146,6 +148,38 @@ def capture_rng_state() -> dict[str, Any]:
     return state
 
 
+def restore_position(
+    state: dict[str, Any], rank: int, world_size: int, seed: int, batch_size: int
+) -> tuple[int, int, int]:
+    """``(step, epoch, batch_in_epoch)`` to continue a training state from, with this process's random
+    streams (torch, numpy, Python) restored: the exact continuation.
+
+    A state written by another number of processes (``reshard``) cannot be continued exactly: the data of an
+    epoch is shared out differently. Training then goes on in the same epoch after as many images as the
+    old processes had used (``batch_size``: the new per-process batch size), each process with fresh random
+    streams seeded from ``(seed, step, rank)``.
+    """
+    step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+    saved = saved_world_size(state)
+    if saved == world_size and batch_size == _saved_batch_size(state, batch_size):
+        restore_rng_state(state["rng"][rank])
+        return step, epoch, batch_in_epoch
+    mixed = int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+    torch.manual_seed(mixed)
+    np.random.seed(mixed)
+    random.seed(mixed)
+    used = batch_in_epoch * saved * _saved_batch_size(state, batch_size)  # images of this epoch already seen
+    return step, epoch, used // (world_size * batch_size)
+
+
+def _saved_batch_size(state: dict[str, Any], default: int) -> int:
+    section = "gan_train" if state.get("kind") == "gan" else "damsm_train"
+    try:
+        return int(state["config"][section]["batch_size"])
+    except (KeyError, TypeError, ValueError):
+        return default
+
+
 def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     npst = state["numpy"]
@@ -240,18 +274,30 @@ def resume_command(command: str, run_dir: Path | str, world_size: int = 1) -> st
     return f"{launcher} {command} --resume {run_dir}"
 
 
-def check_resumable(state: dict[str, Any], world_size: int = 1) -> None:
+def saved_world_size(state: dict[str, Any]) -> int:
+    """How many processes wrote a training state (one RNG state each)."""
+    return len(state.get("rng") or [None])
+
+
+def check_resumable(state: dict[str, Any], world_size: int = 1, reshard: bool = False) -> None:
     """Refuse to resume from a checkpoint older than the newest of its run (the resumed run would overwrite
     the newer checkpoints and the exported model/, and mix two histories in one folder), or with another
-    number of processes than wrote it (the images per step and the data order would change)."""
+    number of processes than wrote it (the images per step and the data order would change) unless
+    ``reshard`` asks for that (see :func:`restore_position`)."""
     path = Path(state["path"])
-    saved = len(state.get("rng") or [None])
-    if saved != world_size:
+    saved = saved_world_size(state)
+    if saved != world_size and reshard:
+        log.warning(
+            "%s was written by %d process(es) and this run has %d: weights, optimizer states and the step count "
+            "carry over; the epoch goes on after the images already used, with new random streams", path, saved, world_size,
+        )  # fmt: skip
+    elif saved != world_size:
         command = {"damsm": "pretrain-damsm", "gan": "train"}.get(state.get("kind"), "train")
         raise CheckpointError(
             f"{path} was written by {saved} process(es) and this run has {world_size}: the images per step "
             "(the batch size is per process) and the order of the data would change. Resume with the same "
-            f"number: {resume_command(command, run_dir_of(path), saved)}; or start a new run"
+            f"number: {resume_command(command, run_dir_of(path), saved)}; or add --reshard to go on with "
+            f"{world_size} (weights, optimizer states and step count carry over; not an exact continuation)"
         )
     if path.parent.name != "checkpoints":
         return
@@ -272,14 +318,16 @@ def preset_from_state(state: dict[str, Any]) -> Preset:
         raise CheckpointError(f"the config stored in {state.get('path')} is not readable: {exc}") from exc
 
 
-def check_resume_config(saved: Preset, given: Preset, source: str) -> Preset:
+def check_resume_config(saved: Preset, given: Preset, source: str, reshard: bool = False) -> Preset:
     """The preset a resumed run continues with.
 
-    Settings in :data:`RESUMABLE_CHANGES` may change (the given value wins); any other difference is a
-    CheckpointError that lists what differs (:func:`attngan.checkpoint.config_diff`).
+    Settings in :data:`RESUMABLE_CHANGES` may change (the given value wins), and with ``reshard`` the
+    per-process batch sizes too; any other difference is a CheckpointError that lists what differs
+    (:func:`attngan.checkpoint.config_diff`).
     """
     diffs = config_diff(saved, given)
-    allowed = tuple(f"{k}:" for k in RESUMABLE_CHANGES)
+    batch_sizes = ("damsm_train.batch_size", "gan_train.batch_size") if reshard else ()
+    allowed = tuple(f"{k}:" for k in (*RESUMABLE_CHANGES, *batch_sizes))
     fatal = [d for d in diffs if not d.startswith(allowed)]
     if fatal:
         raise CheckpointError(
