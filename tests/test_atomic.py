@@ -49,3 +49,28 @@ def test_full_disk_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C: same, and the interrupt goes on
         atomic_write(path, lambda f: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert path.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_folder_lock_refuses_a_second_writer_and_leaves_nothing(tmp_path):
+    from attngan.atomic import FolderLock, check_writable
+    from attngan.errors import UserError
+
+    folder = tmp_path / "run"
+    with FolderLock(folder, "run folder") as lock:
+        assert lock.is_empty() and (folder / FolderLock.NAME).read_text().strip() == str(os.getpid())
+        with pytest.raises(UserError, match=rf"another attngan process \(pid {os.getpid()}\) is writing to the run folder"):
+            FolderLock(folder, "run folder").__enter__()
+        (folder / "a.png").write_bytes(b"x")
+        assert not lock.is_empty()
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]  # the lock file is gone
+    with FolderLock(tmp_path / "new"):
+        pass
+    assert not (tmp_path / "new").exists()  # a folder that the lock made and nothing used is removed again
+    with FolderLock(folder):  # free again
+        pass
+
+    # A file where a folder of the path should be is named as such.
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError) as exc:
+        check_writable(tmp_path / "afile" / "e.json")
+    assert exc.value.filename == str(tmp_path / "afile")

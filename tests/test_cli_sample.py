@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -238,19 +240,68 @@ def test_original_release_files(model_dir, tmp_path, viz):
     )
 
 
-def test_ctrl_c_while_writing_says_what_is_there(model_dir, tmp_path, viz, capsys, monkeypatch):
+def _ctrl_c_at_file(n: int, monkeypatch) -> None:
+    """Ctrl-C while sample encodes its n-th PNG file."""
     import attngan.cli.sample as sample_cli
 
     real, calls = sample_cli._png, []
 
     def interrupted_png(image):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == n:
             raise KeyboardInterrupt
         return real(image)
 
     monkeypatch.setattr(sample_cli, "_png", interrupted_png)
+
+
+def test_ctrl_c_while_writing_says_what_is_there(model_dir, tmp_path, viz, capsys, monkeypatch):
+    _ctrl_c_at_file(3, monkeypatch)
     out = tmp_path / "out"
     code, _, err = run_main(["sample", "--checkpoint", str(model_dir), "--out", str(out), *SENTENCES[:2]], capsys)
     assert code == 130 and "Interrupted: 2 file(s) written" in err and "--overwrite" in err
     assert len(list(out.iterdir())) == 2 and not (out / "prompts.json").exists()
+
+
+def test_an_interrupted_overwrite_leaves_no_prompts_json_of_the_earlier_images(model_dir, tmp_path, viz, capsys, monkeypatch):
+    """prompts.json describes the files of one run: an interrupted --overwrite must not leave the earlier
+    run's prompts.json beside the new images."""
+    out = tmp_path / "out"
+    main(["sample", "--checkpoint", str(model_dir), "--out", str(out), "--no-attention", SENTENCES[0]])
+    assert (out / "prompts.json").is_file()
+    capsys.readouterr()
+    _ctrl_c_at_file(2, monkeypatch)
+    code, _, err = run_main(
+        ["sample", "--checkpoint", str(model_dir), "--out", str(out), "--overwrite", "--seed", "7", SENTENCES[1]], capsys
+    )
+    assert code == 130 and "no prompts.json" in err and not (out / "prompts.json").exists()
+
+
+def test_a_second_sample_into_a_folder_being_written_is_refused(model_dir, tmp_path, capsys):
+    from attngan.atomic import FolderLock
+
+    out = tmp_path / "out"
+    with FolderLock(out, "--out folder"):
+        code, _, err = run_main(["sample", "--checkpoint", str(model_dir), "--out", str(out), SENTENCES[0]], capsys)
+    assert code == 2 and "another attngan process" in err and "--out folder" in err
+    assert not out.exists()  # nothing was written; the lock's folder is gone again
+
+
+def test_an_exception_after_ctrl_c_is_reported_as_the_interruption(capsys, monkeypatch):
+    """Ctrl-C inside an import (scipy's, say) can surface as an AttributeError or RecursionError; after a
+    signal, whatever is raised is the interruption, not a traceback."""
+    import signal
+
+    import attngan.cli as cli_mod
+
+    def interrupted_import(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            raise AttributeError("module 'numpy._core' has no attribute '_multiarray_umath'") from None
+
+    monkeypatch.setattr(cli_mod.cli, "main", interrupted_import)
+    code, _, err = run_main(["evaluate"], capsys)
+    assert code == 130 and err.strip() == "Interrupted."
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

@@ -152,6 +152,9 @@ def test_tiny_end_to_end_pretrain_then_train_then_resume(tmp_path, caplog):
     damsm_run = runs / "00000-shapes-damsm"
     assert (damsm_run / "model" / "text_encoder" / "model.safetensors").is_file()
     assert f"next: attngan train --damsm {damsm_run} --preset tiny" in result.output
+    result = invoke("pretrain-damsm", "--resume", damsm_run, "--max-steps", "5", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert f"next: attngan train --damsm {damsm_run} --preset tiny" in result.output  # the run's own preset
 
     result = invoke("train", *common, "--damsm", damsm_run, "--max-steps", "3")
     assert result.exit_code == 0, result.output
@@ -317,3 +320,20 @@ def test_reshard_goes_with_resume(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--preset", "tiny", "--device", "cpu", "--reshard"] + (["--damsm", "."] if command == "train" else []))
     assert exc.value.code == 2 and "--reshard goes with --resume RUN" in capsys.readouterr().err
+
+
+def test_an_interrupted_demo_says_it_is_not_continued_and_where_its_runs_are(tmp_path, monkeypatch):
+    import attngan.training.demo as demo_mod
+    from attngan.training import TrainingInterrupted
+    from attngan.training.demo import DemoPlan, demo_preset, run_demo
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted("DAMSM pre-training interrupted: ...; continue with: attngan pretrain-damsm --resume X",
+                                  None, None, 3)  # fmt: skip
+
+    monkeypatch.setattr(demo_mod, "train_damsm", interrupted)
+    with pytest.raises(TrainingInterrupted) as exc:
+        run_demo(tmp_path / "demo", demo_preset(0), DemoPlan(total_seconds=120), progress=False, classifier=object())
+    message = str(exc.value)
+    assert "demo interrupted during DAMSM pre-training: a demo is not continued" in message
+    assert "new --out folder" in message and str(tmp_path / "demo" / "runs") in message

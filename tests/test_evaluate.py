@@ -455,7 +455,7 @@ def test_sigterm_during_evaluate_removes_the_temporary_images(pipe, tmp_path, ca
     before = signal.getsignal(signal.SIGTERM)
     code, _, err = run_main(["evaluate", "--checkpoint", str(run), "--n-images", "8", "--metrics", "r_precision",
                              "--device", "cpu", "--no-progress"], capsys)  # fmt: skip
-    assert code == 130 and ("Aborted" in err or "Interrupted" in err)
+    assert code == 143 and ("Aborted" in err or "Interrupted" in err)  # 128 + SIGTERM
     assert list(scratch.iterdir()) == []  # removed, not left behind
     assert signal.getsignal(signal.SIGTERM) == before  # the command's handler is gone again
 
@@ -471,3 +471,24 @@ def test_birds_and_coco_captions_are_cut_at_the_original_evaluation_length(tmp_p
     assert resolve_data_config(None, "coco", tmp_path).words_num == 20
     assert resolve_data_config(None, "coco", tmp_path, words_num=12).words_num == 12
     assert resolve_data_config(None, "folder", tmp_path).words_num == DataConfig().words_num  # training's
+
+
+def test_a_full_disk_for_out_keeps_the_figures(pipe, tmp_path, capsys, monkeypatch):
+    """--out is written last: when it fails, the table is printed and the run's metric file has the line."""
+    import errno
+
+    import attngan.checkpoint as checkpoint_mod
+
+    run = tmp_path / "00000-tiny"
+    pipe.save_pretrained(run / "model")
+    (run / "config.json").write_text(json.dumps({"preset": to_dict(PRESETS["tiny"])}))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ev.json"))
+
+    monkeypatch.setattr(checkpoint_mod, "atomic_write_json", full)  # evaluate imports it when it runs
+    code, out, err = run_main(["evaluate", "--checkpoint", str(run), "--n-images", "8", "--metrics", "r_precision",
+                               "--device", "cpu", "--no-progress", "--out", str(tmp_path / "ev.json")], capsys)  # fmt: skip
+    assert code == 1 and "No space left on device" in err and "free some disk space" in err
+    assert "R-precision (%)" in out
+    assert len((run / "metric-r_precision.jsonl").read_text().splitlines()) == 1

@@ -1086,3 +1086,87 @@ def test_reshard_continues_a_checkpoint_of_another_number_of_processes(tmp_path)
     # The position: the images already used in the epoch, in batches of the new layout.
     assert restore_position(state | {"batch_in_epoch": 3}, 0, 1, 0, 8)[1:] == (state["epoch"], 3)  # 24 images
     assert restore_position(state | {"batch_in_epoch": 3}, 0, 4, 0, 4)[1:] == (state["epoch"], 1)  # 24 // 16
+
+
+def test_a_full_disk_in_tensorboards_writer_thread_is_one_log_line(tmp_path, caplog):
+    """TensorBoard writes from its own thread; ENOSPC there was printed as that thread's traceback."""
+    import threading
+    import types
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    from attngan.training.stats import StatsSink
+
+    before = threading.excepthook
+    sink = StatsSink(tmp_path, 10, progress=False, tensorboard=True, name="gan")
+    assert threading.excepthook != before
+    seen = []
+    sink._previous_hook = seen.append
+    full = types.SimpleNamespace(exc_value=OSError(28, "No space left on device"), thread=object.__new__(_AsyncWriterThread))
+    with caplog.at_level("WARNING", logger="attngan"):
+        threading.excepthook(full)
+    assert seen == [] and "TensorBoard events not written: [Errno 28] No space left on device" in caplog.text
+    other = types.SimpleNamespace(exc_value=ValueError("a bug"), thread=threading.current_thread())
+    threading.excepthook(other)
+    assert seen == [other]  # anything else goes to the previous hook
+    sink._previous_hook = before
+    sink.close()
+    assert threading.excepthook == before
+
+
+def test_a_run_folder_is_written_by_one_process_and_cleaned_of_a_killed_ones_leftovers(tmp_path):
+    """A second resume of a running run is refused (it would interleave logs and delete the other's
+    checkpoints); a resume removes the temporary files of a process that was killed while writing."""
+    from attngan.atomic import FolderLock
+    from attngan.errors import UserError
+
+    preset = apply_overrides(PRESETS["tiny"], ["data.num_images=32"])
+    first = train_damsm(preset, runs_dir=tmp_path, max_steps=2, val_set=False, progress=False, tensorboard=False)
+    run = first.run_dir
+    with FolderLock(run, "run folder"), pytest.raises(UserError, match="another attngan process .* run folder"):
+        train_damsm(None, resume=run, max_steps=3, val_set=False, progress=False, tensorboard=False)
+    assert load_state(run, "damsm")["step"] == 2  # untouched
+
+    # What a SIGKILL leaves: an unfinished state file, an unfinished export, model/ between its two renames.
+    (run / "checkpoints" / ".state-00000003.pt.x1y2.tmp").write_bytes(b"half")
+    (run / ".model.tmp-999").mkdir()
+    (run / "model").rename(run / ".model.old-999")
+    train_damsm(None, resume=run, max_steps=3, val_set=False, progress=False, tensorboard=False)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    assert not list((run / "checkpoints").glob(".*")) and (run / "model" / "vocab.json").is_file()
+
+
+def test_an_interrupt_while_setting_up_leaves_no_run_folder(tmp_path, monkeypatch):
+    import attngan.training.damsm as damsm_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(damsm_mod, "write_run_config", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_damsm(apply_overrides(PRESETS["tiny"], ["data.num_images=32"]), runs_dir=tmp_path, max_steps=2,
+                    val_set=False, progress=False, tensorboard=False)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_interrupt_while_saving_keeps_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C twice while a checkpoint is written: the write is dropped, not started over (which took as long
+    again), and the message names the newest complete checkpoint."""
+    import attngan.training.damsm as damsm_mod
+
+    real, calls = damsm_mod.save_state, []
+
+    def slow_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the second signal, during the write of step 4
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(damsm_mod, "save_state", slow_save)
+    preset = apply_overrides(PRESETS["tiny"], ["data.num_images=32", "damsm_train.snapshot_every=2"])
+    with pytest.raises(TrainingInterrupted) as exc:
+        train_damsm(preset, runs_dir=tmp_path, max_steps=6, val_set=False, progress=False, tensorboard=False)
+    assert len(calls) == 2  # not retried by the interrupt handler
+    assert "stopped while saving step 4; the last complete checkpoint is" in str(exc.value)
+    assert exc.value.checkpoint.name == "state-00000002.pt" and "--resume" in str(exc.value)

@@ -14,9 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import DiskFullError
+from .errors import DiskFullError, UserError
 
-__all__ = ["umask", "check_writable", "atomic_write", "atomic_write_bytes", "atomic_write_text", "temporary_file", "make_staging_dir"]
+__all__ = [
+    "umask", "check_writable", "atomic_write", "atomic_write_bytes", "atomic_write_text", "temporary_file",
+    "make_staging_dir", "FolderLock",
+]  # fmt: skip
 
 
 def umask() -> int:
@@ -46,6 +49,9 @@ def check_writable(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.unlink(temporary_file(path))
     except OSError as exc:
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:  # a file where a folder of the path should be: name that file
+            raise OSError(errno.ENOTDIR, "Not a directory", str(blocker)) from exc
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
@@ -92,3 +98,62 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """UTF-8 text, newlines as given."""
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+class FolderLock:
+    """Exclusive use of a folder by one process: ``with FolderLock(folder, "run folder"):``.
+
+    A second attngan process that wants to write into the same folder (a run resumed twice, two ``sample``
+    commands with one ``--out``) is refused with a UserError instead of mixing its files with the first's.
+    The lock is ``fcntl.flock`` on ``folder/.attngan.lock``: the system releases it when the process ends,
+    however it ends, so no stale lock is ever left. The file is removed on release, and the folder too if
+    the lock created it and nothing else was written. Where ``fcntl`` is missing (Windows) it does nothing.
+    """
+
+    NAME = ".attngan.lock"
+
+    def __init__(self, folder: str | os.PathLike, what: str = "folder") -> None:
+        self.folder = Path(folder)
+        self.what = what
+        self._fd: int | None = None
+        self._created = False
+
+    def __enter__(self) -> FolderLock:
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self._created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                os.close(fd)
+                raise
+            holder = os.read(fd, 64).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise UserError(
+                f"another attngan process{f' (pid {holder})' if holder.isdigit() else ''} is writing to the "
+                f"{self.what} {self.folder}; wait for it to end, or choose another {self.what}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def is_empty(self) -> bool:
+        """Whether the folder holds nothing but the lock file."""
+        return all(p.name == self.NAME for p in self.folder.iterdir())
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            (self.folder / self.NAME).unlink()
+        os.close(self._fd)  # closing releases the lock
+        self._fd = None
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # only if empty

@@ -6,12 +6,16 @@ and an optional dependency of one command (e.g. FastAPI for ``serve``) never bre
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
 
@@ -105,13 +109,47 @@ def _fail(message: str, code: int, show: Callable[[], None] | None = None) -> No
     sys.exit(code)
 
 
+@contextlib.contextmanager
+def _signals_as_interrupt(seen: list[int]) -> Iterator[None]:
+    """SIGINT and SIGTERM (kill, a batch scheduler) raise KeyboardInterrupt while the block runs, so that
+    ``finally`` clauses run and temporary files are removed; each signal is appended to ``seen``.
+    (Training loops install their own handler: the first signal there ends the step and saves.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user mistakes are printed as one line, without a traceback."""
+    """Console entry point: user mistakes are printed as one line, without a traceback; after Ctrl-C or
+    SIGTERM, whatever the interrupted code raised (an import cut short, say) is reported as the interruption."""
+    seen: list[int] = []
+    try:
+        with _signals_as_interrupt(seen):
+            _dispatch(argv, seen)
+    except Exception:
+        if not seen:
+            raise
+        click.echo("Interrupted.", err=True)
+        sys.exit(128 + seen[0])
+
+
+def _dispatch(argv: list[str] | None, seen: list[int]) -> None:
     try:
         cli.main(args=argv, prog_name="attngan", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        sys.exit(130)
+        sys.exit(128 + seen[0] if seen else 130)
     except click.ClickException as exc:
         _fail(f"Error: {exc.format_message()}", exc.exit_code, exc.show)
     except UserError as exc:
@@ -120,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"Error: {_os_error_message(exc)}", 1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
-        sys.exit(130)
+        sys.exit(128 + seen[0] if seen else 130)
     except RuntimeError as exc:
         if "DataLoader worker" not in str(exc) or "Original Traceback" in str(exc):
             raise

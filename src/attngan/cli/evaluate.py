@@ -3,13 +3,10 @@ model, measured as in the paper (a thin layer over :func:`attngan.evaluation.eva
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +24,6 @@ log = logging.getLogger(__name__)
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt (so ``finally`` clauses run) while the block runs."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_folder(checkpoint: Path | None) -> Path | None:
@@ -348,63 +331,62 @@ def evaluate(
     from .sample import resolve_device
 
     _setup_logging()
-    # SIGTERM (kill, a batch scheduler) unwinds like Ctrl-C, so that the temporary file of the generated
-    # images (5.9 GB for 30,000 at 256 px) is removed instead of left behind.
-    with _sigterm_as_interrupt():
-        if out is not None:
-            if out.exists() and not overwrite:
-                raise UserError(f"--out {out} already exists; pass --overwrite to replace it, or choose another file")
-            check_writable(out)  # not after an hour of metrics
-        if checkpoint is not None:
-            resolve_model_dir(checkpoint)  # a missing or wrong folder is reported before anything else
-        elif not (original_generator or original_text_encoder or original_image_encoder):
-            raise UserError(_NO_MODEL)
-        run_dir = _run_folder(checkpoint)
-        data_config = resolve_data_config(run_dir, dataset, data_dir, words_num)
-        names = parse_metrics(metrics) if metrics is not None else ["r_precision", "is", "fid"]
-        if metrics is None and data_config.dataset == "shapes":
-            names.append("attributes")
-        clip = load_clip(clip_model, clip_pretrained)
-        dev = resolve_device(device)
-        pipe = load_eval_pipeline(
-            checkpoint, original_generator, original_text_encoder, original_image_encoder, captions_pickle, dev
-        )
-        size = pipe.generator.config.image_sizes[-1]
-        test_set = build_dataset(data_config, "test", [size], vocab=pipe.vocab, train=False)
-        result = evaluate_model(
-            pipe,
-            test_set,
-            names,
-            n_images=n_images,
-            batch_size=batch_size,
-            seed=seed,
-            device=dev,
-            r_precision_other_classes=r_precision_other_classes,
-            is_classifier=is_classifier,
-            fid_extractor=fid_extractor,
-            fid_weights=fid_weights,
-            cache_dir=cache_dir,
-            clip=clip,
-            allow_download=allow_download,
-            ca_mean=ca_mean,
-            progress=progress and sys.stderr.isatty(),
-        )
-        model = str(checkpoint) if checkpoint is not None else str(original_generator)
-        result = {"model": model, "data": dataclasses.asdict(data_config), **result}
-        if out is not None:
-            atomic_write_json(out, result)
-        if run_dir is not None:
-            from ..metrics import report_metric
+    # SIGTERM unwinds like Ctrl-C (attngan.cli.main), so that the temporary file of the generated images
+    # (5.9 GB for 30,000 at 256 px) is removed instead of left behind.
+    if out is not None:
+        if out.exists() and not overwrite:
+            raise UserError(f"--out {out} already exists; pass --overwrite to replace it, or choose another file")
+        check_writable(out)  # not after an hour of metrics
+    if checkpoint is not None:
+        resolve_model_dir(checkpoint)  # a missing or wrong folder is reported before anything else
+    elif not (original_generator or original_text_encoder or original_image_encoder):
+        raise UserError(_NO_MODEL)
+    run_dir = _run_folder(checkpoint)
+    data_config = resolve_data_config(run_dir, dataset, data_dir, words_num)
+    names = parse_metrics(metrics) if metrics is not None else ["r_precision", "is", "fid"]
+    if metrics is None and data_config.dataset == "shapes":
+        names.append("attributes")
+    clip = load_clip(clip_model, clip_pretrained)
+    dev = resolve_device(device)
+    pipe = load_eval_pipeline(
+        checkpoint, original_generator, original_text_encoder, original_image_encoder, captions_pickle, dev
+    )
+    size = pipe.generator.config.image_sizes[-1]
+    test_set = build_dataset(data_config, "test", [size], vocab=pipe.vocab, train=False)
+    result = evaluate_model(
+        pipe,
+        test_set,
+        names,
+        n_images=n_images,
+        batch_size=batch_size,
+        seed=seed,
+        device=dev,
+        r_precision_other_classes=r_precision_other_classes,
+        is_classifier=is_classifier,
+        fid_extractor=fid_extractor,
+        fid_weights=fid_weights,
+        cache_dir=cache_dir,
+        clip=clip,
+        allow_download=allow_download,
+        ca_mean=ca_mean,
+        progress=progress and sys.stderr.isatty(),
+    )
+    model = str(checkpoint) if checkpoint is not None else str(original_generator)
+    result = {"model": model, "data": dataclasses.asdict(data_config), **result}
+    # The figures are shown first, then recorded, then written to --out: a full disk must not lose them.
+    click.echo(format_table(result))
+    if run_dir is not None:
+        from ..metrics import report_metric
 
-            # Each line names everything that made its figure: images, seed, CA noise, test data.
-            context = {"images": result["protocol"], "n_images": n_images, "seed": seed, "ca_mean": ca_mean,
-                       "data": result["data"]}  # fmt: skip
-            for res in result["metrics"].values():
-                if "skipped" not in res:
-                    report_metric(res | context, run_dir, snapshot=str(resolve_model_dir(checkpoint).resolve()))
-        click.echo(format_table(result))
-        if out is not None:
-            click.echo(f"wrote {out}")
-        failed = [f"{name}: {res['skipped']}" for name, res in result["metrics"].items() if res.get("failed")]
-        if failed:
-            raise UserError("; ".join(failed) + " (the other figures are above" + (f" and in {out})" if out else ")"))
+        # Each line names everything that made its figure: images, seed, CA noise, test data.
+        context = {"images": result["protocol"], "n_images": n_images, "seed": seed, "ca_mean": ca_mean,
+                   "data": result["data"]}  # fmt: skip
+        for res in result["metrics"].values():
+            if "skipped" not in res:
+                report_metric(res | context, run_dir, snapshot=str(resolve_model_dir(checkpoint).resolve()))
+    if out is not None:
+        atomic_write_json(out, result)
+        click.echo(f"wrote {out}")
+    failed = [f"{name}: {res['skipped']}" for name, res in result["metrics"].items() if res.get("failed")]
+    if failed:
+        raise UserError("; ".join(failed) + " (the other figures are above" + (f" and in {out})" if out else ")"))

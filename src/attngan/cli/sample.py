@@ -260,13 +260,29 @@ def sample(
           --original-text-encoder DAMSMencoders/bird/text_encoder200.pth \\
           --captions-pickle data/birds/captions.pickle --captions-file captions.txt --out birds
     """
-    from ..checkpoint import atomic_write_bytes, atomic_write_json
+    from ..atomic import FolderLock
 
     t0 = time.perf_counter()
     prompts = read_sentences(sentences, captions_file)
     swap = parse_word_swap(word_swap)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise UserError(f"{out_dir} exists and is not empty; choose another --out folder or pass --overwrite")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder; choose another --out folder")
+    with FolderLock(out_dir, "--out folder") as lock:  # another sample into the same folder is refused
+        if not lock.is_empty() and not overwrite:
+            raise UserError(f"{out_dir} exists and is not empty; choose another --out folder or pass --overwrite")
+        _draw_and_write(
+            out_dir, prompts, swap, checkpoint, original_generator, original_text_encoder, captions_pickle, device,
+            num_images, batch_size, seed, attention, ca_mean, legacy_mask_bug, t0,
+        )  # fmt: skip
+
+
+def _draw_and_write(
+    out_dir: Path, prompts: list[str], swap: Any, checkpoint: Path | None, original_generator: Path | None,
+    original_text_encoder: Path | None, captions_pickle: Path | None, device: str, num_images: int, batch_size: int,
+    seed: int, attention: bool, ca_mean: bool, legacy_mask_bug: bool, t0: float,
+) -> None:  # fmt: skip
+    from ..checkpoint import atomic_write_bytes, atomic_write_json
+
     pipe = load_pipeline(
         checkpoint, original_generator, original_text_encoder, captions_pickle, resolve_device(device)
     )
@@ -305,6 +321,8 @@ def sample(
     from .. import viz
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # An earlier prompts.json would describe the files this run replaces: it goes first.
+    (out_dir / "prompts.json").unlink(missing_ok=True)
     written: list[str] = []
     try:
         def save(image: Any, name: str) -> str:

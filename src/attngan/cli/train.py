@@ -249,7 +249,9 @@ def pretrain_damsm(
     )
     if _is_main_process():
         click.echo(f"DAMSM encoders: {result.model_dir}")
-        args = ["attngan", "train", "--damsm", str(result.run_dir)] + (["--preset", preset] if preset else [])
+        # A resumed run names no --preset: the one its settings came from (their description says which).
+        name = preset or next((n for n, p in PRESETS.items() if p.description == resolved.description), None)
+        args = ["attngan", "train", "--damsm", str(result.run_dir)] + (["--preset", name] if name else [])
         if resolved.data.dataset != "shapes":  # the GAN trains on the same data
             args += ["--dataset", resolved.data.dataset] + (["--data-dir", resolved.data.data_dir] if resolved.data.data_dir else [])
         click.echo("next: " + shlex.join(args))

@@ -15,11 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import FolderLock
 from ..checkpoint import save_component
 from ..config import Preset
 from ..errors import DiskFullError, UserError
 from ..text import Vocabulary
-from .state import copy_tree_atomic, latest_checkpoint, replace_section, resume_command
+from .state import (
+    copy_tree_atomic,
+    latest_checkpoint,
+    remove_stale_temporaries,
+    replace_section,
+    resume_command,
+)
 
 __all__ = [
     "StepInfo",
@@ -35,6 +42,7 @@ __all__ = [
     "resolve_vocab_size",
     "export_model",
     "resume_hint",
+    "RunFolder",
     "unwrap",
 ]
 
@@ -101,6 +109,7 @@ def interruption(
     command: str,  # the CLI command that continues it
     *,
     in_step: bool,
+    saving: bool = False,  # interrupted while writing a snapshot (a second signal): keep the last complete one
     step: int,  # completed steps
     saved_step: int,  # the step of the last checkpoint (-1: none)
     distributed: bool,
@@ -116,7 +125,10 @@ def interruption(
     collective of a snapshot that they never join.
     """
     together = not distributed or isinstance(exc, StopAgreed)
-    if not in_step and saved_step != step and together:
+    if saving:
+        last_checkpoint = (latest_checkpoint(run_dir) if run_dir is not None else None) or last_checkpoint
+        what = f"stopped while saving step {step}; the last complete checkpoint is {_checkpoint_text(last_checkpoint)}"
+    elif not in_step and saved_step != step and together:
         last_checkpoint = snapshot() or last_checkpoint
         what = f"saved the state of step {step} to {last_checkpoint}"
     elif not in_step and saved_step == step:
@@ -260,6 +272,31 @@ def export_model(
 
     copy_tree_atomic(build, model_dir)
     return model_dir
+
+
+class RunFolder:
+    """The run folder of one training call: written by one process (a :class:`FolderLock` from the moment
+    it is known), cleaned on resume of what a killed process left (:func:`remove_stale_temporaries`), and
+    removed again when the call that created it fails before its first step."""
+
+    def __init__(self, created: bool) -> None:
+        self.created = created  # this call makes the folder (not a resume, not a given run_dir)
+        self.path: Path | None = None
+        self._lock: FolderLock | None = None
+
+    def take(self, path: Path, resumed: bool) -> Path:
+        self.path = Path(path)
+        self._lock = FolderLock(self.path, "run folder").__enter__()
+        if resumed:
+            remove_stale_temporaries(self.path)
+        return self.path
+
+    def release(self, failed_before_training: bool) -> None:
+        if failed_before_training and self.created:
+            discard_empty_run(self.path)
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
 
 
 def resume_hint(command: str, run_dir: Path | None, world_size: int = 1) -> str:

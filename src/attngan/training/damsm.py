@@ -37,13 +37,13 @@ from ..nn import ImageEncoder, TextEncoder
 from ..text import Vocabulary
 from .common import (
     NonFiniteLossError,
+    RunFolder,
     StepInfo,
     StopAgreed,
     TrainingInterrupted,
     TrainResult,
     call_hook,
     check_finite,
-    discard_empty_run,
     export_model,
     failure_of_environment,
     interruption,
@@ -228,26 +228,30 @@ def train_damsm(
     if dist_info.distributed:
         trained = nn.parallel.DistributedDataParallel(objective, device_ids=[dev] if dev.type == "cuda" else None)
     loss = DAMSMLoss(trained)
-    created = dist_info.is_main and run_dir is None  # a failed start removes the folder again (discard_empty_run)
-    if dist_info.is_main:
-        if run_dir is None:
-            run_dir = make_run_dir(runs_dir, f"{preset.data.dataset}-damsm")
-        run_dir = Path(run_dir)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        if state is not None:
-            truncate_stats(run_dir, step)
-        write_run_config(run_dir, preset, kind="damsm", device=str(dev), world_size=dist_info.world_size, max_steps=total_steps)
-    run_dir = Path(broadcast_object(str(run_dir) if run_dir is not None else None, dist_info))
-    main = dist_info.is_main
-    stats = StatsSink(
-        run_dir if main else None,
-        total_steps,
-        start_step=step,
-        images_per_step=cfg.batch_size * dist_info.world_size,
-        progress=progress,
-        tensorboard=tensorboard,
-        name="damsm",
-    )
+    folder = RunFolder(created=dist_info.is_main and run_dir is None)  # a failed start removes a folder it made
+    try:
+        if dist_info.is_main:
+            if run_dir is None:
+                run_dir = make_run_dir(runs_dir, f"{preset.data.dataset}-damsm")
+            run_dir = folder.take(run_dir, resumed=state is not None)  # locked: one process per run folder
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            if state is not None:
+                truncate_stats(run_dir, step)
+            write_run_config(run_dir, preset, kind="damsm", device=str(dev), world_size=dist_info.world_size, max_steps=total_steps)
+        run_dir = Path(broadcast_object(str(run_dir) if run_dir is not None else None, dist_info))
+        main = dist_info.is_main
+        stats = StatsSink(
+            run_dir if main else None,
+            total_steps,
+            start_step=step,
+            images_per_step=cfg.batch_size * dist_info.world_size,
+            progress=progress,
+            tensorboard=tensorboard,
+            name="damsm",
+        )
+    except BaseException:  # Ctrl-C or an error while setting up: no empty run folder is left behind
+        folder.release(failed_before_training=True)
+        raise
     if main and step >= total_steps:
         log.info(
             "DAMSM pre-training in %s: already at step %d of %d, nothing to train; to go on, give a "
@@ -260,11 +264,16 @@ def train_damsm(
             run_dir, step + 1, total_steps, cfg.batch_size * dist_info.world_size, steps_per_epoch, dev,
         )  # fmt: skip
 
+    saving = False  # True while a snapshot is written: an interrupt then keeps the last complete one
+
     def snapshot() -> Path | None:
+        nonlocal saving
+        saving = True
         rngs = gather_rng_states(dist_info)
         if not main:
+            saving = False
             return None
-        return save_state(
+        path = save_state(
             run_dir,
             {
                 "kind": "damsm",
@@ -280,6 +289,8 @@ def train_damsm(
             },
             keep_checkpoints,
         )
+        saving = False
+        return path
 
     # Train.
     start_time = time.perf_counter()
@@ -379,7 +390,7 @@ def train_damsm(
         if isinstance(exc, TrainingInterrupted):
             raise
         stopped = interruption(
-            exc, "DAMSM pre-training", "pretrain-damsm", in_step=in_step, step=step, saved_step=saved_step,
+            exc, "DAMSM pre-training", "pretrain-damsm", in_step=in_step, saving=saving, step=step, saved_step=saved_step,
             distributed=dist_info.distributed, snapshot=snapshot, last_checkpoint=last_checkpoint, run_dir=run_dir,
             world_size=dist_info.world_size,
         )  # fmt: skip
@@ -400,6 +411,5 @@ def train_damsm(
             batches.close()
         tuner.restore()
         stats.close()
-        if created and step == 0 and sys.exc_info()[0] is not None:
-            discard_empty_run(run_dir)
+        folder.release(failed_before_training=step == 0 and sys.exc_info()[0] is not None)
         shutdown_distributed(dist_info)

@@ -30,6 +30,7 @@ from ..data.base import collate_batch
 from ..data.registry import build_dataset
 from ..errors import UserError
 from ..nn import Generator
+from .common import TrainingInterrupted
 from .damsm import train_damsm
 from .figures import attention_png, captioned_grid_png
 from .gan import discriminator_configs, load_encoders, train_gan
@@ -170,6 +171,34 @@ def run_demo(
     runs = out / "runs"
     log.info("demo: %.0f s in all, about %.0f s of training (DAMSM %.0f%%)", plan.total_seconds, training_seconds, 100 * plan.damsm_share)
 
+    where: dict[str, Any] = {"stage": "DAMSM pre-training", "gan": None}  # updated as the demo goes on
+    try:
+        return _train_and_measure(out, preset, plan, runs, deadline, training_seconds, start, seed=seed, device=device,
+                                  dev=dev, progress=progress, num_eval=num_eval, num_shown=num_shown,
+                                  classifier=classifier, sizes=sizes, where=where)  # fmt: skip
+    except KeyboardInterrupt as exc:
+        gan_dir = where["gan"]
+        if gan_dir is not None:
+            message = (
+                f"demo interrupted while measuring: the trained model is in {gan_dir}; measure it with "
+                f"`attngan evaluate --checkpoint {gan_dir} --n-images {num_eval}` or draw with "
+                f"`attngan sample --checkpoint {gan_dir} --out samples \"a small red circle\"`"
+            )
+        else:
+            message = (
+                f"demo interrupted during {where['stage']}: a demo is not continued; run `attngan demo` again with a "
+                f"new --out folder (what was trained so far is in {runs})"
+            )
+        log.warning(message)
+        raise TrainingInterrupted(message, getattr(exc, "checkpoint", None), runs, getattr(exc, "step", 0)) from None
+
+
+def _train_and_measure(
+    out: Path, preset: Preset, plan: DemoPlan, runs: Path, deadline: float, training_seconds: float, start: float, *,
+    seed: int, device: Any, dev: torch.device, progress: bool, num_eval: int, num_shown: int, classifier: Any,
+    sizes: list[int], where: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The demo's work after its checks: DAMSM, GAN, images, figures, metrics (``where`` says how far it got)."""
     # Pre-train the DAMSM encoders.
     damsm = train_damsm(
         preset,
@@ -184,6 +213,7 @@ def run_demo(
     )
 
     # Train the AttnGAN within what is left before the evaluation reserve.
+    where["stage"] = "AttnGAN training"
     gan_seconds = deadline - time.perf_counter() - plan.overhead_seconds
     if gan_seconds < 5:
         raise UserError("no time left for GAN training; give the demo more minutes or a smaller damsm share")
@@ -199,7 +229,15 @@ def run_demo(
         adapt_threads=True,  # a time budget on a possibly shared CPU: fewer threads when that is faster
     )
     trained_at = time.perf_counter()
+    where.update(stage="measuring", gan=gan.run_dir)
+    return _measure(out, gan, damsm, seed, dev, num_eval, num_shown, classifier, sizes, preset, start, trained_at, plan)
 
+
+def _measure(
+    out: Path, gan: Any, damsm: Any, seed: int, dev: torch.device, num_eval: int, num_shown: int, classifier: Any,
+    sizes: list[int], preset: Preset, start: float, trained_at: float, plan: DemoPlan,
+) -> dict[str, Any]:  # fmt: skip
+    """Images of the test captions from the exported (EMA) generator, the figures and metrics.json."""
     # Draw images for the test captions with the exported (EMA) generator.
     model = gan.run_dir / "model"
     generator = load_component(model / "generator", Generator, GeneratorConfig).to(dev)

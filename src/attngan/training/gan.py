@@ -49,6 +49,7 @@ from ..nn import Discriminator, Generator, ImageEncoder, TextEncoder
 from ..text import Vocabulary
 from .common import (
     NonFiniteLossError,
+    RunFolder,
     StepInfo,
     StopAgreed,
     TrainingInterrupted,
@@ -56,7 +57,6 @@ from .common import (
     call_hook,
     check_caption_vocabulary,
     check_finite,
-    discard_empty_run,
     encoder_fingerprint,
     export_model,
     failure_of_environment,
@@ -446,43 +446,47 @@ def train_gan(
         except EmptySplitError as exc:
             log.warning("%s: the sample grids show captions and images of the training split instead", exc)
             sample_set = build_dataset(preset.data, "train", image_sizes, vocab=vocab, train=False, progress=progress)
-    created = main and run_dir is None  # a failed start removes the folder again (discard_empty_run)
-    if main:
-        if run_dir is None:
-            run_dir = make_run_dir(runs_dir, f"{preset.data.dataset}-attngan")
-        run_dir = Path(run_dir)
-        for sub in ("checkpoints", "samples"):
-            (run_dir / sub).mkdir(parents=True, exist_ok=True)
-        if state is not None:
-            truncate_stats(run_dir, step)
-        else:
-            _export(run_dir, vocab, text_encoder, image_encoder, preset, None, [], step)
-        write_run_config(
-            run_dir, preset, kind="gan", device=str(dev), world_size=dist_info.world_size, max_steps=total_steps,
-            mixed_precision=mp, encoders=_encoders_record(run_dir, state, encoders_source),
-        )  # fmt: skip
-        if num_samples > 0:
-            from ..data.base import collate_batch
+    folder = RunFolder(created=main and run_dir is None)  # a failed start removes a folder it made
+    try:
+        if main:
+            if run_dir is None:
+                run_dir = make_run_dir(runs_dir, f"{preset.data.dataset}-attngan")
+            run_dir = folder.take(run_dir, resumed=state is not None)  # locked: one process per run folder
+            for sub in ("checkpoints", "samples"):
+                (run_dir / sub).mkdir(parents=True, exist_ok=True)
+            if state is not None:
+                truncate_stats(run_dir, step)
+            else:
+                _export(run_dir, vocab, text_encoder, image_encoder, preset, None, [], step)
+            write_run_config(
+                run_dir, preset, kind="gan", device=str(dev), world_size=dist_info.world_size, max_steps=total_steps,
+                mixed_precision=mp, encoders=_encoders_record(run_dir, state, encoders_source),
+            )  # fmt: skip
+            if num_samples > 0:
+                from ..data.base import collate_batch
 
-            n = min(num_samples, len(sample_set))
-            fixed = collate_batch([sample_set[i] for i in range(n)])
-            sampler = _Sampler(fixed, text_encoder, preset.generator, cfg.seed, dev)
-            atomic_write_text(run_dir / "samples" / "captions.txt", "".join(t + "\n" for t in (fixed.texts or [])))
-            if state is None:
-                from torchvision.utils import make_grid
+                n = min(num_samples, len(sample_set))
+                fixed = collate_batch([sample_set[i] for i in range(n)])
+                sampler = _Sampler(fixed, text_encoder, preset.generator, cfg.seed, dev)
+                atomic_write_text(run_dir / "samples" / "captions.txt", "".join(t + "\n" for t in (fixed.texts or [])))
+                if state is None:
+                    from torchvision.utils import make_grid
 
-                reals = make_grid((fixed.images[-1] + 1) / 2, nrow=max(1, int(n**0.5)), padding=2, pad_value=1.0)
-                atomic_write_bytes(run_dir / "samples" / "reals.png", _png(reals))
-    run_dir = Path(broadcast_object(str(run_dir) if run_dir is not None else None, dist_info))
-    stats = StatsSink(
-        run_dir if main else None,
-        total_steps,
-        start_step=step,
-        images_per_step=cfg.batch_size * dist_info.world_size,
-        progress=progress,
-        tensorboard=tensorboard,
-        name="attngan",
-    )
+                    reals = make_grid((fixed.images[-1] + 1) / 2, nrow=max(1, int(n**0.5)), padding=2, pad_value=1.0)
+                    atomic_write_bytes(run_dir / "samples" / "reals.png", _png(reals))
+        run_dir = Path(broadcast_object(str(run_dir) if run_dir is not None else None, dist_info))
+        stats = StatsSink(
+            run_dir if main else None,
+            total_steps,
+            start_step=step,
+            images_per_step=cfg.batch_size * dist_info.world_size,
+            progress=progress,
+            tensorboard=tensorboard,
+            name="attngan",
+        )
+    except BaseException:  # Ctrl-C or an error while setting up: no empty run folder is left behind
+        folder.release(failed_before_training=True)
+        raise
     if main and step >= total_steps:
         log.info(
             "AttnGAN training in %s: already at step %d of %d, nothing to train; to go on, give a "
@@ -496,9 +500,14 @@ def train_gan(
             f" ({mp})" if mp != "no" else "",
         )  # fmt: skip
 
+    saving = False  # True while a snapshot is written: an interrupt then keeps the last complete one
+
     def snapshot() -> Path | None:
+        nonlocal saving
+        saving = True
         rngs = gather_rng_states(dist_info)
         if not main:
+            saving = False
             return None
         models = {"generator": generator.state_dict(), "generator_ema": generator_ema.state_dict()}
         models |= {f"discriminator{i}": d.state_dict() for i, d in enumerate(discriminators)}
@@ -522,6 +531,7 @@ def train_gan(
             keep_checkpoints,
         )
         _export(run_dir, vocab, text_encoder, image_encoder, preset, generator_ema, discriminators, step)
+        saving = False
         return path
 
     # Train.
@@ -624,7 +634,7 @@ def train_gan(
         if isinstance(exc, TrainingInterrupted):
             raise
         stopped = interruption(
-            exc, "AttnGAN training", "train", in_step=in_step, step=step, saved_step=saved_step,
+            exc, "AttnGAN training", "train", in_step=in_step, saving=saving, step=step, saved_step=saved_step,
             distributed=dist_info.distributed, snapshot=snapshot, last_checkpoint=last_checkpoint, run_dir=run_dir,
             world_size=dist_info.world_size,
         )  # fmt: skip
@@ -645,8 +655,7 @@ def train_gan(
             batches.close()
         tuner.restore()
         stats.close()
-        if created and step == 0 and sys.exc_info()[0] is not None:
-            discard_empty_run(run_dir)
+        folder.release(failed_before_training=step == 0 and sys.exc_info()[0] is not None)
         shutdown_distributed(dist_info)
 
 

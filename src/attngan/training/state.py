@@ -43,6 +43,7 @@ __all__ = [
     "check_resume_config",
     "RESUMABLE_CHANGES",
     "restore_position",
+    "remove_stale_temporaries",
     "saved_world_size",
     "truncate_stats",
 ]
@@ -373,6 +374,34 @@ def copy_tree_atomic(src_builder, target: Path) -> None:
             os.replace(old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[str]:
+    """Remove what a killed process left in its run folder (call it with the folder locked): the temporary
+    files of unfinished writes (``.*.tmp``) and folders of unfinished exports (``.model.tmp-PID``); a
+    ``.model.old-PID`` is put back as ``model/`` when the kill came between the two renames of
+    :func:`copy_tree_atomic`, else removed. Returns the names removed or restored."""
+    run_dir = Path(run_dir)
+    done = []
+    for old in sorted(run_dir.glob(".*.old-*")):
+        target = run_dir / old.name[1:].rsplit(".old-", 1)[0]
+        if old.is_dir() and not target.exists():
+            os.replace(old, target)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+        done.append(old.name)
+    for tmp in sorted(run_dir.glob(".*.tmp-*")):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            done.append(tmp.name)
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples"):
+        for tmp in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                done.append(str(tmp.relative_to(run_dir)))
+    if done:
+        log.info("removed what an interrupted process left in %s: %s", run_dir, ", ".join(done))
+    return done
 
 
 def require_empty_or_missing(path: Path, what: str) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,16 @@ class StatsSink:
                 log.info("tensorboard is not installed; skipping TensorBoard events (pip install tensorboard)")
             else:
                 self._writer = SummaryWriter(log_dir=str(run_dir))
+                self._previous_hook = threading.excepthook
+                threading.excepthook = self._writer_thread_error
+
+    def _writer_thread_error(self, args: Any) -> None:
+        """TensorBoard writes from its own thread: a full disk there is logged in one line (the training
+        loop reports it with the step and the checkpoint), not printed as that thread's traceback."""
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard"):
+            log.warning("TensorBoard events not written: %s", args.exc_value)
+            return
+        self._previous_hook(args)
 
     # ---------------------------------------------------------------------------------------- per step
 
@@ -172,6 +183,8 @@ class StatsSink:
             except Exception as exc:  # noqa: BLE001 - TensorBoard's own errors
                 log.warning("TensorBoard events not completed: %s", exc)
             self._writer = None
+            if threading.excepthook == self._writer_thread_error:
+                threading.excepthook = self._previous_hook
         if not self._stats.closed:
             with contextlib.suppress(OSError):  # every line was flushed when written
                 self._stats.close()
