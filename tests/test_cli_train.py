@@ -337,3 +337,18 @@ def test_an_interrupted_demo_says_it_is_not_continued_and_where_its_runs_are(tmp
     message = str(exc.value)
     assert "demo interrupted during DAMSM pre-training: a demo is not continued" in message
     assert "new --out folder" in message and str(tmp_path / "demo" / "runs") in message
+
+
+def test_cli_logging_keeps_torchs_info_output_off(monkeypatch, request):
+    """The CLI logs INFO; torch's own INFO lines (the FakeTensor cache statistics that torch prints at exit
+    after an interrupted import) must not come with it."""
+    import logging
+
+    from attngan.cli.options import setup_logging
+
+    torch_logger = logging.getLogger("torch")
+    request.addfinalizer(lambda level=torch_logger.level: torch_logger.setLevel(level))
+    torch_logger.setLevel(logging.NOTSET)
+    setup_logging()
+    assert torch_logger.level == logging.WARNING
+    assert not logging.getLogger("torch._subclasses.fake_tensor").isEnabledFor(logging.INFO)

@@ -13,17 +13,12 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from .options import DEVICE, PathType
+from .options import DEVICE, PathType, setup_logging
 
 _FILE = PathType(dir_okay=False, path_type=Path)
 DATASETS = ("shapes", "birds", "coco", "folder")
 
 log = logging.getLogger(__name__)
-
-
-def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
 
 def _run_folder(checkpoint: Path | None) -> Path | None:
@@ -330,7 +325,7 @@ def evaluate(
     from ..pipeline import resolve_model_dir
     from .sample import resolve_device
 
-    _setup_logging()
+    setup_logging()
     # SIGTERM unwinds like Ctrl-C (attngan.cli.main), so that the temporary file of the generated images
     # (5.9 GB for 30,000 at 256 px) is removed instead of left behind.
     if out is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 
 import click
@@ -38,3 +40,21 @@ class UserFailure(click.ClickException):
     """A user mistake found by a command: one 'Error:' line, exit status 2 (as the errors of every command)."""
 
     exit_code = 2
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or the only process."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def setup_logging() -> None:
+    """INFO lines with the time for the package; torch's own INFO output (e.g. the FakeTensor cache
+    statistics printed at exit after an interrupted import) stays off; under torchrun, the processes other
+    than rank 0 log errors only (they run the same checks, rank 0 reports them)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    torch_logger = logging.getLogger("torch")
+    if torch_logger.level == logging.NOTSET:
+        torch_logger.setLevel(logging.WARNING)
+    if not is_main_process():
+        logging.getLogger("attngan").setLevel(logging.ERROR)

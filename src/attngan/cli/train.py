@@ -7,8 +7,6 @@ They parse and validate options, build the resolved preset (``--preset``, then `
 from __future__ import annotations
 
 import json
-import logging
-import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -18,24 +16,12 @@ import click
 
 from ..config import PRESETS, Preset, apply_overrides, check_preset, to_dict
 from ..errors import UserError, user_message
-from .options import DEVICE, PathType, UserFailure
+from .options import DEVICE, PathType, UserFailure, is_main_process, setup_logging
 
 _PATH = PathType(path_type=Path)
 _EXISTING = PathType(exists=True, path_type=Path)
 _FILE = PathType(exists=True, dir_okay=False, path_type=Path)
 DATASETS = ("birds", "coco", "folder", "shapes")
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if not _is_main_process():  # under torchrun every process runs the same checks: rank 0 reports them
-        logging.getLogger("attngan").setLevel(logging.ERROR)
 
 
 def _yaml_overrides(path: Path) -> dict[str, Any]:
@@ -113,7 +99,7 @@ def _example_caption(run_dir: Path) -> str:
 
 
 def _print_config(preset: Preset, **run: Any) -> None:
-    if not _is_main_process():  # under torchrun: printed once
+    if not is_main_process():  # under torchrun: printed once
         return
     here = _on_this_machine(preset, run["device"], run["command"])
     run = {k: str(v) if isinstance(v, Path) else v for k, v in run.items()}
@@ -219,7 +205,7 @@ def pretrain_damsm(
       attngan pretrain-damsm --preset birds --data-dir data/birds --set damsm_train.batch_size=32
       attngan pretrain-damsm --resume runs/00000-shapes-damsm
     """
-    _setup_logging()
+    setup_logging()
     if reshard and resume is None:
         raise UserFailure("--reshard goes with --resume RUN (it continues a checkpoint of another number of processes)")
     try:
@@ -247,7 +233,7 @@ def pretrain_damsm(
         ),
         tune_malloc,
     )
-    if _is_main_process():
+    if is_main_process():
         click.echo(f"DAMSM encoders: {result.model_dir}")
         # A resumed run names no --preset: the one its settings came from (their description says which).
         name = preset or next((n for n, p in PRESETS.items() if p.description == resolved.description), None)
@@ -287,7 +273,7 @@ def train(
       torchrun --nproc_per_node=4 -m attngan train --preset coco --data-dir data/coco --damsm runs/00001-coco-damsm
       attngan train --resume runs/00002-shapes-attngan --max-steps 3000
     """
-    _setup_logging()
+    setup_logging()
     if damsm is not None and not damsm.exists() and not dry_run:
         raise click.BadParameter(f"{damsm} does not exist", param_hint="'--damsm'")
     if resume is None and damsm is None and not (original_text_encoder and original_image_encoder) and not dry_run:
@@ -327,7 +313,7 @@ def train(
         ),
         tune_malloc,
     )
-    if _is_main_process():
+    if is_main_process():
         click.echo(f"model: {result.model_dir}")
         args = ["attngan", "sample", "--checkpoint", str(result.model_dir), "--out", "samples", _example_caption(result.run_dir)]
         click.echo("next: " + shlex.join(args))
@@ -364,7 +350,7 @@ def demo(
     Example:
       attngan demo --out demo --minutes 10
     """
-    _setup_logging()
+    setup_logging()
     from ..training import demo as demo_lib
 
     preset = resolve_preset(demo_lib.demo_preset(seed), None, sets, {})
