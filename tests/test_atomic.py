@@ -74,3 +74,39 @@ def test_folder_lock_refuses_a_second_writer_and_leaves_nothing(tmp_path):
     with pytest.raises(NotADirectoryError) as exc:
         check_writable(tmp_path / "afile" / "e.json")
     assert exc.value.filename == str(tmp_path / "afile")
+
+
+def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path):
+    """DataLoader workers are forked: if the trainer is killed (OOM), a worker still running must not hold
+    the run folder's lock."""
+    from attngan.atomic import FolderLock
+    from attngan.errors import UserError
+
+    folder = tmp_path / "run"
+    read, write = os.pipe()
+    with FolderLock(folder):
+        pid = os.fork()
+        if pid == 0:  # the child: wait until the parent has let go, then try to take the lock
+            os.close(write)
+            os.read(read, 1)
+            try:
+                with FolderLock(folder):
+                    os._exit(0)
+            except UserError:
+                os._exit(1)
+        os.close(read)
+    # The parent released the lock (as a killed parent would); only the child's inherited copy could hold it.
+    os.write(write, b"x")
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_stale_temporary_files_are_removed_under_the_lock(tmp_path):
+    from attngan.atomic import FolderLock
+
+    (tmp_path / ".000_0_stage0.png.ab12.tmp").write_bytes(b"half")
+    (tmp_path / "keep.png").write_bytes(b"x")
+    with FolderLock(tmp_path) as lock:
+        assert lock.remove_temporaries() == [".000_0_stage0.png.ab12.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]

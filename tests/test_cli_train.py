@@ -352,3 +352,32 @@ def test_cli_logging_keeps_torchs_info_output_off(monkeypatch, request):
     setup_logging()
     assert torch_logger.level == logging.WARNING
     assert not logging.getLogger("torch._subclasses.fake_tensor").isEnabledFor(logging.INFO)
+
+
+def test_a_second_demo_into_the_same_folder_is_refused(tmp_path):
+    from attngan.atomic import FolderLock
+    from attngan.errors import UserError
+    from attngan.training.demo import run_demo
+
+    with FolderLock(tmp_path / "demo", "demo folder"), pytest.raises(UserError, match="another attngan process"):
+        run_demo(tmp_path / "demo", classifier=object(), progress=False)
+
+
+def test_a_signal_while_an_error_is_reported_keeps_the_error(capsys, monkeypatch):
+    """torchrun stops the other processes with SIGTERM when one fails; landing while a process reports
+    that another one ended, the signal must not replace that message with 'Aborted.'."""
+    import attngan.cli as cli_mod
+    from attngan.cli import main
+    from attngan.training.common import PeerProcessError
+
+    def failing(*args, **kwargs):
+        try:
+            raise PeerProcessError("another process of this run ended during step 11; continue with: torchrun ...")
+        finally:
+            raise KeyboardInterrupt  # the SIGTERM, during clean-up
+
+    monkeypatch.setattr(cli_mod.cli, "main", failing)
+    with pytest.raises(SystemExit) as exc:
+        main(["train"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("Error: another process of this run ended during step 11")

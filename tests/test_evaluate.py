@@ -473,22 +473,36 @@ def test_birds_and_coco_captions_are_cut_at_the_original_evaluation_length(tmp_p
     assert resolve_data_config(None, "folder", tmp_path).words_num == DataConfig().words_num  # training's
 
 
-def test_a_full_disk_for_out_keeps_the_figures(pipe, tmp_path, capsys, monkeypatch):
-    """--out is written last: when it fails, the table is printed and the run's metric file has the line."""
-    import errno
-
-    import attngan.checkpoint as checkpoint_mod
-
+def _saved_run(pipe, tmp_path):
     run = tmp_path / "00000-tiny"
     pipe.save_pretrained(run / "model")
     (run / "config.json").write_text(json.dumps({"preset": to_dict(PRESETS["tiny"])}))
+    return run
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ev.json"))
 
-    monkeypatch.setattr(checkpoint_mod, "atomic_write_json", full)  # evaluate imports it when it runs
-    code, out, err = run_main(["evaluate", "--checkpoint", str(run), "--n-images", "8", "--metrics", "r_precision",
-                               "--device", "cpu", "--no-progress", "--out", str(tmp_path / "ev.json")], capsys)  # fmt: skip
-    assert code == 1 and "No space left on device" in err and "free some disk space" in err
-    assert "R-precision (%)" in out
-    assert len((run / "metric-r_precision.jsonl").read_text().splitlines()) == 1
+@pytest.mark.parametrize("failing", ["out", "run folder"])
+def test_one_output_that_cannot_be_written_loses_no_figure(pipe, tmp_path, capsys, monkeypatch, failing):
+    """The table is printed first; --out (a full disk) and the run's metric file (a read-only run folder)
+    are each written even when the other cannot be, and the error comes after."""
+    import errno
+
+    import attngan.checkpoint as checkpoint_mod
+    import attngan.metrics as metrics_mod
+
+    run, out = _saved_run(pipe, tmp_path), tmp_path / "ev.json"
+    problem = {"out": (errno.ENOSPC, "No space left on device"), "run folder": (errno.EROFS, "Read-only file system")}
+
+    def cannot_write(*args, **kwargs):
+        raise OSError(*problem[failing], "somewhere")
+
+    if failing == "out":
+        monkeypatch.setattr(checkpoint_mod, "atomic_write_json", cannot_write)  # evaluate imports it when it runs
+    else:
+        monkeypatch.setattr(metrics_mod, "report_metric", cannot_write)
+    code, stdout, err = run_main(["evaluate", "--checkpoint", str(run), "--n-images", "8", "--metrics", "r_precision",
+                                  "--device", "cpu", "--no-progress", "--out", str(out)], capsys)  # fmt: skip
+    assert code == 1 and problem[failing][1] in err and "R-precision (%)" in stdout
+    if failing == "out":
+        assert len((run / "metric-r_precision.jsonl").read_text().splitlines()) == 1
+    else:
+        assert json.loads(out.read_text())["metrics"]["r_precision"]["n"] == 8

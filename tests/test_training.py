@@ -1073,6 +1073,10 @@ def test_reshard_continues_a_checkpoint_of_another_number_of_processes(tmp_path)
 
     with pytest.raises(CheckpointError, match="written by 2 process.*add --reshard"):
         train_damsm(None, resume=first.run_dir, max_steps=3, val_set=False, progress=False, tensorboard=False)
+    from attngan.training.state import check_resume_config
+
+    with pytest.raises(CheckpointError, match="damsm_train.batch_size.*may change with --reshard"):
+        check_resume_config(preset, apply_overrides(preset, ["damsm_train.batch_size=4"]), "state.pt")
     seen = []  # the given batch size (8) differs from the checkpoint's (4): reshard allows that too
     result = train_damsm(
         preset, resume=first.run_dir, reshard=True, max_steps=3, val_set=False, progress=False, tensorboard=False,

@@ -100,13 +100,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+_HELD_LOCKS: set[int] = set()  # file descriptors of the FolderLocks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    # A forked child (a DataLoader worker) shares the parent's lock; if the parent is killed, the child
+    # would keep the folder locked until it exits too. The child closes its copies (the parent's stay).
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class FolderLock:
     """Exclusive use of a folder by one process: ``with FolderLock(folder, "run folder"):``.
 
     A second attngan process that wants to write into the same folder (a run resumed twice, two ``sample``
     commands with one ``--out``) is refused with a UserError instead of mixing its files with the first's.
     The lock is ``fcntl.flock`` on ``folder/.attngan.lock``: the system releases it when the process ends,
-    however it ends, so no stale lock is ever left. The file is removed on release, and the folder too if
+    however it ends, so no stale lock is ever left (forked children, such as DataLoader workers, drop their
+    copy at once). The file is removed on release, and the folder too if
     the lock created it and nothing else was written. Where ``fcntl`` is missing (Windows) it does nothing.
     """
 
@@ -141,17 +158,29 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        _HELD_LOCKS.add(fd)
         return self
 
     def is_empty(self) -> bool:
         """Whether the folder holds nothing but the lock file."""
         return all(p.name == self.NAME for p in self.folder.iterdir())
 
+    def remove_temporaries(self) -> list[str]:
+        """Remove the temporary files (``.*.tmp``, see :func:`temporary_file`) that a killed writer left in
+        the folder; safe only while this lock is held."""
+        removed = []
+        for tmp in sorted(self.folder.glob(".*.tmp")):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp.name)
+        return removed
+
     def __exit__(self, *exc: object) -> None:
         if self._fd is None:
             return
         with contextlib.suppress(OSError):
             (self.folder / self.NAME).unlink()
+        _HELD_LOCKS.discard(self._fd)
         os.close(self._fd)  # closing releases the lock
         self._fd = None
         if self._created:

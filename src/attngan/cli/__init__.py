@@ -144,10 +144,27 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(128 + seen[0])
 
 
+def _error_being_handled(exc: BaseException) -> UserError | None:
+    """The user error that was on its way out when ``exc`` (an interrupt) came, if any: torchrun stops the
+    other processes of a job with SIGTERM when one fails, and that signal can land while a process reports
+    its own error (another process ended): that error is the one to show."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, UserError):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
+
+
 def _dispatch(argv: list[str] | None, seen: list[int]) -> None:
     try:
         cli.main(args=argv, prog_name="attngan", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        pending = _error_being_handled(exc)
+        if pending is not None:
+            _fail(f"Error: {user_message(pending)}", 2)
         click.echo("Aborted.", err=True)
         sys.exit(128 + seen[0] if seen else 130)
     except click.ClickException as exc:
@@ -156,7 +173,10 @@ def _dispatch(argv: list[str] | None, seen: list[int]) -> None:
         _fail(f"Error: {user_message(exc)}", 2)
     except OSError as exc:  # the file system refused: a path the user chose, a full disk, a size limit
         _fail(f"Error: {_os_error_message(exc)}", 1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        pending = _error_being_handled(exc)
+        if pending is not None:
+            _fail(f"Error: {user_message(pending)}", 2)
         click.echo("Interrupted.", err=True)
         sys.exit(128 + seen[0] if seen else 130)
     except RuntimeError as exc:

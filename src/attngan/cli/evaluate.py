@@ -368,20 +368,30 @@ def evaluate(
     )
     model = str(checkpoint) if checkpoint is not None else str(original_generator)
     result = {"model": model, "data": dataclasses.asdict(data_config), **result}
-    # The figures are shown first, then recorded, then written to --out: a full disk must not lose them.
+    # The figures are shown first; then --out and the run's metric files are written, each even when the
+    # other cannot be (a full disk, a read-only run folder), and the first such error is reported after.
     click.echo(format_table(result))
+    not_written: list[BaseException] = []
+    if out is not None:
+        try:
+            atomic_write_json(out, result)
+            click.echo(f"wrote {out}")
+        except (OSError, UserError) as exc:
+            not_written.append(exc)
     if run_dir is not None:
         from ..metrics import report_metric
 
         # Each line names everything that made its figure: images, seed, CA noise, test data.
         context = {"images": result["protocol"], "n_images": n_images, "seed": seed, "ca_mean": ca_mean,
                    "data": result["data"]}  # fmt: skip
-        for res in result["metrics"].values():
-            if "skipped" not in res:
-                report_metric(res | context, run_dir, snapshot=str(resolve_model_dir(checkpoint).resolve()))
-    if out is not None:
-        atomic_write_json(out, result)
-        click.echo(f"wrote {out}")
+        try:
+            for res in result["metrics"].values():
+                if "skipped" not in res:
+                    report_metric(res | context, run_dir, snapshot=str(resolve_model_dir(checkpoint).resolve()))
+        except (OSError, UserError) as exc:
+            not_written.append(exc)
+    if not_written:
+        raise not_written[0]
     failed = [f"{name}: {res['skipped']}" for name, res in result["metrics"].items() if res.get("failed")]
     if failed:
         raise UserError("; ".join(failed) + " (the other figures are above" + (f" and in {out})" if out else ")"))

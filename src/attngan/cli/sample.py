@@ -268,6 +268,7 @@ def sample(
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} exists and is not a folder; choose another --out folder")
     with FolderLock(out_dir, "--out folder") as lock:  # another sample into the same folder is refused
+        lock.remove_temporaries()  # of a sample that was killed while writing
         if not lock.is_empty() and not overwrite:
             raise UserError(f"{out_dir} exists and is not empty; choose another --out folder or pass --overwrite")
         _draw_and_write(

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import FolderLock
 from ..checkpoint import atomic_write_bytes, atomic_write_json, load_component
 from ..config import PRESETS, GeneratorConfig, Preset
 from ..data.base import collate_batch
@@ -141,11 +142,21 @@ def run_demo(
     classifier: Any = None,  # attribute classifier to measure with; None: the cached one (trained if missing)
 ) -> dict[str, Any]:
     """Train a small DAMSM and AttnGAN on shapes within ``plan.total_seconds``; write figures and metrics."""
-    start = time.perf_counter()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty; choose a new folder for the demo")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; choose a new folder for the demo")
+    with FolderLock(out, "demo folder") as lock:  # a second demo into the same folder is refused
+        if not lock.is_empty():
+            raise UserError(f"{out} is not empty; choose a new folder for the demo")
+        return _run_demo(out, preset, plan, seed=seed, device=device, progress=progress, num_eval=num_eval,
+                         num_shown=num_shown, classifier=classifier)  # fmt: skip
+
+
+def _run_demo(
+    out: Path, preset: Preset | None, plan: DemoPlan | None, *, seed: int, device: Any, progress: bool, num_eval: int,
+    num_shown: int, classifier: Any,
+) -> dict[str, Any]:  # fmt: skip
+    start = time.perf_counter()
     preset = demo_preset(seed) if preset is None else preset
     plan = DemoPlan.from_minutes(10) if plan is None else plan
     if preset.data.dataset != "shapes":

@@ -334,7 +334,12 @@ def check_resume_config(saved: Preset, given: Preset, source: str, reshard: bool
         raise CheckpointError(
             f"{source} was trained with another configuration; it differs in: "
             + "; ".join(f"{d.split(': ', 1)[0]} (checkpoint {_values(d)})" for d in fatal)
-            + ". Resume without changing these settings (drop --preset/--set/--config), or start a new run."
+            + ". Resume without changing these settings (drop --preset/--set/--config), or start a new run"
+            + (
+                "; a per-process batch size may change with --reshard (not an exact continuation)."
+                if any(d.startswith(("damsm_train.batch_size:", "gan_train.batch_size:")) for d in fatal)
+                else "."
+            )
         )
     for d in diffs:
         log.info("resuming with a changed setting: %s (checkpoint -> now)", d)
