@@ -305,3 +305,18 @@ def test_an_exception_after_ctrl_c_is_reported_as_the_interruption(capsys, monke
     code, _, err = run_main(["evaluate"], capsys)
     assert code == 130 and err.strip() == "Interrupted."
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_exact_and_truncated_pixels_give_the_original_codes_png_values(model_dir, tmp_path, viz):
+    """--exact draws with the generator as trained (not the inference copy), --truncate-pixels makes 8-bit
+    pixels as the original's ((x + 1) * 127.5).astype(uint8): the PNGs are exactly those values."""
+    out = tmp_path / "out"
+    main(["sample", "--checkpoint", str(model_dir), "--out", str(out), "--no-attention", "--seed", "3", "--exact",
+          "--truncate-pixels", SENTENCES[0]])  # fmt: skip
+    plain = AttnGANPipeline.from_pretrained(model_dir, fast=False)(SENTENCES[0], seed=3, return_attention=False)
+    for s, x in enumerate(plain.stage_tensors[0]):
+        expected = ((x.permute(1, 2, 0).numpy() + 1.0) * 127.5).astype(np.uint8)
+        assert np.array_equal(np.asarray(Image.open(out / f"000_0_stage{s}.png")), expected)
+    rounded = np.asarray(plain.images[0][-1])  # the default rounds: never darker, at most one level brighter
+    diff = rounded.astype(int) - expected.astype(int)
+    assert diff.min() >= 0 and diff.max() == 1

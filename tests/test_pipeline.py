@@ -57,26 +57,42 @@ def test_images_do_not_depend_on_batch_size_or_neighbours(pipe):
 
 def test_legacy_mask_bug_draws_the_original_batches(pipe):
     """With the bug, an image depends on its batch: the pipeline must form the original's (gen_example)
-    batch, every sentence sorted longest first, whatever the prompt order and batch_size."""
-    prompts = ["a yellow triangle", PROMPTS[1], "red", PROMPTS[0]]  # 3, 9, 1, 8 words
+    batch, every sentence in main.py's order np.argsort(cap_lens)[::-1] (equal lengths reversed), whatever
+    the prompt order and batch_size, and draw the noise as gen_example does: per batch, z of the batch, then
+    its CA noise, from one stream seeded once (torch.manual_seed(seed) in main.py)."""
+    prompts = ["a yellow triangle", PROMPTS[1], "red", PROMPTS[0], "a blue circle"]  # 3, 9, 1, 8, 3 words
     m = 2
     out = pipe(prompts, num_images_per_prompt=m, seed=20, batch_size=1, legacy_mask_bug=True, return_attention=False)
-    _, z, eps = pipe._noise(len(prompts) * m, 20, None)
-    order = [1, 3, 0, 2]
+    assert out.seeds == [20] * len(prompts) * m
+    order = [1, 3, 4, 0, 2]  # the two 3-word captions in reverse order, as numpy's argsort reversed gives
+    assert [int(i) for i in np.argsort(np.array([3, 9, 1, 8, 3]))[::-1]] == order
     encoded = pipe.encode_prompts([prompts[i] for i in order])
     captions, lengths, mask = pipe._batch(encoded)
+    cfg = pipe.generator.config
+    torch.manual_seed(20)  # as main.py
     with torch.no_grad():
         pipe.generator.eval()
         pipe.text_encoder.eval()
         words, sentence = pipe.text_encoder(captions, lengths)
         for j in range(m):
-            ks = [i * m + j for i in order]
-            expected = pipe.generator(z[ks], sentence, words, mask, ca_noise=eps[ks], legacy_mask_bug=True)
-            for row, k in enumerate(ks):
+            z = torch.empty(len(order), cfg.z_dim).normal_(0, 1)  # gen_example: noise.data.normal_(0, 1)
+            eps = torch.empty(len(order), cfg.condition_dim).normal_()  # CA_NET.reparametrize, inside netG
+            expected = pipe.generator(z, sentence, words, mask, ca_noise=eps, legacy_mask_bug=True)
+            for row, i in enumerate(order):
+                k = i * m + j
                 torch.testing.assert_close(out.stage_tensors[k][-1], expected.images[-1][row], atol=1e-5, rtol=0)
-    # The bug matters here: the same images in file order differ.
-    alone = pipe(prompts[2], seed=20 + 2 * m, return_attention=False, legacy_mask_bug=True)
-    assert (alone.stage_tensors[0][-1] - out.stage_tensors[2 * m][-1]).abs().max() > 1e-3
+    # Under the bug the place of a caption matters, equal lengths included: with the same noise per caption,
+    # input order for the two 3-word captions (a stable sort) gives other images.
+    stable = [1, 3, 0, 4, 2]
+    encoded = pipe.encode_prompts([prompts[i] for i in stable])
+    captions, lengths, mask = pipe._batch(encoded)
+    torch.manual_seed(20)
+    with torch.no_grad():
+        words, sentence = pipe.text_encoder(captions, lengths)
+        z, eps = torch.empty(5, cfg.z_dim).normal_(0, 1), torch.empty(5, cfg.condition_dim).normal_()
+        same = [order.index(i) for i in stable]  # each caption's noise row in the original order
+        other = pipe.generator(z[same], sentence, words, mask, ca_noise=eps[same], legacy_mask_bug=True)
+    assert (other.images[-1][2] - out.stage_tensors[0 * m][-1]).abs().max() > 1e-3  # "a yellow triangle"
 
 
 def test_expected_slice(pipe):

@@ -40,23 +40,30 @@ re-implementation of the original forward pass). To get the original's numbers:
    Word ids must come from the same ``captions.pickle`` (``Vocabulary.from_original``).
 3. **Same noise.** The original draws ``z ~ N(0, 1)`` (``noise.normal_``) and then, inside ``CA_NET``,
    ``eps ~ N(0, 1)`` of shape (B, condition_dim), *even in eval mode* (issue #29). Pass both
-   explicitly: ``G(z, sentence, words, mask, ca_noise=eps)``. The original drew them on the GPU with
-   ``torch.manual_seed(100)`` via the CUDA generator, so bit-identical noise means drawing the same
-   tensors (e.g. dumping them from the original run); with ``ca_noise=None`` the eps comes from
-   ``generator`` after z, in the original's order, but from the CPU generator.
-   ``ca_mean=True`` (c = mu) is *not* what the original did.
+   explicitly: ``G(z, sentence, words, mask, ca_noise=eps)``. ``AttnGANPipeline(...,
+   legacy_mask_bug=True, seed=S)`` (``attngan sample --legacy-mask-bug --seed S``) draws them in the
+   original's order: per batch, z of all its captions, then their eps, from one stream seeded once with
+   S on the pipeline's device. The original ran ``gen_example`` on a GPU (``torch.manual_seed`` and the
+   CUDA generator), so its noise is met on a CUDA device; on a CPU it is that of the original run on a
+   CPU. ``ca_mean=True`` (c = mu) is *not* what the original did.
 4. **The attention-mask bug.** The original tiled the (B, T) mask with ``mask.repeat(Q, 1)`` over
    rows ordered ``b*Q + q``, so pixel q of sample b used the mask of sample ``(b*Q + q) % B``
    (section 2.6, issue #93). Pass ``legacy_mask_bug=True`` to reproduce it; it only matters when a
    batch holds captions of unequal lengths (batch 1 or equal lengths are unaffected). Its effect
    depends on the whole batch and its order, so use the original's batch: ``gen_example`` put every
-   sentence of one example file into one batch, sorted by length, longest first
-   (``AttnGANPipeline(..., legacy_mask_bug=True)`` forms exactly these batches).
+   sentence of one example file into one batch in the order ``np.argsort(cap_lens)[::-1]`` (longest
+   first, captions of equal length in reverse file order), and ``AttnGANPipeline(...,
+   legacy_mask_bug=True)`` forms exactly these batches.
 5. **DAMSM image encoder.** The original resized 256 -> 299 with ``nn.Upsample(mode='bilinear')``,
    which under PyTorch 0.3 meant ``align_corners=True``; ``ImageEncoder`` does exactly that (R-precision
    and the DAMSM loss depend on it). Use the released ``image_encoder*.pth``: its Inception BatchNorm
    statistics were changed by DAMSM training and differ from torchvision's ImageNet weights.
 6. **Discriminators** return raw logits; the original returned ``sigmoid(logits)``.
+7. **Float and 8-bit output.** The pipeline draws with an inference copy of G (folded BatchNorm, fused
+   upsampling) that differs by float rounding (about 1e-6); ``fast=False`` (``attngan sample --exact``)
+   runs the same operations as the original. The original made 8-bit pixels by truncation,
+   ``((x + 1) * 127.5).astype(uint8)``; the package rounds unless ``viz.to_pil(x,
+   original_truncation=True)`` (``attngan sample --truncate-pixels``).
 7. **PNG files.** The original wrote ``((x + 1) * 127.5).astype(uint8)``: truncation, no rounding, no
    clamp.
 """

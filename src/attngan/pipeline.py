@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .atomic import make_staging_dir
@@ -424,6 +425,21 @@ class AttnGANPipeline:
             eps.append(torch.randn(cfg.condition_dim, generator=g, device=g.device).cpu())  # (c,)
         return seeds, torch.stack(z), torch.stack(eps)
 
+    def _batch_noise(self, batches: list[list[int]], seed: int) -> tuple[list[int | None], torch.Tensor, torch.Tensor]:
+        """The original gen_example's noise: per batch, z of all its images, then their CA noise (drawn
+        inside G), from one stream on the pipeline's device seeded once (main.py's torch.manual_seed)."""
+        cfg = self.generator.config
+        try:
+            g = torch.Generator(device=self.device).manual_seed(seed)
+        except RuntimeError:  # a device without its own generators
+            g = torch.Generator().manual_seed(seed)
+        n = sum(len(ks) for ks in batches)
+        z_all, eps_all = torch.empty(n, cfg.z_dim), torch.empty(n, cfg.condition_dim)
+        for ks in batches:
+            z_all[ks] = torch.randn(len(ks), cfg.z_dim, generator=g, device=g.device).cpu()
+            eps_all[ks] = torch.randn(len(ks), cfg.condition_dim, generator=g, device=g.device).cpu()
+        return [seed] * n, z_all, eps_all
+
     # ------------------------------------------------------------------------------------------ sampling
     @torch.inference_mode()
     def __call__(
@@ -445,7 +461,11 @@ class AttnGANPipeline:
         Image ``k`` does not depend on ``batch_size`` or on the other prompts, except with
         ``legacy_mask_bug=True``: the bug lets a sample read the masks of the others in its batch, so then
         the batches are the original's (``gen_example``): image ``j`` of every prompt in one batch, sorted by
-        caption length, longest first, whatever ``batch_size``.
+        caption length, longest first, whatever ``batch_size``, in the order of its
+        ``np.argsort(cap_lens)[::-1]`` (equal lengths in reverse order). With one ``seed`` (or none) the
+        noise is then drawn as ``gen_example`` draws it: per batch, z of all its images, then their CA
+        noise, from one stream on the pipeline's device seeded once with ``seed``; every image reports
+        that seed.
         """
         prompts = _prompt_list(prompts)
         if not prompts:
@@ -457,17 +477,20 @@ class AttnGANPipeline:
         n = len(per_image)
         seeds, z_all, eps_all = self._noise(n, seed, generator)
 
-        out = AttnGANOutput(seeds=seeds)
         device, dtype = self.device, self.dtype
         if legacy_mask_bug:
             # The bug mixes the masks of a batch, so reproduce the original's batches (gen_example): image j
-            # of every sentence in one batch, sorted by length, longest first. (The order of equal lengths
-            # does not matter: their masks are the same.)
-            order = sorted(range(len(encoded)), key=lambda i: encoded[i].length, reverse=True)
+            # of every sentence in one batch, in the original's order (main.py: np.argsort(cap_lens)[::-1]).
+            # Where a caption sits matters under the bug, equal lengths included: sample b reads the masks
+            # of the rows (b * Q + q) % B.
+            order = [int(i) for i in np.argsort(np.array([e.length for e in encoded]))[::-1]]
             m = num_images_per_prompt
             batches: Any = [[i * m + j for i in order] for j in range(m)]
+            if generator is None and not (isinstance(seed, Sequence) or hasattr(seed, "tolist")):
+                seeds, z_all, eps_all = self._batch_noise(batches, seeds[0])
         else:
             batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+        out = AttnGANOutput(seeds=seeds)
         if progress:
             from tqdm.auto import tqdm
 
