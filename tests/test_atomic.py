@@ -110,3 +110,26 @@ def test_stale_temporary_files_are_removed_under_the_lock(tmp_path):
     with FolderLock(tmp_path) as lock:
         assert lock.remove_temporaries() == [".000_0_stage0.png.ab12.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]
+
+
+def test_writing_through_a_link_replaces_its_target_and_a_device_is_refused(tmp_path):
+    """evaluate --out link.json --overwrite replaced the link by a file, and --out /dev/full (as root) the
+    device by a file: the rename puts a file wherever the path points."""
+    from attngan.atomic import check_writable
+    from attngan.errors import UserError
+
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "target.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and target.read_text() == "new"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path / "real"):
+        with pytest.raises(UserError, match="exists and is not a regular file"):
+            check_writable(path)
+        with pytest.raises(UserError, match="exists and is not a regular file"):
+            atomic_write_bytes(path, b"x")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)

@@ -381,3 +381,52 @@ def test_a_signal_while_an_error_is_reported_keeps_the_error(capsys, monkeypatch
         main(["train"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("Error: another process of this run ended during step 11")
+
+
+def test_a_second_signal_while_training_reports_its_stop_keeps_that_message(capsys, monkeypatch):
+    import signal
+
+    import attngan.cli as cli_mod
+    from attngan.cli import main
+    from attngan.training import TrainingInterrupted
+
+    def stopping(*args, **kwargs):
+        try:
+            raise TrainingInterrupted("AttnGAN training interrupted: saved the state of step 157 to X; continue with: "
+                                      "attngan train --resume R", None, None, 157, signum=signal.SIGTERM)  # fmt: skip
+        finally:
+            raise KeyboardInterrupt  # the second signal, while the first one's message is on its way
+
+    monkeypatch.setattr(cli_mod.cli, "main", stopping)
+    with pytest.raises(SystemExit) as exc:
+        main(["train"])
+    assert exc.value.code == 143 and "saved the state of step 157" in capsys.readouterr().err
+
+
+def test_training_stopped_by_sigterm_exits_143():
+    import signal
+
+    from attngan.cli.train import _run
+    from attngan.training import TrainingInterrupted
+
+    def stopped():
+        raise TrainingInterrupted("interrupted", None, None, 3, signum=signal.SIGTERM)
+
+    with pytest.raises(SystemExit) as exc:
+        _run(stopped, tune_malloc=False)
+    assert exc.value.code == 143
+
+
+def test_dry_run_of_a_resume_refuses_what_the_run_would(tmp_path, capsys):
+    from attngan.cli import main
+    from attngan.config import PRESETS, apply_overrides
+    from attngan.training import train_damsm
+
+    run = train_damsm(apply_overrides(PRESETS["tiny"], ["data.num_images=32"]), runs_dir=tmp_path, max_steps=2,
+                      val_set=False, progress=False, tensorboard=False).run_dir  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain-damsm", "--resume", str(run), "--set", "damsm_train.words_num=7", "--dry-run"])
+    assert exc.value.code == 2 and "differs in: damsm_train.words_num" in capsys.readouterr().err
+    main(["pretrain-damsm", "--resume", str(run), "--set", "damsm_train.max_steps=9", "--dry-run"])
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["reshard"] is False and shown["preset"]["damsm_train"]["max_steps"] == 9

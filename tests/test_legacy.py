@@ -633,7 +633,7 @@ def test_a_file_of_the_wrong_kind_is_named_as_such(tmp_path):
             load_captions_pickle(path)
     yml = tmp_path / "eval_bird.yml"  # another file of the release given by mistake
     yml.write_text("CONFIG_NAME: 'attn2'\nDATASET_NAME: 'birds'\n")
-    with pytest.raises(DataError, match=r"it is not a pickle \(it starts with b'CONFIG_NAME"):
+    with pytest.raises(DataError, match=r"eval_bird.yml is not a pickle \(it starts with b'CONFIG_NAME"):
         load_captions_pickle(yml)
     truncated = tmp_path / "truncated.pickle"
     truncated.write_bytes(captions.read_bytes()[:-3])

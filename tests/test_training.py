@@ -1051,6 +1051,7 @@ def test_peer_failure_is_recognised_only_for_collectives_of_a_distributed_run(tm
     failed = peer_failure(gloo, 9, tmp_path / "state-00000008.pt", "train", tmp_path, 2)
     assert isinstance(failed, PeerProcessError) and "during step 10" in str(failed)
     assert "state-00000008.pt is intact" in str(failed) and "torchrun --nproc_per_node=2" in str(failed)
+    assert "(this one saw: Read error [127.0.0.1]:16539: Connection reset by peer)" in str(failed)  # no source path
     assert peer_failure(gloo, 9, None, "train", tmp_path, 1) is None  # one process: not a peer's failure
     assert peer_failure(RuntimeError("CUDA out of memory"), 9, None, "train", tmp_path, 2) is None
 

@@ -18,7 +18,7 @@ from .errors import DiskFullError, UserError
 
 __all__ = [
     "umask", "check_writable", "atomic_write", "atomic_write_bytes", "atomic_write_text", "temporary_file",
-    "make_staging_dir", "FolderLock",
+    "make_staging_dir", "FolderLock", "writable_target",
 ]  # fmt: skip
 
 
@@ -43,9 +43,25 @@ def temporary_file(path: Path, suffix: str = ".tmp") -> str:
     return tmp
 
 
+def writable_target(path: str | os.PathLike) -> Path:
+    """The file that writing ``path`` replaces: a symbolic link's target (the link stays a link); a path
+    that exists but is not a regular file (a device such as /dev/null, a folder, a pipe) is refused, since
+    the rename would put a file in its place."""
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        raise UserError(
+            f"{path} exists and is not a regular file (a device, a folder, a pipe): writing it would put a file "
+            "in its place; choose another path"
+        )
+    return path
+
+
 def check_writable(path: Path) -> None:
     """Raise the OSError that writing ``path`` would raise (its folder is created), before long work."""
     try:
+        path = writable_target(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         os.unlink(temporary_file(path))
     except OSError as exc:
@@ -69,7 +85,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     Raises :class:`~attngan.errors.DiskFullError` when the disk fills up; any other error propagates.
     In every case the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
+    path = writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_file(path)
     try:

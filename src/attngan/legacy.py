@@ -52,7 +52,8 @@ re-implementation of the original forward pass). To get the original's numbers:
    batch holds captions of unequal lengths (batch 1 or equal lengths are unaffected). Its effect
    depends on the whole batch and its order, so use the original's batch: ``gen_example`` put every
    sentence of one example file into one batch in the order ``np.argsort(cap_lens)[::-1]`` (longest
-   first, captions of equal length in reverse file order), and ``AttnGANPipeline(...,
+   first; with the numpy of its time, which sorted up to 16 items stably, captions of equal length in
+   reverse file order; larger files or today's SIMD sorts may order ties otherwise), and ``AttnGANPipeline(...,
    legacy_mask_bug=True)`` forms exactly these batches.
 5. **DAMSM image encoder.** The original resized 256 -> 299 with ``nn.Upsample(mode='bilinear')``,
    which under PyTorch 0.3 meant ``align_corners=True``; ``ImageEncoder`` does exactly that (R-precision

@@ -462,7 +462,7 @@ class AttnGANPipeline:
         ``legacy_mask_bug=True``: the bug lets a sample read the masks of the others in its batch, so then
         the batches are the original's (``gen_example``): image ``j`` of every prompt in one batch, sorted by
         caption length, longest first, whatever ``batch_size``, in the order of its
-        ``np.argsort(cap_lens)[::-1]`` (equal lengths in reverse order). With one ``seed`` (or none) the
+        ``np.argsort(cap_lens)[::-1]`` with the numpy of its time (equal lengths in reverse order). With one ``seed`` (or none) the
         noise is then drawn as ``gen_example`` draws it: per batch, z of all its images, then their CA
         noise, from one stream on the pipeline's device seeded once with ``seed``; every image reports
         that seed.
@@ -482,8 +482,9 @@ class AttnGANPipeline:
             # The bug mixes the masks of a batch, so reproduce the original's batches (gen_example): image j
             # of every sentence in one batch, in the original's order (main.py: np.argsort(cap_lens)[::-1]).
             # Where a caption sits matters under the bug, equal lengths included: sample b reads the masks
-            # of the rows (b * Q + q) % B.
-            order = [int(i) for i in np.argsort(np.array([e.length for e in encoded]))[::-1]]
+            # of the rows (b * Q + q) % B. The numpy of 2018 sorted up to 16 items by insertion, which is
+            # stable (equal lengths end up in reverse order); today's numpy uses SIMD sorts that are not.
+            order = [int(i) for i in np.argsort(np.array([e.length for e in encoded]), kind="stable")[::-1]]
             m = num_images_per_prompt
             batches: Any = [[i * m + j for i in order] for j in range(m)]
             if generator is None and not (isinstance(seed, Sequence) or hasattr(seed, "tolist")):

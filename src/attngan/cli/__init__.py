@@ -144,27 +144,42 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(128 + seen[0])
 
 
-def _error_being_handled(exc: BaseException) -> UserError | None:
-    """The user error that was on its way out when ``exc`` (an interrupt) came, if any: torchrun stops the
-    other processes of a job with SIGTERM when one fails, and that signal can land while a process reports
-    its own error (another process ended): that error is the one to show."""
+def _error_being_handled(exc: BaseException) -> BaseException | None:
+    """The user error or training interruption that was on its way out when ``exc`` (an interrupt) came,
+    if any: torchrun stops the other processes of a job with SIGTERM when one fails, and that signal can land
+    while a process reports its own error (another process ended); a second Ctrl-C can land while training
+    reports the first. That message is the one to show."""
+    from ..training.common import TrainingInterrupted
+
     seen: set[int] = set()
-    link: BaseException | None = exc
+    link: BaseException | None = exc.__cause__ or exc.__context__
     while link is not None and id(link) not in seen:
-        if isinstance(link, UserError):
+        if isinstance(link, (UserError, TrainingInterrupted)):
             return link
         seen.add(id(link))
         link = link.__cause__ or link.__context__
     return None
 
 
+def _report_pending(exc: BaseException, seen: list[int]) -> None:
+    """Show the message that an interrupt cut short (see :func:`_error_being_handled`) and exit, if any."""
+    pending = _error_being_handled(exc)
+    if isinstance(pending, UserError):
+        _fail(f"Error: {user_message(pending)}", 2)
+    if pending is not None:
+        click.echo(str(pending), err=True)
+        sys.exit(128 + (getattr(pending, "signum", None) or (seen[0] if seen else signal.SIGINT)))
+
+
 def _dispatch(argv: list[str] | None, seen: list[int]) -> None:
     try:
         cli.main(args=argv, prog_name="attngan", standalone_mode=False)
+    except SystemExit as exc:  # a command's own "interrupted" exit: 128 + the signal that came
+        if exc.code == 130 and seen:
+            sys.exit(128 + seen[0])
+        raise
     except click.exceptions.Abort as exc:
-        pending = _error_being_handled(exc)
-        if pending is not None:
-            _fail(f"Error: {user_message(pending)}", 2)
+        _report_pending(exc, seen)
         click.echo("Aborted.", err=True)
         sys.exit(128 + seen[0] if seen else 130)
     except click.ClickException as exc:
@@ -174,9 +189,7 @@ def _dispatch(argv: list[str] | None, seen: list[int]) -> None:
     except OSError as exc:  # the file system refused: a path the user chose, a full disk, a size limit
         _fail(f"Error: {_os_error_message(exc)}", 1)
     except KeyboardInterrupt as exc:
-        pending = _error_being_handled(exc)
-        if pending is not None:
-            _fail(f"Error: {user_message(pending)}", 2)
+        _report_pending(exc, seen)
         click.echo("Interrupted.", err=True)
         sys.exit(128 + seen[0] if seen else 130)
     except RuntimeError as exc:

@@ -267,7 +267,8 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
     "--words-num",
     type=click.IntRange(1, 1000),
     default=None,
-    help="Longest test caption in words; longer ones lose random words, as in the original. "
+    help="Longest test caption in words; longer ones are cut as in training (birds, coco: random words "
+    "dropped, as the original; other data: the first words kept). "
     "Default: 25 for birds and 20 for coco (the original's evaluation settings), else the training setting.",
 )
 @click.option("--ca-mean", is_flag=True, help="Condition on the CA mean (no CA noise); the paper samples it.")

@@ -7,7 +7,9 @@ They parse and validate options, build the resolved preset (``--preset``, then `
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import click
 
 from ..config import PRESETS, Preset, apply_overrides, check_preset, to_dict
 from ..errors import UserError, user_message
+from ..text import Vocabulary
 from .options import DEVICE, PathType, UserFailure, is_main_process, setup_logging
 
 _PATH = PathType(path_type=Path)
@@ -87,6 +90,27 @@ def _base_preset(name: str | None, resume: Path | None, kind: str, dataset: str 
     if dataset in ("birds", "coco") and base.data.dataset != dataset:
         base = apply_overrides(base, {"data.captions_per_image": PRESETS[dataset].data.captions_per_image})
     return base
+
+
+def _check_resume(resume: Path | None, resolved: Preset, kind: str, reshard: bool, settings: bool) -> None:
+    """For --dry-run: refuse now what the run would refuse when it starts (another process count without
+    --reshard; with ``settings``, a changed setting that a resumed run may not change; with an explicit
+    --preset the run first fills settings in from its encoders, so that check is left to the run)."""
+    if resume is None:
+        return
+    from ..training.common import resolve_vocab_size
+    from ..training.state import check_resumable, check_resume_config, load_state, preset_from_state
+
+    try:
+        state = load_state(resume, kind)
+        check_resumable(state, int(os.environ.get("WORLD_SIZE", "1") or 1), reshard)
+        if not settings:
+            return
+        saved = preset_from_state(state)
+        given = resolve_vocab_size(resolved, Vocabulary(state["vocab"])) if resolved.text_encoder.vocab_size == 0 else resolved
+        check_resume_config(saved, given, state["path"], reshard)
+    except UserError as exc:
+        raise UserFailure(user_message(exc)) from None
 
 
 def _example_caption(run_dir: Path) -> str:
@@ -179,8 +203,8 @@ def _run(call: Callable[[], Any], tune_malloc: bool) -> Any:
         tune_cpu_allocator()
     try:
         return call()
-    except TrainingInterrupted:  # the loop has logged where the state is and how to continue
-        raise SystemExit(130) from None
+    except TrainingInterrupted as exc:  # the loop has logged where the state is and how to continue
+        raise SystemExit(128 + (exc.signum or signal.SIGINT)) from None
     except UserError as exc:
         raise UserFailure(user_message(exc)) from None
 
@@ -215,7 +239,9 @@ def pretrain_damsm(
     extra = {"data.dataset": dataset, "data.data_dir": str(data_dir.resolve()) if data_dir else None, "damsm_train.max_steps": max_steps}
     resolved = resolve_preset(base, config_file, sets, extra)
     if dry_run:
-        _print_config(resolved, command="pretrain-damsm", resume=resume, device=device, runs_dir=runs_dir)
+        _check_resume(resume, resolved, "damsm", reshard, settings=preset is None)
+        _print_config(resolved, command="pretrain-damsm", resume=resume, reshard=reshard, device=device,
+                      runs_dir=runs_dir)  # fmt: skip
         return
     from ..training import train_damsm
 
@@ -292,8 +318,10 @@ def train(
     extra = {"data.dataset": dataset, "data.data_dir": str(data_dir.resolve()) if data_dir else None, "gan_train.max_steps": max_steps}
     resolved = resolve_preset(base, config_file, sets, extra)
     if dry_run:
-        _print_config(resolved, command="train", resume=resume, device=device, runs_dir=runs_dir, damsm=damsm,
-                      original_text_encoder=original_text_encoder, original_image_encoder=original_image_encoder)  # fmt: skip
+        _check_resume(resume, resolved, "gan", reshard, settings=preset is None)
+        _print_config(resolved, command="train", resume=resume, reshard=reshard, device=device, runs_dir=runs_dir,
+                      damsm=damsm, original_text_encoder=original_text_encoder,
+                      original_image_encoder=original_image_encoder)  # fmt: skip
         return
     from ..training import train_gan
 

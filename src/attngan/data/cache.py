@@ -135,7 +135,8 @@ class ImageCache:
             cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DataError(
-                f"cannot create the image cache folder {cache_dir} ({exc}); pass another cache_dir"
+                f"cannot create the image cache folder {cache_dir} ({exc}); set ATTNGAN_CACHE to a folder you may write "
+                "to (or pass cache_dir= in Python)"
             ) from exc
         stem = f"{name}-{split}-{int(size)}"
         data_path, index_path = cache_dir / f"{stem}.u8", cache_dir / f"{stem}.json"

@@ -155,7 +155,9 @@ def safe_load_pickle(path: str | os.PathLike) -> Any:
             what = "it is JSON text (a vocab.json?), not a pickle: pass the .pickle file here"
         elif not data.startswith((b"\x80", b"(", b"]", b"}", b"c", b"I", b"N", b"S", b"V")):
             # Every pickle starts with a protocol mark (2+) or a protocol-0 opcode; text or another format not.
-            what = f"it is not a pickle (it starts with {data[:12]!r}): pass the dataset's .pickle file here"
+            raise DataError(
+                f"{path} is not a pickle (it starts with {data[:12]!r}): pass the dataset's .pickle file here"
+            ) from exc
         else:
             what = "the file is truncated or corrupt: download it again"
         raise DataError(f"{path} is not a readable pickle ({type(exc).__name__}: {exc}); {what}") from exc

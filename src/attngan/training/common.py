@@ -6,6 +6,7 @@ import errno
 import hashlib
 import logging
 import math
+import re
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -83,9 +84,12 @@ class NonFiniteLossError(UserError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped training; ``checkpoint`` is where it can continue from (``str(exc)`` says how)."""
 
-    def __init__(self, message: str, checkpoint: Path | None, run_dir: Path | None, step: int) -> None:
+    def __init__(
+        self, message: str, checkpoint: Path | None, run_dir: Path | None, step: int, signum: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message, self.checkpoint, self.run_dir, self.step = message, checkpoint, run_dir, step
+        self.signum = signum  # the signal that stopped training (SIGINT, SIGTERM), where known
 
     def __str__(self) -> str:
         return self.message
@@ -160,9 +164,12 @@ def peer_failure(
         return None
     checkpoint = (latest_checkpoint(run_dir) if run_dir is not None else None) or checkpoint
     first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    first_line = re.sub(r"^\[[^\]]*\]\s*", "", first_line)  # gloo's "[.../pair.cc:561] " source position
+    if len(first_line) > 120:
+        first_line = first_line[:120].rsplit(" ", 1)[0] + " ..."
     kept = f"the last checkpoint {checkpoint} is intact; " if checkpoint else "no checkpoint was written yet; "
     return PeerProcessError(
-        f"another process of this run ended during step {step + 1} (this one saw: {first_line[:200]}); {kept}"
+        f"another process of this run ended during step {step + 1} (this one saw: {first_line}); {kept}"
         "look for its own error above, then "
         + (resume_hint(command, run_dir, world_size) if checkpoint else "start again")
     )

@@ -208,6 +208,11 @@ def train_damsm(
         source = backbone_weights if isinstance(backbone_weights, (str, os.PathLike)) else "the given state dict"
         raise CheckpointError(f"{source}: {exc}") from exc
     image_encoder.backbone_batch_stats = cfg.backbone_batch_stats
+    if cfg.backbone_batch_stats and not image_encoder.frozen_backbone:
+        log.warning(
+            "damsm_train.backbone_batch_stats changes nothing here: it is for a frozen Inception backbone, and "
+            "this image encoder's backbone trains (with batch statistics) anyway"
+        )
     objective = DAMSMObjective(text_encoder, image_encoder, preset.damsm_loss)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
@@ -221,7 +226,6 @@ def train_damsm(
         image_encoder.load_state_dict(state["models"]["image_encoder"])
         optimizer.load_state_dict(state["optimizers"]["damsm"])
         step, epoch, batch_in_epoch = restore_position(state, dist_info.rank, dist_info.world_size, cfg.seed, cfg.batch_size)
-        log.info("resuming DAMSM training from %s (step %d, epoch %d)", state["path"], step, epoch)
     if cfg.fast_kernels and image_encoder.frozen_backbone and not cfg.backbone_batch_stats:
         objective.image_encoder = _folded_encoder(image_encoder)  # eval-mode BatchNorm only
     trained: nn.Module = objective
@@ -234,6 +238,8 @@ def train_damsm(
             if run_dir is None:
                 run_dir = make_run_dir(runs_dir, f"{preset.data.dataset}-damsm")
             run_dir = folder.take(run_dir, resumed=state is not None)  # locked: one process per run folder
+            if state is not None:
+                log.info("resuming DAMSM training from %s (step %d, epoch %d)", state["path"], step, epoch)
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             if state is not None:
                 truncate_stats(run_dir, step)
@@ -303,6 +309,7 @@ def train_damsm(
     workers = loader_workers(preset.data.workers, dev, dist_info.world_size, batch_bytes)
     batches = None  # the current epoch's batches: closed (its workers shut down) however training ends
     tuner = ThreadTuner(enabled=adapt_threads and dev.type == "cpu" and dist_info.world_size == 1)
+    guard: InterruptGuard | None = None  # bound by the with below; read when an interrupt ends training
     try:
         with InterruptGuard() as guard:
             objective.train()
@@ -394,6 +401,7 @@ def train_damsm(
             distributed=dist_info.distributed, snapshot=snapshot, last_checkpoint=last_checkpoint, run_dir=run_dir,
             world_size=dist_info.world_size,
         )  # fmt: skip
+        stopped.signum = guard.signum if guard is not None else None
         if main:
             log.warning(stopped.message)
         raise stopped from None

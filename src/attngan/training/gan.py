@@ -410,7 +410,6 @@ def train_gan(
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = restore_position(state, dist_info.rank, dist_info.world_size, cfg.seed, cfg.batch_size)
-        log.info("resuming GAN training from %s (step %d, epoch %d)", state["path"], step, epoch)
 
     # Wrap for distributed training (one forward per backward: G itself, and the Eq. 5 objective per D).
     g_forward: nn.Module = generator
@@ -452,6 +451,8 @@ def train_gan(
             if run_dir is None:
                 run_dir = make_run_dir(runs_dir, f"{preset.data.dataset}-attngan")
             run_dir = folder.take(run_dir, resumed=state is not None)  # locked: one process per run folder
+            if state is not None:
+                log.info("resuming GAN training from %s (step %d, epoch %d)", state["path"], step, epoch)
             for sub in ("checkpoints", "samples"):
                 (run_dir / sub).mkdir(parents=True, exist_ok=True)
             if state is not None:
@@ -547,6 +548,7 @@ def train_gan(
     workers = loader_workers(preset.data.workers, dev, dist_info.world_size, batch_bytes)
     batches = None  # the current epoch's batches: closed (its workers shut down) however training ends
     tuner = ThreadTuner(enabled=adapt_threads and dev.type == "cpu" and dist_info.world_size == 1)
+    guard: InterruptGuard | None = None  # bound by the with below; read when an interrupt ends training
     try:
         with InterruptGuard() as guard, cudnn_autotuner(dev.type == "cuda" and cfg.fast_kernels):
             generator.train()
@@ -638,6 +640,7 @@ def train_gan(
             distributed=dist_info.distributed, snapshot=snapshot, last_checkpoint=last_checkpoint, run_dir=run_dir,
             world_size=dist_info.world_size,
         )  # fmt: skip
+        stopped.signum = guard.signum if guard is not None else None
         if main:
             log.warning(stopped.message)
         raise stopped from None

@@ -306,12 +306,14 @@ class InterruptGuard:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the first signal received
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
             log.warning("%s: stopping after this step and saving a checkpoint (a second one aborts at once)", name)
