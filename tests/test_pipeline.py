@@ -64,6 +64,9 @@ def test_legacy_mask_bug_draws_the_original_batches(pipe):
     m = 2
     out = pipe(prompts, num_images_per_prompt=m, seed=20, batch_size=1, legacy_mask_bug=True, return_attention=False)
     assert out.seeds == [20] * len(prompts) * m
+    same = pipe(prompts, num_images_per_prompt=m, seed=np.int64(20), legacy_mask_bug=True, return_attention=False)
+    assert same.seeds == out.seeds  # a numpy integer is one seed too (the original's noise order)
+    assert all(torch.equal(a[-1], b[-1]) for a, b in zip(same.stage_tensors, out.stage_tensors))
     order = [1, 3, 4, 0, 2]  # the two 3-word captions in reverse order, as numpy's argsort reversed gives
     assert [int(i) for i in np.argsort(np.array([3, 9, 1, 8, 3]), kind="stable")[::-1]] == order  # numpy of 2018
     encoded = pipe.encode_prompts([prompts[i] for i in order])

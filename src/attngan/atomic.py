@@ -18,7 +18,7 @@ from .errors import DiskFullError, UserError
 
 __all__ = [
     "umask", "check_writable", "atomic_write", "atomic_write_bytes", "atomic_write_text", "temporary_file",
-    "make_staging_dir", "FolderLock", "writable_target",
+    "make_staging_dir", "FolderLock", "writable_target", "remove_temporary_files",
 ]  # fmt: skip
 
 
@@ -56,6 +56,17 @@ def writable_target(path: str | os.PathLike) -> Path:
             "in its place; choose another path"
         )
     return path
+
+
+def remove_temporary_files(folder: Path) -> list[str]:
+    """Remove the temporary files of unfinished writes (``.*.tmp``, see :func:`temporary_file`) in
+    ``folder``, which no other process may be writing (hold its :class:`FolderLock`); their names."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []:
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
+    return removed
 
 
 def check_writable(path: Path) -> None:
@@ -182,14 +193,9 @@ class FolderLock:
         return all(p.name == self.NAME for p in self.folder.iterdir())
 
     def remove_temporaries(self) -> list[str]:
-        """Remove the temporary files (``.*.tmp``, see :func:`temporary_file`) that a killed writer left in
-        the folder; safe only while this lock is held."""
-        removed = []
-        for tmp in sorted(self.folder.glob(".*.tmp")):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
-                removed.append(tmp.name)
-        return removed
+        """Remove the temporary files that a killed writer left in the folder; safe only while this lock
+        is held (see :func:`remove_temporary_files`)."""
+        return remove_temporary_files(self.folder)
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is None:

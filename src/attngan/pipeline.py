@@ -487,7 +487,8 @@ class AttnGANPipeline:
             order = [int(i) for i in np.argsort(np.array([e.length for e in encoded]), kind="stable")[::-1]]
             m = num_images_per_prompt
             batches: Any = [[i * m + j for i in order] for j in range(m)]
-            if generator is None and not (isinstance(seed, Sequence) or hasattr(seed, "tolist")):
+            one_seed = seed is None or isinstance(seed, numbers.Integral) or getattr(seed, "ndim", None) == 0
+            if generator is None and one_seed:  # numpy and 0-d tensor integers count as one seed
                 seeds, z_all, eps_all = self._batch_noise(batches, seeds[0])
         else:
             batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from ..errors import UserError, user_message
+from .options import torchrun_world
 
 # command name -> "module:attribute" (relative to attngan.cli)
 COMMANDS = {
@@ -38,14 +39,6 @@ COMMANDS = {
 DISTRIBUTED_COMMANDS = ("train", "pretrain-damsm")
 
 
-def _torchrun_world() -> tuple[int, int]:
-    """(rank, world size) that torchrun put in the environment; (0, 1) outside torchrun."""
-    try:
-        return int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
-    except ValueError:
-        return 0, 1
-
-
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -53,7 +46,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        if _torchrun_world()[1] > 1 and name not in DISTRIBUTED_COMMANDS and not ctx.resilient_parsing:
+        if torchrun_world()[1] > 1 and name not in DISTRIBUTED_COMMANDS and not ctx.resilient_parsing:
 
             @click.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
             def single_process() -> None:
@@ -95,7 +88,7 @@ def _fail(message: str, code: int, show: Callable[[], None] | None = None) -> No
     once; the others wait a moment, in which torchrun, seeing rank 0 fail, stops them. An error that only
     one of them has (its share of the data) is still printed, after the wait, with its rank.
     """
-    rank, world = _torchrun_world()
+    rank, world = torchrun_world()
     if world > 1 and rank > 0:
         try:
             time.sleep(3.0)

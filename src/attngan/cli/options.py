@@ -42,9 +42,17 @@ class UserFailure(click.ClickException):
     exit_code = 2
 
 
+def torchrun_world() -> tuple[int, int]:
+    """(rank, world size) that torchrun put in the environment; (0, 1) outside torchrun."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return 0, 1
+
+
 def is_main_process() -> bool:
     """Rank 0 of a torchrun job, or the only process."""
-    return os.environ.get("RANK", "0") in ("", "0")
+    return torchrun_world()[0] == 0
 
 
 def setup_logging() -> None:

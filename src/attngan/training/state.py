@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import remove_temporary_files
 from ..checkpoint import atomic_torch_save, atomic_write_json, config_diff, safe_torch_load
 from ..config import Preset, from_dict, to_dict
 from ..errors import CheckpointError, UserError
@@ -399,11 +400,8 @@ def remove_stale_temporaries(run_dir: Path) -> list[str]:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
             done.append(tmp.name)
-    for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples"):
-        for tmp in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
-                done.append(str(tmp.relative_to(run_dir)))
+    for sub in (".", "checkpoints", "samples"):
+        done += [str(Path(sub) / name) for name in remove_temporary_files(run_dir / sub)]
     if done:
         log.info("removed what an interrupted process left in %s: %s", run_dir, ", ".join(done))
     return done
