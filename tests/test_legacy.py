@@ -530,7 +530,8 @@ def test_convert_cli_round_trip(tmp_path, capsys, monkeypatch):
     res = runner.invoke(convert, ["--from-native", str(native), "--to-original", "--out", str(back)])
     assert res.exit_code == 0, res.output
     assert "skipped image_encoder" in res.output
-    assert sorted(p.name for p in back.iterdir()) == ["netD0.pth", "netG.pth", "text_encoder.pth"]
+    written = ["netD0.pth", "netG.pth", "text_encoder.pth"]
+    assert sorted(p.name for p in back.iterdir()) == sorted(written + [f"{n}.sha256" for n in written])
     for file, expected in (("netG.pth", g_state), ("text_encoder.pth", te_state), ("netD0.pth", d_state)):
         loaded = torch.load(back / file, weights_only=True)
         assert list(loaded) == list(expected)

@@ -6,14 +6,25 @@ A *component* (text encoder, image encoder, generator, a discriminator) is store
 with ``torch.load(weights_only=True)``. Every write goes to a temporary file in the same folder, is
 flushed and fsynced, then renamed over the target, so a crash, a full disk or Ctrl-C never leaves a
 half-written file in place of the last good one.
+
+Every file written here can be checked when it is read (:func:`verify_file`): ``model.safetensors``
+carries the SHA-256 of its tensor data in its header's metadata, torch's zip files (training states)
+carry a CRC-32 per record, and a file in the original release's legacy format gets a ``<name>.sha256``
+sidecar (``sha256sum``'s format). A mismatch is a :class:`DamagedFileError`. Loaded weights must be
+finite (:func:`check_finite_weights`); files without a checksum (the original release's) get that check
+alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
+import pickletools
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +32,12 @@ import torch
 
 from .atomic import atomic_write_bytes, atomic_write_text
 from .config import from_dict, to_dict
-from .errors import CheckpointError
+from .errors import CheckpointError, DamagedFileError
 
 FORMAT_VERSION = 1
+DIGEST_KEY = "attngan.sha256"  # safetensors metadata: SHA-256 of the tensor data (the bytes after the header)
+DIGEST_SUFFIX = ".sha256"  # sidecar of a file whose format has no room for a checksum
+_CHUNK = 1 << 24
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -37,11 +51,187 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+# ------------------------------------------------------------------------------------------------
+# Checksums and finite weights
+
+
+def _sha256_of(f: Any, start: int = 0) -> str:
+    f.seek(start)
+    h = hashlib.sha256()
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def digest_sidecar(path: str | os.PathLike) -> Path:
+    """``<path>.sha256``: the checksum of a file whose format has no room for one."""
+    path = Path(path)
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def atomic_write_with_digest(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` atomically and its SHA-256 to :func:`digest_sidecar` (``sha256sum -c`` reads it).
+
+    The old sidecar goes first: an interruption between the two writes leaves a file without a checksum
+    (checked for finite weights only), never a checksum of another version."""
+    path = Path(path)
+    sidecar = digest_sidecar(path)
+    sidecar.unlink(missing_ok=True)
+    atomic_write_bytes(path, data)
+    atomic_write_text(sidecar, f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+    return path
+
+
+def safetensors_with_digest(state: dict[str, torch.Tensor]) -> bytes:
+    """``safetensors.torch.save(state)`` with the SHA-256 of its tensor data in the header's metadata."""
+    from safetensors.torch import save as st_save
+
+    raw = st_save(state)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    data = memoryview(raw)[8 + n :]
+    header["__metadata__"] = {**(header.get("__metadata__") or {}), DIGEST_KEY: hashlib.sha256(data).hexdigest()}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the tensor data starts 8-byte aligned, as safetensors writes it
+    return b"".join([len(text).to_bytes(8, "little"), text, data])
+
+
+def _verify_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > os.fstat(f.fileno()).st_size:
+            raise DamagedFileError(f"{path} is damaged: its safetensors header is cut off or garbled")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise DamagedFileError(f"{path} is damaged: its safetensors header is not valid JSON") from None
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
+        expected = meta.get(DIGEST_KEY) if isinstance(meta, dict) else None
+        if expected is None:
+            return False
+        if _sha256_of(f, 8 + n) != expected:
+            raise DamagedFileError(
+                f"{path} is damaged: its tensor data does not match the SHA-256 recorded in it when it was written"
+            )
+    return True
+
+
+def _verify_zip(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as exc:
+        raise DamagedFileError(f"{path} is damaged: its zip structure is not readable ({exc})") from None
+    if bad is not None:
+        raise DamagedFileError(f"{path} is damaged: its record {bad} fails the CRC-32 check recorded when it was written")
+
+
+def verify_file(path: str | os.PathLike) -> bool:
+    """Check a file against the checksum recorded when it was written: a ``.sha256`` sidecar, the SHA-256
+    in a safetensors header, or the CRC-32 of every record of a zip file (``torch.save``'s format).
+
+    Returns True when checked and False when the file carries no checksum (the original release's
+    ``.pth`` files, safetensors from elsewhere). Raises :class:`DamagedFileError` on a mismatch."""
+    path = Path(path)
+    sidecar = digest_sidecar(path)
+    if sidecar.is_file():
+        expected = sidecar.read_text(encoding="utf-8", errors="replace").split(maxsplit=1)[:1]
+        with open(path, "rb") as f:
+            if [_sha256_of(f)] != expected:
+                raise DamagedFileError(
+                    f"{path} is damaged: its contents do not match the SHA-256 in {sidecar.name}, recorded when it "
+                    "was written"
+                )
+        return True
+    if path.suffix == ".safetensors":
+        return _verify_safetensors(path)
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    if zipped:
+        _verify_zip(path)
+    return zipped
+
+
+def check_finite_weights(
+    state: Mapping[str, Any],
+    what: str,  # names the network in the message, e.g. "generator (Generator)"
+    source: str | os.PathLike,  # the file (or what else holds the weights)
+    consequence: str = "the file is damaged, or it was saved from a diverged run; it cannot be used",
+) -> None:
+    """Raise CheckpointError naming ``what`` and ``source`` when a floating-point tensor of ``state``
+    holds NaN or infinity (one pass over the weights, at load)."""
+    bad = [
+        k for k, t in state.items()
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]  # fmt: skip
+    if bad:
+        raise CheckpointError(
+            f"the {what} weights in {source} are not finite (NaN or infinity in {', '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}): {consequence}"
+        )
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The ``module.name`` globals that the pickles of a torch file import (a zip's ``*.pkl`` records, or
+    the consecutive pickles of the legacy format), read with ``pickletools`` without unpickling anything."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            streams = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        streams = [path.read_bytes()]
+    found: list[str] = []
+    for data in streams:
+        f = io.BytesIO(data)
+        while f.tell() < len(data):
+            pushed: list[Any] = []  # strings pushed, for STACK_GLOBAL (module and name from the stack)
+            memo: dict[int, Any] = {}
+            try:
+                for op, arg, _ in pickletools.genops(f):
+                    if op.name == "GLOBAL":
+                        found.append(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(pushed) >= 2:
+                        found.append(f"{pushed[-2]}.{pushed[-1]}")
+                    elif isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
+                        pushed.append(arg)
+                    elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and pushed:
+                        memo[int(arg)] = pushed[-1]
+                    elif op.name == "MEMOIZE" and pushed:
+                        memo[len(memo)] = pushed[-1]
+                    elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                        pushed.append(memo.get(int(arg)))
+            except Exception:  # noqa: BLE001 - the raw storages after the legacy pickles, or damage
+                break
+    return found
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals of :func:`_pickle_globals` that ``weights_only`` loading does not allow."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError, TypeError):
+        allowed = {"collections.OrderedDict"}
+    for item in getattr(torch.serialization, "get_safe_globals", list)():
+        obj = item[0] if isinstance(item, tuple) else item
+        allowed.add(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}")
+    try:
+        names = _pickle_globals(path)
+    except OSError:
+        return []
+    if not allowed - {"collections.OrderedDict"}:  # no allowlist to compare with: torch's own names pass
+        return [g for g in dict.fromkeys(names) if g not in allowed and not g.startswith("torch.")]
+    return [g for g in dict.fromkeys(names) if g not in allowed]
+
+
 def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with errors that say what is wrong."""
+    """``torch.load(weights_only=True)`` of a file checked by :func:`verify_file`, with errors that say
+    what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    verify_file(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with a message for the user
@@ -50,11 +240,13 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
         with open(path, "rb") as f:
             head = f.read(4)
         pickled = head.startswith((b"PK\x03\x04", b"\x80"))  # a torch zip file, or a legacy pickle
-        markers = ("Unsupported global", "Unsupported operand", "not an allowed global", "Unsupported class")
-        if pickled and any(m in text for m in markers):  # the wording of torch 2.1-2.5 and of 2.6+
+        unsafe = _unsafe_globals(path) if pickled else []
+        if unsafe:
+            shown = ", ".join(unsafe[:3]) + (" ..." if len(unsafe) > 3 else "")
             raise CheckpointError(
-                f"{path} contains Python objects other than tensors and plain containers; it is refused "
-                "because loading it could run arbitrary code. Re-save it as a plain state dict."
+                f"{path} holds Python objects other than tensors; refused because loading it could run code (it "
+                f"names {shown}). If it comes from a source you trust, convert it there: load it and save the state "
+                "dict alone (torch.save(model.state_dict(), PATH)), then pass that file"
             ) from exc
         if not pickled:
             raise CheckpointError(
@@ -73,12 +265,11 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def save_component(directory: str | os.PathLike, module: torch.nn.Module, config: Any, **extra: Any) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` of one network into ``directory``."""
-    from safetensors.torch import save as st_save
-
+    """Write ``config.json`` and ``model.safetensors`` (with the SHA-256 of its tensor data) of one network
+    into ``directory``."""
     directory = Path(directory)
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    atomic_write_bytes(directory / "model.safetensors", st_save(state))
+    atomic_write_bytes(directory / "model.safetensors", safetensors_with_digest(state))
     meta = {
         "format": FORMAT_VERSION,
         "class": type(module).__name__,
@@ -100,21 +291,25 @@ def read_component_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` file, or a plain state dict saved with torch (``weights_only=True``)."""
+def load_state_dict_file(path: str | os.PathLike, what: str = "") -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file, or a plain state dict saved with torch (``weights_only=True``), checked
+    against its checksum (:func:`verify_file`) and for finite weights (``what`` names them in errors)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        verify_file(path)
         try:
-            return load_file(str(path))
+            state = load_file(str(path))
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}") from exc
-    state = safe_torch_load(path)
+    else:
+        state = safe_torch_load(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
+    check_finite_weights(state, what or path.stem, path)
     return state
 
 
@@ -183,7 +378,8 @@ def load_component(directory: str | os.PathLike, cls: type, config_cls: type, **
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory}/config.json does not describe a {config_cls.__name__}: {exc}") from exc
     module = cls(config, **kwargs)
-    load_state_dict_strict(module, load_state_dict_file(directory / "model.safetensors"), str(directory))
+    state = load_state_dict_file(directory / "model.safetensors", f"{directory.name} ({cls.__name__})")
+    load_state_dict_strict(module, state, str(directory))
     return module.eval()
 
 
@@ -210,6 +406,11 @@ __all__ = [
     "atomic_write_json",
     "atomic_torch_save",
     "safe_torch_load",
+    "verify_file",
+    "check_finite_weights",
+    "digest_sidecar",
+    "atomic_write_with_digest",
+    "safetensors_with_digest",
     "save_component",
     "load_component",
     "read_component_config",

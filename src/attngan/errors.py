@@ -17,6 +17,10 @@ class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, unsafe, or belongs to another configuration."""
 
 
+class DamagedFileError(CheckpointError):
+    """A file does not match the checksum recorded when it was written (bit rot, a bad copy, an edit)."""
+
+
 class DiskFullError(UserError):
     """The disk filled up while writing a file (``path``, if known); the previous version of it is intact."""
 

@@ -87,6 +87,8 @@ from torch import nn
 
 from .checkpoint import (
     atomic_write_bytes,
+    atomic_write_with_digest,
+    check_finite_weights,
     inception_weights_state,
     load_component,
     load_state_dict_strict,
@@ -412,6 +414,7 @@ def load_original(
         kind, config = infer_config(state, kind=kind)
     except CheckpointError as exc:
         raise CheckpointError(f"{name}: {exc}") from exc
+    check_finite_weights(state, kind.replace("_", " "), name)
     if kind == "image_encoder" and not any(k.split(".")[0] in INCEPTION_BLOCKS for k in state):
         if backbone_weights is None:
             raise CheckpointError(
@@ -484,14 +487,15 @@ def _generator_rank(key: str) -> int:
 
 
 def save_original(module: nn.Module, path: str | os.PathLike) -> Path:
-    """Write :func:`export_original` atomically as a plain dict in torch's legacy (non-zip) format.
+    """Write :func:`export_original` atomically as a plain dict in torch's legacy (non-zip) format, with
+    its SHA-256 in ``<path>.sha256`` (the format has no room for a checksum; loading checks it).
 
     The legacy format is what the original release used; every PyTorch version reads it.
     """
     state = export_original(module)
     buf = io.BytesIO()
     torch.save(state, buf, _use_new_zipfile_serialization=False)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_with_digest(path, buf.getvalue())
 
 
 def describe(kind: str, config: Any) -> str:

@@ -74,7 +74,7 @@ class TrainResult:
 
 
 class NonFiniteLossError(UserError):
-    """A loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+    """A loss became NaN or infinite; training stopped and the last verified checkpoint was kept."""
 
     def __init__(self, message: str, step: int, name: str, value: float, checkpoint: Path | None) -> None:
         super().__init__(message)
@@ -197,7 +197,7 @@ def check_finite(values: dict[str, float], step: int, last_checkpoint: Path | No
     for name, value in values.items():
         if not math.isfinite(value):
             where = (
-                f"the last good checkpoint {last_checkpoint} is kept"
+                f"the last checkpoint {last_checkpoint}, verified when it was written or read, is kept"
                 if last_checkpoint is not None
                 else "no checkpoint had been written yet"
             )

@@ -157,7 +157,7 @@ def train_damsm(
 ) -> TrainResult:
     """Pre-train the DAMSM text and image encoders (Eq. 7-14). Returns where the run and its model are.
 
-    Raises NonFiniteLossError (a UserError) when a loss becomes NaN/inf, keeping the last good checkpoint,
+    Raises NonFiniteLossError (a UserError) when a loss becomes NaN/inf, keeping the last verified checkpoint,
     and TrainingInterrupted (a KeyboardInterrupt) after saving a checkpoint on Ctrl-C.
     """
     # Set up processes, device and the state to continue from.

@@ -318,7 +318,7 @@ def train_gan(
     The exported model folder (``run_dir/model``: ``generator/`` with EMA weights, ``text_encoder/``,
     ``image_encoder/``, ``discriminator{i}/``, ``vocab.json``) loads with
     ``AttnGANPipeline.from_pretrained``. Raises NonFiniteLossError (a UserError) when a loss becomes
-    NaN/inf, keeping the last good checkpoint, and TrainingInterrupted (a KeyboardInterrupt) after
+    NaN/inf, keeping the last verified checkpoint, and TrainingInterrupted (a KeyboardInterrupt) after
     saving a checkpoint on Ctrl-C.
     """
     # Set up processes, device, and the state to continue from.

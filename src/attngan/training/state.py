@@ -7,6 +7,10 @@ epoch and position in the epoch, the RNG states of every process (torch, CUDA, n
 numpy and python states stored as tensors and ints so that ``weights_only`` loading accepts them), the
 full resolved config and the vocabulary. Nothing is derived from file names: the step lives in the file;
 names only order the files (newest last).
+
+A state file is read back after it is written (the CRC-32 of every zip record, finite weights) before
+older ones are rotated away, and checked the same way when a run is resumed: a damaged or non-finite file
+is an error that names the newest intact checkpoint of the run.
 """
 
 from __future__ import annotations
@@ -24,8 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import remove_temporary_files
-from ..checkpoint import atomic_torch_save, atomic_write_json, config_diff, safe_torch_load
+from ..atomic import FolderLock, remove_temporary_files
+from ..checkpoint import (
+    atomic_torch_save,
+    atomic_write_json,
+    check_finite_weights,
+    config_diff,
+    safe_torch_load,
+    verify_file,
+)
 from ..config import Preset, from_dict, to_dict
 from ..errors import CheckpointError, UserError
 
@@ -204,12 +215,17 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def save_state(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
     """Write ``run_dir/checkpoints/state-<step>.pt`` atomically, then delete all but the newest ``keep``.
 
-    Older files are removed only after the new one is complete, so an interrupted write leaves the previous
-    checkpoints untouched.
+    Older files are removed only after the new one is complete and verified (read back against its CRC-32s,
+    its weights finite), so an interrupted or damaged write leaves the previous checkpoints untouched.
     """
     folder = run_dir / "checkpoints"
     path = folder / f"state-{int(state['step']):08d}.pt"
+    check_state_weights(
+        state, f"the state of step {int(state['step'])}",
+        consequence=f"{path.name} is not written and the checkpoints in {folder} are kept",
+    )  # fmt: skip
     atomic_torch_save({"format": STATE_FORMAT, "version": STATE_VERSION, **state}, path)
+    verify_file(path)
     if keep > 0:
         for old in sorted(folder.glob(_STATE_GLOB))[:-keep]:
             if old != path:
@@ -234,7 +250,23 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         found = latest_checkpoint(folder)
         if found is not None:
             return found
-    raise CheckpointError(f"{p} holds no training checkpoint (checkpoints/state-*.pt); nothing to resume")
+    removed = _remove_unfinished_writes(p.parent if p.name == "checkpoints" else p)
+    raise CheckpointError(
+        f"{p} holds no training checkpoint (checkpoints/state-*.pt); nothing to resume"
+        + (f" (removed the temporary files of an unfinished write: {', '.join(removed)})" if removed else "")
+    )
+
+
+def _remove_unfinished_writes(run_dir: Path) -> list[str]:
+    """What a killed process left in a run folder without a checkpoint, removed unless another process is
+    writing there (a run before its first checkpoint)."""
+    if not (run_dir / "checkpoints").is_dir():
+        return []
+    try:
+        with FolderLock(run_dir, "run folder"):
+            return remove_stale_temporaries(run_dir)
+    except UserError:
+        return []
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -242,20 +274,63 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
+def check_state_weights(state: dict[str, Any], source: str | Path, **kwargs: Any) -> None:
+    """Every weight and optimizer tensor of a training state is finite (CheckpointError naming which)."""
+    for group in ("models", "optimizers"):
+        for name, part in (state.get(group) or {}).items():
+            tensors = dict(_tensors(part))
+            check_finite_weights(tensors, name if group == "models" else f"{name} optimizer", source, **kwargs)
+
+
+def _tensors(obj: Any, prefix: str = "") -> Any:
+    """(dotted key, tensor) of every tensor in nested dicts and lists."""
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def _read_state_file(path: Path) -> Any:
+    """A state file read with ``weights_only=True`` after its checksums, its weights checked finite."""
+    state = safe_torch_load(path)
+    if isinstance(state, dict):
+        check_state_weights(state, path)
+    return state
+
+
+def newest_intact_checkpoint(folder: Path, before: str | None = None) -> Path | None:
+    """The newest state file in ``folder`` (older than the name ``before``) that reads back intact."""
+    for candidate in reversed(sorted(folder.glob(_STATE_GLOB))):
+        if before is not None and candidate.name >= before:
+            continue
+        try:
+            _read_state_file(candidate)
+        except CheckpointError:
+            continue
+        return candidate
+    return None
+
+
 def load_state(path: str | os.PathLike, kind: str) -> dict[str, Any]:
-    """Read a state file (``weights_only=True``) and check that it is a ``kind`` ("damsm"/"gan") state."""
+    """Read a state file (``weights_only=True``, checked against its CRC-32s, finite weights) and check that
+    it is a ``kind`` ("damsm"/"gan") state."""
     path = find_checkpoint(path)
-    others = sorted(path.parent.glob(_STATE_GLOB)) if path.parent.name == "checkpoints" else []
     try:
-        state = safe_torch_load(path)
+        state = _read_state_file(path)
     except CheckpointError as exc:
-        older = [p for p in others if p.name < path.name]
-        if older:
-            raise CheckpointError(
-                f"{exc}. The previous checkpoint {older[-1].name} may be intact: move {path.name} out of "
-                f"{path.parent}, then resume from {older[-1]}"
-            ) from exc
-        raise
+        if path.parent.name != "checkpoints" or not any(p.name < path.name for p in path.parent.glob(_STATE_GLOB)):
+            raise
+        intact = newest_intact_checkpoint(path.parent, before=path.name)
+        if intact is None:
+            raise type(exc)(f"{exc}. No older checkpoint of this run is intact either") from exc
+        raise type(exc)(
+            f"{exc}. The newest intact checkpoint is {intact}: move {path.name} (and any newer state file) out of "
+            f"{path.parent}, then resume the run from it (--resume {run_dir_of(path)})"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(
             f"{path} is not an attngan training checkpoint; to start from trained weights use --damsm "
