@@ -255,6 +255,7 @@ def train_damsm(
             tensorboard=tensorboard,
             name="damsm",
         )
+        stats.restore(state.get("stats") if state is not None else None)
     except BaseException:  # Ctrl-C or an error while setting up: no empty run folder is left behind
         folder.release(failed_before_training=True)
         raise
@@ -292,6 +293,7 @@ def train_damsm(
                 "optimizers": {"damsm": optimizer.state_dict()},
                 "rng": rngs,
                 "world_size": dist_info.world_size,
+                "stats": stats.pending(),  # the scalars of the log interval under way
             },
             keep_checkpoints,
         )
@@ -413,6 +415,7 @@ def train_damsm(
         failed = failure_of_environment(exc, step, last_checkpoint, "pretrain-damsm", run_dir, dist_info.world_size)
         if failed is None:
             raise
+        stats.log_to_file(f"stopped: {failed}")
         raise failed from exc
     finally:
         if batches is not None:

@@ -485,6 +485,7 @@ def train_gan(
             tensorboard=tensorboard,
             name="attngan",
         )
+        stats.restore(state.get("stats") if state is not None else None)
     except BaseException:  # Ctrl-C or an error while setting up: no empty run folder is left behind
         folder.release(failed_before_training=True)
         raise
@@ -528,6 +529,7 @@ def train_gan(
                 "rng": rngs,
                 "world_size": dist_info.world_size,
                 "encoders_sha256": fingerprint,  # a resumed run must condition on the same text features
+                "stats": stats.pending(),  # the scalars of the log interval under way
             },
             keep_checkpoints,
         )
@@ -652,6 +654,7 @@ def train_gan(
         failed = failure_of_environment(exc, step, last_checkpoint, "train", run_dir, dist_info.world_size)
         if failed is None:
             raise
+        stats.log_to_file(f"stopped: {failed}")
         raise failed from exc
     finally:
         if batches is not None:

@@ -165,6 +165,23 @@ class StatsSink:
             for k, v in values.items():
                 self._writer.add_scalar(k, v, step)
 
+    def pending(self) -> dict[str, Any]:
+        """The scalars collected since the last log tick, for a training state: a resumed run's first
+        ``stats.jsonl`` line then averages the whole interval, as an uninterrupted run's does."""
+        return {"sums": dict(self._sums), "count": self._count}
+
+    def restore(self, pending: dict[str, Any] | None) -> None:
+        """Continue the interval of :meth:`pending` (None: nothing to continue)."""
+        if pending:
+            self._sums = {str(k): float(v) for k, v in pending.get("sums", {}).items()}
+            self._count = int(pending.get("count", 0))
+
+    def log_to_file(self, message: str) -> None:
+        """One ERROR line in ``log.txt`` only (why training stopped: the console shows it as the error)."""
+        if self._file_handler is not None:
+            record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+            self._file_handler.handle(record)
+
     def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
         """A (3, H, W) float image in [0, 1] to TensorBoard (no-op without it)."""
         if self._writer is not None:
