@@ -40,6 +40,21 @@ DISTRIBUTED_COMMANDS = ("train", "pretrain-damsm")
 
 
 class LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        """A reader that stops early (``attngan train ... | head -1``) is no failure of the command, whose
+        work is done when it prints its results: the rest of the output is dropped and the status is 0
+        (click would exit 1 without a word)."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            closed = _closed_outputs()
+            if not closed:
+                raise
+            devnull = os.open(os.devnull, os.O_WRONLY)  # the interpreter's last flush must not fail too
+            for fd in closed:
+                os.dup2(devnull, fd)
+            return None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
@@ -70,6 +85,23 @@ class LazyGroup(click.Group):
                 raise click.ClickException(f"'attngan {name}' is not available in this installation: {reason}")
 
             return unavailable
+
+
+def _closed_outputs() -> list[int]:
+    """The file descriptors of stdout and stderr that are pipes whose reader has gone (poll reports an
+    error on them)."""
+    import select
+
+    closed = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            poller = select.poll()
+            poller.register(stream.fileno(), select.POLLOUT)
+            if any(events & select.POLLERR for _, events in poller.poll(0)):
+                closed.append(stream.fileno())
+        except (AttributeError, OSError, ValueError):  # no file descriptor (a test's buffer), no poll
+            continue
+    return closed
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
