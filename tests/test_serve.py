@@ -3,6 +3,7 @@ input, the 503 of a full queue and of a queue timeout, batching with one batch a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import http.client
@@ -377,3 +378,35 @@ def test_the_body_limit_follows_the_longest_caption_allowed(pipe):
         status, answer, _ = request(srv.url, "/api/v1/generate", body)
         assert status == 200, answer
         assert request(srv.url, "/health")[1]["limits"]["max_body_bytes"] >= 6 * 10000
+
+
+def test_a_connection_that_sends_nothing_is_closed(pipe):
+    import socket
+
+    from fastapi import FastAPI
+
+    with BackgroundServer(FastAPI(), idle_timeout=0.5) as srv:
+        for first in (b"", b"GET /health HTTP/1.1\r\n"):  # nothing at all, or half a request
+            with socket.create_connection((srv.host, srv.port), timeout=10) as sock:
+                sock.sendall(first)
+                start = time.monotonic()
+                assert sock.recv(1024) == b""  # closed by the server, not by the 10 s socket timeout
+                assert time.monotonic() - start < 5
+        with socket.create_connection((srv.host, srv.port), timeout=10) as sock:  # whole requests are served
+            sock.sendall(b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.1 404")
+
+
+def test_cli_serve_passes_the_idle_timeout(pipe, tmp_path, monkeypatch):
+    import uvicorn
+    from click.testing import CliRunner
+
+    from attngan.cli import cli
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    pipe.save_pretrained(tmp_path / "model")
+    result = CliRunner().invoke(cli, ["serve", "--checkpoint", str(tmp_path / "model"), "--idle-timeout", "7"])
+    assert result.exit_code == 0, result.output
+    protocol = calls[-1]["http"]
+    assert issubclass(protocol, asyncio.Protocol) and protocol.__name__ == "IdleClosingProtocol"

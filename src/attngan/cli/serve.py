@@ -56,6 +56,13 @@ def is_loopback(host: str) -> bool:
     help="Seconds a request may wait for the model before it gets a 503.",
 )
 @click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds a connection may stay open without sending a whole request before the server closes it.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -73,6 +80,7 @@ def serve(
     max_images: int,
     max_caption_chars: int,
     queue_timeout: float,
+    idle_timeout: float,
     log_level: str,
 ) -> None:
     """Serve a web page and a JSON API that draw images from sentences.
@@ -89,7 +97,7 @@ def serve(
     try:
         import uvicorn
 
-        from ..serve import create_app
+        from ..serve import create_app, idle_closing_protocol
     except ImportError as exc:
         raise UserError(
             f"attngan serve needs FastAPI and uvicorn ({exc}); install them with pip install -e '.[serve]' in the "
@@ -120,7 +128,7 @@ def serve(
     _check_port_free(host, port)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"Serving {name} on {pipeline.device} at http://{shown}:{port}/ (Ctrl-C to stop)")
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, http=idle_closing_protocol(idle_timeout))
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -10,6 +10,18 @@
         print(server.url)
 """
 
-from .app import MAX_BODY_BYTES, MAX_SEED, BackgroundServer, BatchWorker, create_app, example_captions
+from .app import (
+    IDLE_TIMEOUT,
+    MAX_BODY_BYTES,
+    MAX_SEED,
+    BackgroundServer,
+    BatchWorker,
+    create_app,
+    example_captions,
+    idle_closing_protocol,
+)
 
-__all__ = ["create_app", "BatchWorker", "BackgroundServer", "example_captions", "MAX_SEED", "MAX_BODY_BYTES"]
+__all__ = [
+    "create_app", "BatchWorker", "BackgroundServer", "idle_closing_protocol", "IDLE_TIMEOUT", "example_captions",
+    "MAX_SEED", "MAX_BODY_BYTES",
+]  # fmt: skip

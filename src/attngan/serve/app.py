@@ -55,7 +55,10 @@ from ..viz import attention_figure, top_words, upsample_map
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_app", "BatchWorker", "BackgroundServer", "example_captions", "MAX_SEED", "MAX_BODY_BYTES"]
+__all__ = [
+    "create_app", "BatchWorker", "BackgroundServer", "idle_closing_protocol", "IDLE_TIMEOUT", "example_captions",
+    "MAX_SEED", "MAX_BODY_BYTES",
+]  # fmt: skip
 
 MAX_SEED = 2**31 - 1  # image k of a request uses seed + k, which must stay <= MAX_SEED
 MAX_BODY_BYTES = 16 * 1024  # a request body larger than this gets a 413 (more when captions may be longer)
@@ -666,6 +669,39 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+IDLE_TIMEOUT = 30.0  # seconds a connection may stay open without sending a whole request
+
+
+def idle_closing_protocol(idle_timeout: float = IDLE_TIMEOUT) -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11, as its ``http="auto"``) that closes a
+    connection which sends no complete request within ``idle_timeout`` seconds of opening or of its last
+    data. uvicorn itself times out only idle keep-alive connections after a response: a client that opens
+    a socket and sends nothing (or half a request) would hold it, and a file descriptor, forever."""
+    try:
+        import httptools  # noqa: F401 - uvicorn's choice when it is installed
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+
+    class IdleClosingProtocol(base):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._close_when_idle()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is None or self.cycle.response_complete:  # still no whole request
+                self._close_when_idle()
+
+        def _close_when_idle(self) -> None:
+            if self.transport.is_closing():
+                return
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(idle_timeout, self.timeout_keep_alive_handler)
+
+    return IdleClosingProtocol
+
+
 class BackgroundServer:
     """Run an app with uvicorn in a thread on a loopback port (tests, benchmarks, notebooks).
 
@@ -673,13 +709,20 @@ class BackgroundServer:
     """
 
     def __init__(
-        self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        idle_timeout: float = IDLE_TIMEOUT,  # connections sending no whole request for this long are closed
     ) -> None:
         import uvicorn
 
         self.host = host
         self.port = port or _free_port(host)
-        config = uvicorn.Config(app, host=host, port=self.port, log_level=log_level, lifespan="on")
+        config = uvicorn.Config(
+            app, host=host, port=self.port, log_level=log_level, lifespan="on", http=idle_closing_protocol(idle_timeout)
+        )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="attngan-serve-uvicorn", daemon=True)
 
