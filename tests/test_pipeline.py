@@ -160,8 +160,10 @@ def test_run_folder_and_save_over_an_existing_model(pipe, tmp_path):
     assert torch.equal(
         loaded(PROMPTS[0], seed=5).stage_tensors[0][-1], pipe(PROMPTS[0], seed=5).stage_tensors[0][-1]
     )
+    assert AttnGANPipeline.from_pretrained(tmp_path / "runs").vocab == pipe.vocab  # the newest run in runs/
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="neither a model folder"):
-        AttnGANPipeline.from_pretrained(tmp_path / "runs")
+        AttnGANPipeline.from_pretrained(tmp_path / "empty")
 
 
 def test_save_pretrained_refuses_empty_names_files_and_puts_the_old_model_back(pipe, tmp_path, monkeypatch):

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from .atomic import make_staging_dir
-from .checkpoint import load_component, save_component
+from .checkpoint import load_component, load_state_dict_strict, safe_torch_load, save_component
 from .config import GeneratorConfig, ImageEncoderConfig, TextEncoderConfig
 from .errors import CheckpointError, DataError, UserError
 from .nn import Generator, ImageEncoder, TextEncoder
@@ -55,7 +55,7 @@ from .viz import to_pil
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AttnGANPipeline", "AttnGANOutput", "resolve_model_dir", "check_device", "COMPONENTS"]
+__all__ = ["AttnGANPipeline", "AttnGANOutput", "find_model", "resolve_model_dir", "check_device", "COMPONENTS"]
 
 COMPONENTS = ("text_encoder", "generator", "image_encoder")  # sub-folders of a model folder
 # Everything of a model folder that belongs to one model (what save_pretrained(overwrite=True) replaces).
@@ -123,24 +123,116 @@ class AttnGANOutput:
     seeds: list[int | None] = field(default_factory=list)  # None: drawn from a caller's generator
 
 
-def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """A model folder (``generator/``, ``text_encoder/``, ``vocab.json``), or a run folder holding ``model/``."""
+_RUN_NAME = re.compile(r"^(\d{5})-")  # numbered run folders (runs/00001-shapes-attngan)
+_SEARCH_DEPTH = 3  # folders below a given path searched for models
+
+
+def _is_model_dir(d: Path) -> bool:
+    return (d / "generator").is_dir()
+
+
+def _gan_runs(folder: Path) -> list[Path]:
+    """Numbered run folders directly in ``folder`` whose ``model/`` holds a generator, oldest first."""
+    if not folder.is_dir():
+        return []
+    runs = [d for d in folder.iterdir() if _RUN_NAME.match(d.name) and _is_model_dir(d / "model")]
+    return sorted(runs, key=lambda d: (int(_RUN_NAME.match(d.name).group(1)), d.name))
+
+
+def _usable_below(folder: Path) -> list[Path]:
+    """Model folders and run folders with ``model/`` found up to ``_SEARCH_DEPTH`` levels below ``folder``."""
+    found: list[Path] = []
+    level = [folder]
+    for _ in range(_SEARCH_DEPTH):
+        below = []
+        for d in level:
+            try:
+                children = sorted(c for c in d.iterdir() if c.is_dir() and not c.name.startswith("."))
+            except OSError:
+                continue
+            for c in children:
+                if _is_model_dir(c / "model"):
+                    found.append(c)
+                elif _is_model_dir(c):
+                    found.append(c)
+                else:
+                    below.append(c)
+        level = below
+    return found
+
+
+def _training_state_model(path: Path) -> Path:
+    """The model folder of the run a ``checkpoints/state-*.pt`` file belongs to."""
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if _is_model_dir(run / "model"):
+        return run / "model"
+    if (run / "model" / "text_encoder").is_dir():
+        raise CheckpointError(
+            f"{path} is a checkpoint of a DAMSM pre-training run, which has no generator: train one with "
+            f"`attngan train --damsm {run}`, then pass that run"
+        )
+    raise CheckpointError(
+        f"{path} is a training checkpoint, but its run folder {run} has no model/ with the text encoder and "
+        "vocabulary it needs; pass the run folder of an `attngan train` run"
+    )
+
+
+def find_model(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """``(model folder, training state file or None)`` for what a user has in hand.
+
+    Accepted: a model folder (``generator/``, ``text_encoder/``, ``vocab.json``); a run folder (its
+    ``model/``) or its ``checkpoints/`` folder; a ``checkpoints/state-*.pt`` file of a GAN run (its EMA
+    generator, with the run's text encoder and vocabulary); a folder of numbered runs such as ``runs/`` or
+    the ``--out`` folder of ``attngan demo`` (the newest GAN run in it, named in a log line). Anything else
+    is a CheckpointError that lists the usable folders found under the path.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p} does not exist; pass a model folder or a run folder (runs/NNNNN-...)")
-    if (p / "generator").is_dir():
-        return p
-    if (p / "model" / "generator").is_dir():
-        return p / "model"
+    if p.is_file():
+        if p.suffix == ".pt":
+            return _training_state_model(p), p
+        hint = " (an original-release file: use --original-generator, or `attngan convert`)" if p.suffix == ".pth" else ""
+        raise CheckpointError(f"{p} is a file, not a model folder, run folder or checkpoints/state-*.pt{hint}")
+    for model in (p, p / "model", p.parent / "model" if p.name == "checkpoints" else None):
+        if model is not None and _is_model_dir(model):
+            return model, None
+    for runs in (p, p / "runs"):
+        found = _gan_runs(runs)
+        if found:
+            log.info("using %s, the newest AttnGAN run in %s", found[-1], p)
+            return found[-1] / "model", None
     if (p / "text_encoder").is_dir() or (p / "model" / "text_encoder").is_dir():
         raise CheckpointError(
             f"{p} holds DAMSM encoders only (an `attngan pretrain-damsm` run), no generator: train one with "
             f"`attngan train --damsm {p}`, then pass that run"
         )
+    usable = _usable_below(p)
+    if usable:
+        shown = ", ".join(str(d) for d in usable[:5]) + (f" and {len(usable) - 5} more" if len(usable) > 5 else "")
+        raise CheckpointError(f"{p} is not a model or run folder; usable folders under it: {shown}")
     raise CheckpointError(
-        f"{p} is neither a model folder (generator/, text_encoder/, vocab.json) nor a run folder with model/; "
-        "train one with `attngan train` or convert the original release with `attngan convert`"
+        f"{p} is neither a model folder (generator/, text_encoder/, vocab.json) nor a run folder with model/, "
+        "and holds none; train one with `attngan train` (or `attngan demo`) or convert the original release "
+        "with `attngan convert`"
     )
+
+
+def _load_state_generator(generator: Generator, state_file: Path) -> None:
+    """Put the EMA generator weights of a GAN training state file into ``generator``."""
+    state = safe_torch_load(state_file)
+    models = state.get("models") if isinstance(state, dict) else None
+    if not isinstance(models, dict) or "generator_ema" not in models:
+        kind = state.get("kind") if isinstance(state, dict) else None
+        what = "a DAMSM training checkpoint (no generator)" if kind == "damsm" else "not an AttnGAN training checkpoint"
+        raise CheckpointError(f"{state_file} is {what}; pass a state-*.pt file of an `attngan train` run")
+    load_state_dict_strict(generator, models["generator_ema"], str(state_file))
+    log.info("generator weights of %s (step %s)", state_file, state.get("step", "?"))
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The model folder behind ``path`` (see :func:`find_model`; for a state file, its run's ``model/``)."""
+    return find_model(path)[0]
 
 
 @contextlib.contextmanager
@@ -210,9 +302,10 @@ class AttnGANPipeline:
     def from_pretrained(
         cls, path: str | os.PathLike, device: str | torch.device = "cpu", fast: bool = True
     ) -> AttnGANPipeline:
-        """Load a native model folder, or the ``model/`` folder of a run folder."""
+        """Load a native model folder, a run folder's ``model/``, the newest GAN run of a ``runs/`` folder or of
+        a demo's ``--out`` folder, or a ``checkpoints/state-*.pt`` file (its EMA generator; see :func:`find_model`)."""
         check_device(device)
-        d = resolve_model_dir(path)
+        d, state_file = find_model(path)
         missing = [name for name in ("text_encoder/", "vocab.json") if not (d / name.rstrip("/")).exists()]
         if missing:
             raise CheckpointError(
@@ -221,6 +314,8 @@ class AttnGANPipeline:
             )
         text_encoder = load_component(d / "text_encoder", TextEncoder, TextEncoderConfig)
         generator = load_component(d / "generator", Generator, GeneratorConfig)
+        if state_file is not None:
+            _load_state_generator(generator, state_file)
         image_encoder = None
         if (d / "image_encoder").is_dir():
             image_encoder = load_component(d / "image_encoder", ImageEncoder, ImageEncoderConfig)

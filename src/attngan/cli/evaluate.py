@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from .options import DEVICE, PathType, setup_logging
+from .options import CHECKPOINT_HELP, DEVICE, PathType, setup_logging
 
 _FILE = PathType(dir_okay=False, path_type=Path)
 DATASETS = ("shapes", "birds", "coco", "folder")
@@ -144,8 +144,7 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
     "--checkpoint",
     type=PathType(path_type=Path),
     default=None,
-    help="Trained model: a run folder (its model/ and data settings are used) or a model folder "
-    "(generator/, text_encoder/, image_encoder/, vocab.json).",
+    help=CHECKPOINT_HELP + " A run's own data settings are used.",
 )
 @click.option(
     "--original-generator",
@@ -333,11 +332,12 @@ def evaluate(
         if out.exists() and not overwrite:
             raise UserError(f"--out {out} already exists; pass --overwrite to replace it, or choose another file")
         check_writable(out)  # not after an hour of metrics
+    model_dir = None
     if checkpoint is not None:
-        resolve_model_dir(checkpoint)  # a missing or wrong folder is reported before anything else
+        model_dir = resolve_model_dir(checkpoint)  # a missing or wrong folder is reported before anything else
     elif not (original_generator or original_text_encoder or original_image_encoder):
         raise UserError(_NO_MODEL)
-    run_dir = _run_folder(checkpoint)
+    run_dir = _run_folder(model_dir)
     data_config = resolve_data_config(run_dir, dataset, data_dir, words_num)
     names = parse_metrics(metrics) if metrics is not None else ["r_precision", "is", "fid"]
     if metrics is None and data_config.dataset == "shapes":
@@ -388,7 +388,7 @@ def evaluate(
         try:
             for res in result["metrics"].values():
                 if "skipped" not in res:
-                    report_metric(res | context, run_dir, snapshot=str(resolve_model_dir(checkpoint).resolve()))
+                    report_metric(res | context, run_dir, snapshot=str(model_dir.resolve()))
         except (OSError, UserError) as exc:
             not_written.append(exc)
     if not_written:

@@ -8,7 +8,13 @@ import re
 
 import click
 
-__all__ = ["DEVICE", "PathType", "UserFailure"]
+__all__ = ["CHECKPOINT_HELP", "DEVICE", "PathType", "UserFailure"]
+
+CHECKPOINT_HELP = (
+    "Trained model: a demo's --out folder or a runs/ folder (its newest AttnGAN run), a run folder "
+    "(runs/00001-shapes-attngan; its model/ is used), a model folder (generator/, text_encoder/, vocab.json; "
+    "e.g. written by `attngan convert`) or a training checkpoint (RUN/checkpoints/state-*.pt)."
+)
 
 
 class DeviceType(click.ParamType):

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from .options import DEVICE, PathType
+from .options import CHECKPOINT_HELP, DEVICE, PathType
 from .sample import load_pipeline, resolve_device
 
 _FILE = PathType(dir_okay=False, path_type=Path)
@@ -26,7 +26,7 @@ def is_loopback(host: str) -> bool:
 
 @click.command()
 @click.option(
-    "--checkpoint", type=PathType(path_type=Path), help="Model folder or run folder (runs/NNNNN-...)."
+    "--checkpoint", type=PathType(path_type=Path), help=CHECKPOINT_HELP
 )
 @click.option(
     "--original-generator", type=_FILE, help="The original release's generator, e.g. bird_AttnGAN2.pth."
@@ -108,7 +108,9 @@ def serve(
         checkpoint, original_generator, original_text_encoder, captions_pickle, resolve_device(device)
     )
     if checkpoint is not None:
-        path = checkpoint.resolve()
+        from ..pipeline import resolve_model_dir
+
+        path = resolve_model_dir(checkpoint).resolve()
         name = f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
     else:
         name = Path(original_generator).name
