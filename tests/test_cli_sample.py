@@ -112,12 +112,13 @@ def test_sample_writes_images_attention_grid_and_prompts(model_dir, tmp_path, vi
     assert meta["images"][3]["files"] == ["001_1_stage0.png", "001_1_stage1.png", "001_1_attention.png"]
     assert meta["word_swap"]["sentences"] == [[SENTENCES[0], "a small green circle at the top left"]]
     swap_fig = Image.open(out / "word_swap.png")
-    # caption column (2 cells) + two seeds at 128 px with 4 px padding; two rows (original, swapped)
-    assert swap_fig.width == 2 * 128 + 2 * (128 + 4) + 4
-    assert 2 * 128 <= swap_fig.height < 3 * 128
+    # caption column (2 cells) + two seeds at 256 px with 4 px padding; two rows (original, swapped)
+    assert swap_fig.width == 2 * 256 + 2 * (256 + 4) + 4
+    assert 2 * 256 <= swap_fig.height < 3 * 256
     attention_fig = Image.open(out / "000_1_attention.png")
-    # default 256 px cells: stages row + 1 attention stage, 5 columns (the stage images, then the top words)
-    assert attention_fig.size == (5 * 256, 2 * (viz.LABEL_HEIGHT + 256))
+    # default 256 px cells: the caption, stages row + 1 attention stage, 5 columns (stage images, then top words)
+    assert attention_fig.width == 5 * 256
+    assert 2 * (viz.LABEL_HEIGHT + 256) < attention_fig.height < 2 * (viz.LABEL_HEIGHT + 256) + 60
 
     # The same seed draws the same pixels through the library.
     pipe = AttnGANPipeline.from_pretrained(model_dir)

@@ -262,7 +262,7 @@ def test_word_swap_figure_rows_and_highlight():
     assert fig.size == (tw + 3 * (s + pad) + pad, 2 * s + 3 * pad)
     arr = np.asarray(fig).astype(int)
     # same seed in the same column: row 1, column 2 holds b[2]
-    expected = np.asarray(to_pil(b[2]).resize((s, s), Image.BILINEAR)).astype(int)
+    expected = np.asarray(to_pil(b[2]).resize((s, s), Image.NEAREST)).astype(int)  # enlarged: sharp pixels
     y, x = pad + s + pad, tw + 2 * (s + pad)
     assert np.array_equal(arr[y : y + s, x : x + s], expected)
     # changed words are written in red; identical captions have none

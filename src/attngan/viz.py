@@ -29,9 +29,12 @@ from scipy import ndimage
 from attngan.errors import UserError
 
 __all__ = [
+    "FIGURE_CELL",
     "LABEL_HEIGHT",
     "attention_figure",
     "captioned_grid",
+    "captioned_rows",
+    "enlarge",
     "image_grid",
     "suppress_attention",
     "to_pil",
@@ -40,6 +43,7 @@ __all__ = [
     "word_swap_figure",
 ]
 
+FIGURE_CELL = 256  # px: the least width of one image in a figure (smaller model outputs are enlarged)
 LABEL_HEIGHT = 26  # px of the text strip above each cell of attention_figure
 _LABEL_FONT = 18  # px; shrunk until the label fits its cell
 _SPOTLIGHT_FLOOR = 0.2  # brightness of the unattended parts of the image in the "spotlight" style
@@ -163,6 +167,14 @@ def to_pil(image: Any, original_truncation: bool = False) -> Image.Image:
     return Image.fromarray(_to_uint8(image, original_truncation), mode="RGB")
 
 
+def enlarge(image: Image.Image, size: int) -> Image.Image:
+    """``image`` resized to ``size`` x ``size``: nearest-neighbour when enlarged (each model pixel stays a
+    sharp block), bilinear when reduced."""
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.NEAREST if size >= max(image.size) else Image.BILINEAR)
+
+
 def _as_pil_list(images: Any) -> list[Image.Image]:
     """A PIL image, a (3, H, W) / (N, 3, H, W) tensor or array, or a sequence of those -> list of RGB images."""
     if isinstance(images, Image.Image):
@@ -238,21 +250,22 @@ def _draw_words(
 def captioned_grid(
     images: Any, captions: Sequence[str], nrow: int = 4, cell: int | None = None
 ) -> Image.Image:
-    """Each image (resized to ``cell`` x ``cell``, default: the first image's width) with its caption under it.
+    """Each image (resized to ``cell`` x ``cell`` by :func:`enlarge`; default: the first image's width, at least
+    ``FIGURE_CELL``) with its caption under it.
 
-    Captions are word-wrapped to the cell width; every row of the grid gets room for the longest caption.
+    Captions are word-wrapped to the cell width, never cut; every row of the grid gets room for the longest.
     """
     pils = _as_pil_list(images)
     if len(captions) != len(pils):
         raise UserError(f"got {len(pils)} images but {len(captions)} captions; pass one caption per image")
-    cell = int(cell or pils[0].size[0])
+    cell = int(cell or max(FIGURE_CELL, pils[0].size[0]))
     pad = 4
     font = _font(max(10, min(16, cell // 10)))
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     words = [str(c).split() for c in captions]
     wrapped = [_wrap(ws, font, cell - 2 * pad, scratch) for ws in words]
     line_h = _line_height(font)
-    text_h = max(len(w) for w in wrapped) * line_h + 2 * pad
+    text_h = max(len(w) for w in wrapped) * line_h + 2 * pad + line_h // 2  # room for the last line's descenders
     cols = max(1, min(int(nrow), len(pils)))
     rows = math.ceil(len(pils) / cols)
     cw, ch = cell + pad, cell + text_h
@@ -261,7 +274,7 @@ def captioned_grid(
     for i, (im, ws, lines) in enumerate(zip(pils, words, wrapped)):
         r, c = divmod(i, cols)
         x, y = pad + c * cw, pad + r * ch
-        canvas.paste(im.resize((cell, cell), Image.BILINEAR), (x, y))
+        canvas.paste(enlarge(im, cell), (x, y))
         _draw_words(draw, (x + pad, y + cell + pad), ws, lines, font, ["black"] * len(ws))
     return canvas
 
@@ -307,11 +320,12 @@ def attention_figure(
     size: int = 256,
     sigma: float | None = None,
     style: str = "spotlight",
+    caption: str | None = None,
 ) -> Image.Image:
     """Fig. 1/4: the stage images in the first row, then per attention stage the top-k words and their maps.
 
     ``image``: (3, H, W) in [-1, 1], or a list of stage images (tensors or PIL), smallest first; each is
-    resized bilinearly to ``size``. ``attention``: per attention stage a (T, h, w) map (Eq. 2, row i = word i;
+    resized to ``size`` by :func:`enlarge`. ``attention``: per attention stage a (T, h, w) map (Eq. 2, row i = word i;
     batch element already selected). ``length``: the caption's true length (Eq. 15's T).
 
     Layout: ``cols = max(number of stage images, k)`` cells of ``size`` px, ``1 + len(attention)`` rows of
@@ -320,7 +334,8 @@ def attention_figure(
     (Eq. 15), each map upsampled with ``upsample_map(..., sigma)`` and blended over the image that stage
     produced (image r + 1 when there is one more image than attention stages, as F_i^attn feeds G_i; else
     the last image) in ``style`` ("spotlight", "heat" or "original", see ``_overlay``), labelled with the
-    word and its share of the stage's Eq. 15 mass. Cells of words beyond ``length`` stay white.
+    word and its share of the stage's Eq. 15 mass. Cells of words beyond ``length`` stay white. With
+    ``caption``, the sentence is written, word-wrapped, in a strip above all that (the figure grows by it).
     """
     if style not in _STYLES:
         raise UserError(f"style must be one of {', '.join(_STYLES)}, got {style!r}")
@@ -334,7 +349,7 @@ def attention_figure(
     if not stages:
         raise UserError("attention_figure needs at least one image")
     stage_pils = [to_pil(x) for x in stages]
-    resized = [im.resize((size, size), Image.BILINEAR) for im in stage_pils]
+    resized = [enlarge(im, size) for im in stage_pils]
     maps = [_as_map(a) for a in attention]  # (T, h, w) per attention stage
     shift = 1 if len(resized) == len(maps) + 1 else None
 
@@ -365,6 +380,20 @@ def attention_figure(
             label(f"{word} {score / total:.2f}", c * size, y)
             heat = upsample_map(beta_hat[i], size, sigma)  # (size, size) in [0, 1]
             canvas.paste(_overlay(base, heat, style), (c * size, y + LABEL_HEIGHT))
+    return canvas if caption is None else _with_title(canvas, caption)
+
+
+def _with_title(figure: Image.Image, text: str) -> Image.Image:
+    """``figure`` below a strip holding ``text``, word-wrapped to the figure's width."""
+    pad = 6
+    font = _font(_LABEL_FONT)
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    words = str(text).split()
+    lines = _wrap(words, font, figure.width - 2 * pad, scratch)
+    strip_h = len(lines) * _line_height(font) + 2 * pad
+    canvas = Image.new("RGB", (figure.width, strip_h + figure.height), "white")
+    _draw_words(ImageDraw.Draw(canvas), (pad, pad), words, lines, font, ["black"] * len(words))
+    canvas.paste(figure, (0, strip_h))
     return canvas
 
 
@@ -379,7 +408,7 @@ def _changed_colors(reference: Sequence[str], words: Sequence[str]) -> list[Any]
 
 
 def word_swap_figure(
-    rows: Sequence[tuple[str, Any]], size: int = 128, text_width: int | None = None
+    rows: Sequence[tuple[str, Any]], size: int = FIGURE_CELL, text_width: int | None = None
 ) -> Image.Image:
     """Fig. 5: one row per caption (same z and CA noise, one word changed), its caption written beside it.
 
@@ -387,11 +416,32 @@ def word_swap_figure(
     (N, 3, H, W), a list of (3, H, W) tensors or PIL images, or a single image. Column n shows the same seed
     in every row, so reading down a column shows what the changed word does. Words that differ from the
     first row's caption (by a word diff; the first row is compared with the second) are drawn in red.
-    Each image is resized to ``size``; the caption column, ``text_width`` px wide (default ``2 * size``),
-    is word-wrapped. Size: ``text_width + cols * (size + 4) + 4`` wide, where cols = the longest row.
+    Layout as :func:`captioned_rows`.
     """
     if not rows:
         raise UserError("word_swap_figure needs at least one (caption, images) row")
+    words = [str(c).split() for c, _ in rows]
+    # the first row is compared with the second, every other row with the first
+    colors = [_changed_colors(words[1 if r == 0 and len(rows) > 1 else 0], w) for r, w in enumerate(words)]
+    return captioned_rows(rows, size=size, text_width=text_width, colors=colors)
+
+
+def captioned_rows(
+    rows: Sequence[tuple[str, Any]],
+    size: int = FIGURE_CELL,
+    text_width: int | None = None,
+    titles: Sequence[str] | None = None,
+    colors: Sequence[Sequence[Any]] | None = None,
+) -> Image.Image:
+    """One row per caption: the caption, word-wrapped in a column ``text_width`` px wide (default
+    ``2 * size``), then its images, each resized to ``size`` by :func:`enlarge`.
+
+    ``rows``: (caption, images) pairs, images as in :func:`word_swap_figure`. ``titles``: optional labels
+    written above the image columns (e.g. "real", "generated"). ``colors``: optional colour per word of each
+    caption (default black). Size: ``text_width + cols * (size + 4) + 4`` wide, where cols = the longest row.
+    """
+    if not rows:
+        raise UserError("captioned_rows needs at least one (caption, images) row")
     size = int(size)
     text_w = int(text_width or 2 * size)
     pad = 4
@@ -408,15 +458,17 @@ def word_swap_figure(
         row_h.append(max(size, len(lines) * _line_height(font) + 2 * pad))
     ncols = max(len(ims) for ims in images)
     width = text_w + ncols * (size + pad) + pad
-    canvas = Image.new("RGB", (width, sum(row_h) + (len(rows) + 1) * pad), "white")
+    title_h = LABEL_HEIGHT if titles else 0
+    canvas = Image.new("RGB", (width, title_h + sum(row_h) + (len(rows) + 1) * pad), "white")
     draw = ImageDraw.Draw(canvas)
-    y = pad
+    for c, title in enumerate(titles or []):
+        draw.text((text_w + c * (size + pad) + 3, pad), str(title), fill=(90, 90, 90), font=_fit_font(str(title), size - 6, _LABEL_FONT, draw))
+    y = pad + title_h
     for r, (words, lines, h, ims) in enumerate(zip(row_words, row_lines, row_h, images)):
-        # the first row is compared with the second, every other row with the first
-        colors = _changed_colors(row_words[1 if r == 0 and len(rows) > 1 else 0], words)
+        word_colors = list(colors[r]) if colors is not None else ["black"] * len(words)
         text_h = len(lines) * _line_height(font)
-        _draw_words(draw, (pad, y + max(pad, (h - text_h) // 2)), words, lines, font, colors)
+        _draw_words(draw, (pad, y + max(pad, (h - text_h) // 2)), words, lines, font, word_colors)
         for c, im in enumerate(ims):
-            canvas.paste(im.resize((size, size), Image.BILINEAR), (text_w + c * (size + pad), y))
+            canvas.paste(enlarge(im, size), (text_w + c * (size + pad), y))
         y += h + pad
     return canvas

@@ -13,7 +13,7 @@ import textwrap
 
 import torch
 
-__all__ = ["png_bytes", "captioned_grid_png", "attention_png"]
+__all__ = ["png_bytes", "captioned_grid_png", "attention_png", "real_vs_generated_png"]
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,16 @@ def captioned_grid_png(images: torch.Tensor, captions: list[str], ncol: int = 4)
     try:
         from .. import viz
 
-        return png_bytes(viz.captioned_grid(list(images), list(captions), nrow=ncol, cell=max(128, images.shape[-1])))
+        return png_bytes(viz.captioned_grid(list(images), list(captions), nrow=ncol))
     except (ImportError, AttributeError, TypeError) as exc:
         log.debug("viz.captioned_grid unavailable (%s); drawing a plain grid", exc)
     from PIL import Image, ImageDraw
 
     n, _, h, w = images.shape
-    scale = max(1, 128 // w)
-    cell_w, cell_h, text_h = w * scale, h * scale, 44
+    scale = max(1, -(-256 // w))
+    cell_w, cell_h = w * scale, h * scale
+    wrapped = [textwrap.wrap(c, width=max(8, cell_w // 7)) for c in captions]
+    text_h = 14 * max(len(lines) for lines in wrapped) + 8
     rows = (n + ncol - 1) // ncol
     canvas = Image.new("RGB", (ncol * (cell_w + 8), rows * (cell_h + text_h + 8)), "white")
     draw = ImageDraw.Draw(canvas)
@@ -45,8 +47,7 @@ def captioned_grid_png(images: torch.Tensor, captions: list[str], ncol: int = 4)
     for i in range(n):
         x, y = (i % ncol) * (cell_w + 8) + 4, (i // ncol) * (cell_h + text_h + 8) + 4
         canvas.paste(Image.fromarray(arr[i]).resize((cell_w, cell_h), Image.NEAREST), (x, y))
-        lines = textwrap.wrap(captions[i], width=max(8, cell_w // 6))[:4]
-        draw.multiline_text((x, y + cell_h + 2), "\n".join(lines), fill="black", spacing=1)
+        draw.multiline_text((x, y + cell_h + 2), "\n".join(wrapped[i]), fill="black", spacing=1)
     return png_bytes(canvas)
 
 
@@ -54,9 +55,10 @@ def attention_png(
     stage_images: list[torch.Tensor],  # per stage, smallest first: (K, 3, s, s) in [-1, 1]
     attention: list[torch.Tensor],  # per attention stage: (K, T, h, w)
     tokens: list[list[str]],  # words of each caption (T_k <= T)
+    captions: list[str] | None = None,  # the sentence written above each figure (None: its tokens)
 ) -> bytes:
-    """One ``viz.attention_figure`` per sample (its stage images, then the top words' maps per attention
-    stage, as Fig. 4 of the paper), stacked vertically, as PNG bytes (ImportError without viz)."""
+    """One ``viz.attention_figure`` per sample (its caption, its stage images, then the top words' maps per
+    attention stage, as Fig. 4 of the paper), stacked vertically, as PNG bytes (ImportError without viz)."""
     from PIL import Image
 
     from .. import viz
@@ -66,7 +68,8 @@ def attention_png(
         n = len(tokens[k])
         images = [im[k].float().cpu() for im in stage_images]  # (3, s, s) per stage
         maps = [a[k, :n].float().cpu() for a in attention]  # (T_k, h, w) per attention stage
-        figures.append(viz.attention_figure(images, maps, tokens[k], n).convert("RGB"))
+        caption = captions[k] if captions is not None else " ".join(tokens[k])
+        figures.append(viz.attention_figure(images, maps, tokens[k], n, caption=caption).convert("RGB"))
     width = max(f.width for f in figures)
     canvas = Image.new("RGB", (width, sum(f.height for f in figures)), "white")
     y = 0
@@ -74,3 +77,12 @@ def attention_png(
         canvas.paste(f, (0, y))
         y += f.height
     return png_bytes(canvas)
+
+
+def real_vs_generated_png(reals: torch.Tensor, fakes: torch.Tensor, captions: list[str]) -> bytes:
+    """Per caption, a real test image of it beside the image generated from it (each (N, 3, s, s) in
+    [-1, 1]), as PNG bytes (ImportError without viz)."""
+    from .. import viz
+
+    rows = [(c, [r, f]) for c, r, f in zip(captions, reals, fakes)]
+    return png_bytes(viz.captioned_rows(rows, titles=["real test image", "generated"]))
