@@ -323,7 +323,7 @@ class AttnGANPipeline:
             vocab = Vocabulary.load(d / "vocab.json")
         except DataError as exc:
             raise CheckpointError(str(exc)) from None
-        log.info("loaded %s (%d words, %d stages)", d, len(vocab), generator.config.num_stages)
+        log.info("loaded %s (%d words, %d stages)", d, len(vocab.words), generator.config.num_stages)
         return cls(text_encoder, generator, vocab, image_encoder, fast=fast).to(device)
 
     @classmethod
@@ -463,7 +463,8 @@ class AttnGANPipeline:
             except DataError as exc:
                 raise UserError(str(exc)) from None
             if enc.unknown:
-                log.warning("unknown words in %r (ignored): %s", p, ", ".join(enc.unknown))
+                close = self.vocab.suggestions(enc.unknown)
+                log.warning("unknown words in %r (ignored): %s%s", p, ", ".join(enc.unknown), f" (closest known: {close})" if close else "")
             encoded.append(enc)
         return encoded
 

@@ -10,6 +10,7 @@ Layer 0: standard library and numpy only.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -138,6 +139,21 @@ class Vocabulary:
                 ids.append(i)
         return ids, unknown
 
+    @property
+    def words(self) -> list[str]:
+        """The known words, in index order (without ``'<end>'``)."""
+        return [w for i, w in enumerate(self.itos) if i != 0]
+
+    def closest(self, word: str, n: int = 3) -> list[str]:
+        """Up to ``n`` known words spelled most like ``word`` (difflib's ratio >= 0.6), best first."""
+        return difflib.get_close_matches(word.lower(), self.words, n=n)
+
+    def suggestions(self, unknown: Iterable[str]) -> str:
+        """``'purpel' -> purple; 'sqare' -> square, share`` for the unknown words that resemble known ones
+        ('' if none does)."""
+        parts = [f"{w!r} -> {', '.join(close)}" for w in unknown if (close := self.closest(w))]
+        return "; ".join(parts)
+
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Words of ``ids``, stopping at the first 0 (``'<end>'`` / padding)."""
         words = []
@@ -236,9 +252,11 @@ def encode_caption(
     if not ids:
         shown = text if len(text) <= 80 else text[:77] + "..."
         detail = f"unknown words: {', '.join(unknown)}" if unknown else "it has no words at all"
+        close = vocab.suggestions(unknown)
         raise DataError(
-            f"caption {shown!r} has no word in the vocabulary ({detail}); "
-            "rephrase it with words the model was trained on"
+            f"caption {shown!r} has no word in the vocabulary ({detail}); rephrase it with words the model was "
+            f"trained on" + (f" (closest known words: {close})" if close else "")
+            + f"; its {len(vocab) - 1} words: `attngan sample --checkpoint MODEL --list-words`"
         )
     if len(ids) > max_words:
         positions = truncate_ids(range(len(ids)), max_words, truncate, rng)

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from .options import DEVICE, PathType
+from .options import CHECKPOINT_HELP, DEVICE, PathType, setup_logging
 
 _FILE = PathType(dir_okay=False, path_type=Path)
 
@@ -101,6 +101,54 @@ def load_pipeline(
     )
 
 
+def format_words(vocab: Any) -> str:
+    """The vocabulary for people: its size, then the words alphabetically, wrapped."""
+    import textwrap
+
+    words = sorted(vocab.words)
+    return f"{len(words)} words the model knows (others are ignored):\n" + textwrap.fill(
+        " ".join(words), width=100, break_long_words=False, break_on_hyphens=False
+    )
+
+
+def training_data(checkpoint: Path | None) -> dict[str, Any] | None:
+    """The data settings (``preset.data`` of ``config.json``) of the run behind ``checkpoint``, if known."""
+    import json
+
+    from ..pipeline import resolve_model_dir
+
+    if checkpoint is None:
+        return None
+    with _quiet_logger("attngan.pipeline"):  # the model was found (and named) already
+        model = resolve_model_dir(checkpoint)
+    if model.name != "model":
+        return None
+    try:
+        data = json.loads((model.parent / "config.json").read_text(encoding="utf-8"))["preset"]["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def unlike_training(prompts: list[str], data: dict[str, Any] | None) -> list[str]:
+    """Warnings for sentences unlike every training caption: on the shapes data, more objects than its
+    images held (``data.max_objects``); the model then draws what it learned, not the sentence."""
+    if not data or data.get("dataset") != "shapes":
+        return []
+    from ..data.synthetic import attributes_from_caption
+
+    most = int(data.get("max_objects") or 1)
+    warnings = []
+    for i, prompt in enumerate(prompts):
+        n = len(attributes_from_caption(prompt))
+        if n > most:
+            warnings.append(
+                f"sentence {i + 1} names {n} objects, but the model was trained on images of at most {most} "
+                f"(data.max_objects={most}); it draws {'one object' if most == 1 else f'up to {most}'}, not this"
+            )
+    return warnings
+
+
 def swap_word(sentence: str, old: str, new: str) -> str | None:
     """The sentence's tokens with every ``old`` replaced by ``new`` (None if ``old`` does not occur)."""
     from ..text import tokenize
@@ -146,8 +194,7 @@ def _png(image: Any) -> bytes:
     "--checkpoint",
     type=PathType(path_type=Path),
     default=None,
-    help="Trained model: a run folder (runs/00001-shapes-attngan, its model/ is used) or a model folder "
-    "(generator/, text_encoder/, vocab.json; e.g. written by `attngan convert`).",
+    help=CHECKPOINT_HELP,
 )
 @click.option(
     "--original-generator",
@@ -177,8 +224,13 @@ def _png(image: Any) -> bytes:
     "--out",
     "out_dir",
     type=PathType(file_okay=False, path_type=Path),
-    required=True,
-    help="Folder for the images (created; must be empty unless --overwrite).",
+    default=None,
+    help="Folder for the images (created; must be empty unless --overwrite). Required unless --list-words.",
+)
+@click.option(
+    "--list-words",
+    is_flag=True,
+    help="Print the words the model knows (its vocabulary) and exit; captions may use only these.",
 )
 @click.option(
     "--seed",
@@ -265,17 +317,20 @@ def sample(
     truncate_pixels: bool,
     overwrite: bool,
     progress: bool,
+    list_words: bool,
 ) -> None:
     """Draw images from SENTENCES with a trained model.
 
     For sentence i and image j it writes DIR/iii_j_stageK.png (one per stage, smallest first),
     DIR/iii_j_attention.png (the attention maps of the top-5 words, Eq. 2), a captioned DIR/grid.png of
     the last stage and DIR/prompts.json (sentences, tokens used, unknown words, seeds, files).
-    Words the model does not know are ignored and printed. The same --seed gives the same images.
+    Words the model does not know are ignored and printed with the closest known ones; --list-words
+    prints them all. The same --seed gives the same images.
 
     \b
     Examples:
       attngan sample --checkpoint runs/00001-shapes-attngan --out samples "a small red circle at the top left"
+      attngan sample --checkpoint demo-out --list-words
       attngan sample --checkpoint models/birds --out birds --n 4 --word-swap red=blue \\
           "this bird is red with white wings and a short beak"
       attngan sample --original-generator models/bird_AttnGAN2.pth \\
@@ -284,6 +339,13 @@ def sample(
     """
     from ..atomic import FolderLock
 
+    setup_logging()
+    if list_words:
+        pipe = load_pipeline(checkpoint, original_generator, original_text_encoder, captions_pickle, "cpu")
+        click.echo(format_words(pipe.vocab))
+        return
+    if out_dir is None:
+        raise click.UsageError("Missing option '--out' (the folder for the images).")
     t0 = time.perf_counter()
     prompts = read_sentences(sentences, captions_file)
     swap = parse_word_swap(word_swap)
@@ -313,6 +375,8 @@ def _draw_and_write(
     pipe.fast = not exact
     if swap is not None and swap[1] not in pipe.vocab.stoi:
         raise UserError(f"--word-swap: {swap[1]!r} is not in the model's vocabulary, so it would be ignored")
+    for warning in unlike_training(prompts, training_data(checkpoint)):
+        click.echo(f"Warning: {warning}", err=True)
     n_images = len(prompts) * num_images
     show_progress = progress and n_images > batch_size and sys.stderr.isatty()
     swaps: list[tuple[int, str, str]] = []  # (sentence index, sentence, swapped sentence)
@@ -371,7 +435,8 @@ def _draw_and_write(
             files = [save(im, f"{i:03d}_{j}_stage{s}.png") for s, im in enumerate(stage_images)]
             if attention and result.attention_maps[k]:
                 fig = viz.attention_figure(
-                    result.stage_tensors[k], result.attention_maps[k], result.tokens[k], len(result.tokens[k])
+                    result.stage_tensors[k], result.attention_maps[k], result.tokens[k], len(result.tokens[k]),
+                    caption=result.prompts[k],
                 )
                 files.append(save(fig, f"{i:03d}_{j}_attention.png"))
             records.append(
@@ -386,7 +451,7 @@ def _draw_and_write(
                 }
             )
         last = [stages[-1] for stages in result.stage_tensors]  # (3, s, s) each
-        cell = max(128, last[0].shape[-1])  # small images are enlarged so that their captions stay readable
+        cell = max(viz.FIGURE_CELL, last[0].shape[-1])  # small images are enlarged (nearest-neighbour)
         save(
             viz.captioned_grid(last, result.prompts, nrow=num_images if num_images > 1 else 4, cell=cell),
             "grid.png",
@@ -432,7 +497,11 @@ def _draw_and_write(
     for i, prompt in enumerate(prompts):
         unknown = result.unknown_words[i * num_images]
         if unknown:
-            click.echo(f"sentence {i + 1}: unknown words ignored: {', '.join(unknown)}  ({prompt!r})")
+            close = pipe.vocab.suggestions(unknown)
+            click.echo(
+                f"sentence {i + 1}: unknown words ignored: {', '.join(unknown)}  ({prompt!r})"
+                + (f"; closest known words: {close}" if close else "")
+            )
     click.echo(
         f"wrote {n_images} image(s) of {len(prompts)} sentence(s), {len(written)} files, to {out_dir} "
         f"in {time.perf_counter() - t0:.1f} s (device {pipe.device}, "
