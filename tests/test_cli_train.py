@@ -8,6 +8,7 @@ import shlex
 
 import pytest
 import torch
+from PIL import Image
 from click.testing import CliRunner
 
 from attngan.cli import cli
@@ -188,7 +189,7 @@ def test_tiny_end_to_end_pretrain_then_train_then_resume(tmp_path, caplog):
 
 
 def test_demo_dry_run_shows_the_shapes_preset_and_the_time_plan():
-    config = dry_run_config("demo", "--out", "nowhere", "--minutes", "10", "--seed", "3", "--set", "gan_loss.damsm_lambda=7")
+    config = dry_run_config("demo", "--out", "nowhere", "--minutes", "10", "--seed", "3", "--set", "gan_loss.damsm_lambda=7", "--json")
     assert config["preset"]["data"]["dataset"] == "shapes"
     assert config["preset"]["data"]["seed"] == 3 and config["preset"]["gan_train"]["seed"] == 3
     assert config["preset"]["gan_loss"]["damsm_lambda"] == 7
@@ -218,6 +219,9 @@ def test_demo_writes_figures_and_metrics_with_chance_levels(tmp_path):
     if importlib.util.find_spec("attngan.viz") is not None:
         assert "attention.png" in metrics["figures"] and (out / "attention.png").is_file()
     assert metrics["steps"] == {"damsm": 3, "gan": 3}
+    assert len(metrics["warnings"]) == 2 and "ran 3 steps, fewer than" in metrics["warnings"][0]
+    assert "real_vs_generated.png" in metrics["figures"] and (out / "real_vs_generated.png").is_file()
+    assert Image.open(out / "samples.png").width >= 4 * 256  # 4 columns of images enlarged to 256 px
     rows = {r["metric"]: r for r in metrics["summary"]}
     assert rows["color accuracy"]["chance"] == pytest.approx(1 / 8)
     assert rows["position accuracy"]["chance"] == pytest.approx(1 / 9)
@@ -226,6 +230,7 @@ def test_demo_writes_figures_and_metrics_with_chance_levels(tmp_path):
         assert row["generated"] is not None and row["real"] is not None
     table = format_summary(report)
     assert "color accuracy" in table and "R-precision" in table
+    assert table.splitlines()[-1].startswith("Warning: AttnGAN training ran 3 steps")
 
 
 def test_a_path_the_file_system_refuses_is_one_line(tmp_path, capsys):

@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import signal
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,60 @@ def _example_caption(run_dir: Path) -> str:
     except (OSError, IndexError):
         first = ""
     return first or "a small red circle at the top left"
+
+
+def _next_commands(checkpoint: Path, run_dir: Path, dataset: str) -> list[str]:
+    """``next: ...`` lines: draw from the model, measure it, serve it."""
+    ckpt = str(checkpoint)
+    metrics = ["--metrics", "r_precision,attributes"] if dataset == "shapes" else []  # no Inception weights needed
+    commands = [
+        ["attngan", "sample", "--checkpoint", ckpt, "--out", "samples", _example_caption(run_dir)],
+        ["attngan", "evaluate", "--checkpoint", ckpt, "--n-images", "2000", *metrics],
+        ["attngan", "serve", "--checkpoint", ckpt],
+    ]
+    return ["next: " + shlex.join(c) for c in commands]
+
+
+def _demo_out_problem(out: Path) -> str | None:
+    """Why the demo could not write ``out`` (None if it can): it must be a new or empty, writable folder."""
+    if out.exists():
+        if not out.is_dir():
+            return f"--out {out} is a file; choose a new folder for the demo"
+        if any(out.iterdir()):
+            return f"--out {out} is not empty; choose a new folder for the demo"
+        parent = out
+    else:
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir():
+            return f"--out {out} cannot be created: {parent} is a file"
+    try:  # a folder made and removed again: the real test of permissions, read-only mounts and the like
+        os.rmdir(tempfile.mkdtemp(prefix=".attngan-check-", dir=parent))
+    except OSError as exc:
+        return f"--out {out} cannot be written ({exc.strerror} in {parent}); choose another folder"
+    return None
+
+
+def _describe_demo_plan(preset: Preset, plan: Any, out: Path, device: str, sets: tuple[str, ...]) -> str:
+    """The demo's time plan and main settings in sentences (``--dry-run``)."""
+    from ..training.demo import MIN_STEPS
+
+    here = _on_this_machine(preset, device, "demo")
+    training = plan.total_seconds - plan.eval_seconds - 2 * plan.overhead_seconds
+    damsm_s, gan_s = plan.damsm_share * training, (1 - plan.damsm_share) * training
+    d, g = preset.damsm_train, preset.gan_train
+    lines = [
+        f"attngan demo: {plan.total_seconds / 60:g} minutes in all on {here['device']}, writing into {out} "
+        f"({'an empty folder' if out.exists() else 'created'})",
+        f"  1. DAMSM pre-training: up to {damsm_s:.0f} s or {d.max_steps} steps (batch {d.batch_size})",
+        f"  2. AttnGAN training: up to {gan_s:.0f} s (what DAMSM leaves) or {g.max_steps} steps (batch {g.batch_size}, "
+        f"{len(preset.generator.image_sizes)} stages up to {preset.generator.image_sizes[-1]} px)",
+        f"  3. samples, figures and metrics: {plan.eval_seconds:.0f} s reserved; {plan.overhead_seconds:.0f} s per "
+        "training phase for data and export",
+        f"learning needs about {MIN_STEPS['damsm']} DAMSM and {MIN_STEPS['gan']} AttnGAN steps; fewer are warned about",
+        f"settings: the shapes preset, seed {preset.data.seed}" + (f", with {', '.join(sets)}" if sets else ""),
+        "every setting as JSON: add --json",
+    ]
+    return "\n".join(lines)
 
 
 def _print_config(preset: Preset, **run: Any) -> None:
@@ -267,6 +322,13 @@ def pretrain_damsm(
         if resolved.data.dataset != "shapes":  # the GAN trains on the same data
             args += ["--dataset", resolved.data.dataset] + (["--data-dir", resolved.data.data_dir] if resolved.data.data_dir else [])
         click.echo("next: " + shlex.join(args))
+        _warn_if_stopped_early(result, "pretrain-damsm")
+
+
+def _warn_if_stopped_early(result: Any, command: str) -> None:
+    warning = result.stopped_early(command)
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
 
 
 @click.command("train", context_settings={"show_default": True})
@@ -343,8 +405,8 @@ def train(
     )
     if is_main_process():
         click.echo(f"model: {result.model_dir}")
-        args = ["attngan", "sample", "--checkpoint", str(result.model_dir), "--out", "samples", _example_caption(result.run_dir)]
-        click.echo("next: " + shlex.join(args))
+        click.echo("\n".join(_next_commands(result.model_dir, result.run_dir, resolved.data.dataset)))
+        _warn_if_stopped_early(result, "train")
 
 
 @click.command("demo", context_settings={"show_default": True})
@@ -362,10 +424,12 @@ def train(
                    "damsm_train.max_steps); the GAN gets the rest.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars (on a terminal).")
 @_TUNE_MALLOC
-@click.option("-n", "--dry-run", is_flag=True, help="Print the resolved configuration and the time plan, and exit.")
+@click.option("-n", "--dry-run", is_flag=True,
+              help="Print the time plan and the main settings, check that --out can be written, and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print every resolved setting as JSON instead.")
 def demo(
     out: Path, minutes: float, seed: int, sets: tuple[str, ...], device: str, damsm_share: float,
-    progress: bool, tune_malloc: bool, dry_run: bool,
+    progress: bool, tune_malloc: bool, dry_run: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Run the whole pipeline on the built-in shapes dataset within a time budget (CPU, minutes).
 
@@ -383,8 +447,16 @@ def demo(
 
     preset = resolve_preset(demo_lib.demo_preset(seed), None, sets, {})
     plan = demo_lib.DemoPlan.from_minutes(minutes, damsm_share)
-    if dry_run:
+    if dry_run and as_json:
         _print_config(preset, command="demo", out=out, minutes=minutes, seed=seed, device=device, plan=plan.as_dict())
+        return
+    if dry_run:
+        problem = _demo_out_problem(out)
+        if problem:
+            raise UserFailure(problem)
+        click.echo(_describe_demo_plan(preset, plan, out, device, sets))
         return
     report = _run(lambda: demo_lib.run_demo(out, preset, plan, seed=seed, device=device, progress=progress), tune_malloc)
     click.echo(demo_lib.format_summary(report))
+    gan_run = Path(report["runs"]["gan"])
+    click.echo("\n".join(_next_commands(gan_run, gan_run, "shapes")))

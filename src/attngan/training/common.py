@@ -71,6 +71,17 @@ class TrainResult:
     checkpoint: Path | None  # the last state file written (None on processes other than rank 0)
     model_dir: Path | None  # the exported model folder
     stats: dict[str, Any] = field(default_factory=dict)  # the last logged scalars (and validation)
+    total_steps: int | None = None  # the step the run was set to end at (max_steps, or epochs x steps per epoch)
+
+    def stopped_early(self, command: str) -> str | None:
+        """A warning when the time limit ended the run before its last step (None otherwise): what was trained
+        may not have learned yet, and ``attngan <command> --resume`` goes on."""
+        if self.stopped_by != "time" or self.total_steps is None or self.step >= self.total_steps:
+            return None
+        return (
+            f"the time limit stopped training at step {self.step} of {self.total_steps}: the model may not have "
+            f"learned yet; go on with `attngan {command} --resume {self.run_dir}` (--max-minutes for more time)"
+        )
 
 
 class NonFiniteLossError(UserError):

@@ -394,7 +394,7 @@ def train_damsm(
                 step=step,
             )
             log.info("DAMSM pre-training done at step %d (%s); encoders in %s", step, stopped_by, model_dir)
-        return TrainResult(run_dir, step, epoch, stopped_by, last_checkpoint if main else None, model_dir, val)
+        return TrainResult(run_dir, step, epoch, stopped_by, last_checkpoint if main else None, model_dir, val, total_steps)
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise

@@ -5,11 +5,13 @@ Steps: pre-train a small DAMSM, train a small AttnGAN (each stops by wall-clock 
 
 - ``OUT/samples.png``: a grid of captions and generated images,
 - ``OUT/attention.png``: the generator's word-attention maps (``attngan.viz.attention_figure``),
+- ``OUT/real_vs_generated.png``: real test images beside the images generated from their captions,
 - ``OUT/metrics.json``: attribute accuracy (colour, shape, position, size; ``attngan.metrics.attributes``)
   and R-precision with the run's DAMSM (``attngan.metrics.r_precision``), each with its chance level and the
   same numbers on real test images as a reference,
 
-and return a report that :func:`format_summary` prints as a table. Every model setting comes from the
+and return a report that :func:`format_summary` prints as a table, with a warning for each training phase
+that ran fewer steps than :data:`MIN_STEPS` (the figures then stay near chance). Every model setting comes from the
 ``shapes`` preset (plus ``--set`` overrides): tuning the demo needs no code change.
 """
 
@@ -33,15 +35,19 @@ from ..errors import UserError
 from ..nn import Generator
 from .common import TrainingInterrupted
 from .damsm import train_damsm
-from .figures import attention_png, captioned_grid_png
+from .figures import attention_png, captioned_grid_png, real_vs_generated_png
 from .gan import discriminator_configs, load_encoders, train_gan
 from .state import replace_section
 
-__all__ = ["DemoPlan", "demo_preset", "run_demo", "format_summary"]
+__all__ = ["MIN_STEPS", "DemoPlan", "demo_preset", "run_demo", "format_summary", "too_few_steps"]
 
 log = logging.getLogger(__name__)
 
 ATTRIBUTES = ("color", "shape", "position", "size")
+# Steps each phase needs before the shapes preset learns anything (benchmarks/TUNING.md: the DAMSM loss leaves
+# chance after ~250-400 steps; colour accuracy passes 0.8 after ~600 GAN steps). Fewer steps are warned about.
+MIN_STEPS = {"damsm": 400, "gan": 600}
+NUM_COMPARED = 6  # test captions in real_vs_generated.png
 
 
 @dataclass(frozen=True)
@@ -261,22 +267,31 @@ def _measure(
     fakes = [per_stage[-1] for per_stage in stages]  # last stage per batch
     reals = [b.images[-1] for b in batches]
     texts = [t for b in batches for t in (b.texts or [])]
+    whole = _whole_captions(test, texts)  # for the figures: a caption is never shown cut
     attributes = [a for b in batches for a in (b.attributes or [])]
 
-    # Figures: captions + samples; word attention maps.
+    # Figures: captions + samples; word attention maps; real test images beside generated ones.
     shown = min(num_shown, len(texts))
-    atomic_write_bytes(out / "samples.png", captioned_grid_png(torch.cat(fakes)[:shown], texts[:shown]))
+    atomic_write_bytes(out / "samples.png", captioned_grid_png(torch.cat(fakes)[:shown], whole[:shown]))
     figures = ["samples.png"]
     if attention[0]:
         k = min(3, len(batches[0]))
         tokens = [vocab.decode(batches[0].captions[j, : int(batches[0].lengths[j])].tolist()) for j in range(k)]
         try:
-            data = attention_png([im[:k] for im in stages[0]], [a[:k] for a in attention[0]], tokens)
+            data = attention_png([im[:k] for im in stages[0]], [a[:k] for a in attention[0]], tokens, whole[:k])
         except (ImportError, AttributeError, TypeError, ValueError) as exc:
             log.warning("no attention figure: %s", exc)
         else:
             atomic_write_bytes(out / "attention.png", data)
             figures.append("attention.png")
+    k = min(NUM_COMPARED, len(texts))
+    try:
+        data = real_vs_generated_png(torch.cat(reals)[:k], torch.cat(fakes)[:k], whole[:k])
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        log.warning("no real-versus-generated figure: %s", exc)
+    else:
+        atomic_write_bytes(out / "real_vs_generated.png", data)
+        figures.append("real_vs_generated.png")
 
     # Metrics with their chance levels, on generated and (for reference) real images.
     all_fakes = torch.cat(fakes)
@@ -295,6 +310,7 @@ def _measure(
         "figures": figures,
         "runs": {"damsm": str(damsm.run_dir), "gan": str(gan.run_dir)},
         "steps": {"damsm": damsm.step, "gan": gan.step},
+        "warnings": too_few_steps({"damsm": damsm.step, "gan": gan.step}),
         "seconds": {
             "total": round(time.perf_counter() - start, 1),
             "training": round(trained_at - start, 1),
@@ -305,6 +321,31 @@ def _measure(
     atomic_write_json(out / "metrics.json", report)
     log.info("demo done in %.0f s: %s", time.perf_counter() - start, out)
     return report
+
+
+def _whole_captions(test: Any, texts: list[str]) -> list[str]:
+    """The whole test caption of each of the first ``len(texts)`` test images; where the model read only its
+    first ``words_num`` words (``texts``), the rest follows in brackets."""
+    captions = getattr(test, "texts", None)  # per image, every caption (the shapes dataset)
+    if captions is None:
+        return texts
+    out = []
+    for i, seen in enumerate(texts):
+        whole = captions[i][test.caption_index % len(captions[i])]
+        rest = whole.split()[len(seen.split()) :]
+        out.append(f"{seen} [not read: {' '.join(rest)}]" if rest and whole.startswith(seen) else seen)
+    return out
+
+
+def too_few_steps(steps: dict[str, int]) -> list[str]:
+    """A warning per training phase that ran fewer steps than :data:`MIN_STEPS` says learning needs."""
+    names = {"damsm": "DAMSM pre-training", "gan": "AttnGAN training"}
+    return [
+        f"{names[phase]} ran {steps[phase]} steps, fewer than the ~{need} it needs to learn (benchmarks/TUNING.md): "
+        "the figures stay near chance. Give the demo more --minutes, or run it on an idle machine or a GPU"
+        for phase, need in MIN_STEPS.items()
+        if steps.get(phase, need) < need
+    ]
 
 
 def _summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -347,4 +388,5 @@ def format_summary(report: dict[str, Any]) -> str:
         f"{report['seconds']['total']:.0f} s of a {report['seconds']['budget']:.0f} s budget"
     )
     lines.append(f"figures and metrics.json in {report['out']}: {', '.join(report['figures'])}")
+    lines += [f"Warning: {w}" for w in report.get("warnings", [])]
     return "\n".join(lines)

@@ -633,7 +633,7 @@ def train_gan(
             if sampler is not None and step % cfg.sample_every != 0 and step != total_steps:
                 sampler.write(generator_ema, run_dir / "samples", step, stats, vocab)
             log.info("AttnGAN training done at step %d (%s); model in %s", step, stopped_by, run_dir / "model")
-        return TrainResult(run_dir, step, epoch, stopped_by, last_checkpoint if main else None, run_dir / "model" if main else None, last)
+        return TrainResult(run_dir, step, epoch, stopped_by, last_checkpoint if main else None, run_dir / "model" if main else None, last, total_steps)
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise
