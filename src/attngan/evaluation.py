@@ -635,6 +635,25 @@ _LABELS = {
 }
 
 
+PAPER_MISMATCHES = 99  # R-precision: mismatching captions per image in the paper (Sec. 4)
+PAPER_SPLITS = 10  # R-precision and Inception score: splits in the paper
+
+
+def protocol_changes(name: str, res: dict[str, Any]) -> list[str]:
+    """How ``res`` was measured unlike the paper, in words (fewer mismatches or splits than it used)."""
+    changes = []
+    mismatches = res.get("n_mismatch")
+    if name == "r_precision" and mismatches is not None and mismatches != PAPER_MISMATCHES:
+        changes.append(
+            f"{mismatches} mismatches: not comparable with the paper's {PAPER_MISMATCHES}"
+            f" (chance {100 / (1 + mismatches):.1f}% instead of {100 / (1 + PAPER_MISMATCHES):.0f}%)"
+        )
+    splits = res.get("splits")
+    if name in ("r_precision", "is") and splits is not None and splits != PAPER_SPLITS:
+        changes.append(f"{splits} splits instead of the paper's {PAPER_SPLITS}")
+    return changes
+
+
 def _rows(name: str, res: dict[str, Any]) -> list[tuple[str, str, int]]:
     """(label, value, sample count) rows of one metric result."""
 
@@ -676,8 +695,10 @@ def format_table(result: dict[str, Any]) -> str:
     for name, res in result["metrics"].items():
         why = (" -- " if res.get("failed") else " -- skipped: ") + str(res.get("skipped"))
         notes.append(res["protocol"] + (why if "skipped" in res else ""))
-        for label, value, n in _rows(name, res):
-            lines.append(f"{label:<44}{value:>18}{n:>8}  [{len(notes)}]")
+        changes = "" if "skipped" in res else "; ".join(protocol_changes(name, res))
+        for k, (label, value, n) in enumerate(_rows(name, res)):
+            remark = f"  {changes}" if changes and k == 0 else ""
+            lines.append(f"{label:<44}{value:>18}{n:>8}  [{len(notes)}]{remark}")
     lines.append("")
     lines.append(f"images: {result['protocol']}")
     lines += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]

@@ -83,8 +83,19 @@ def calc_metric(name: str, **opts: Any) -> dict[str, Any]:
     result["metric"] = name
     result["time_s"] = round(time.perf_counter() - start, 3)
     result = _jsonable(result)
-    logger.info("%s: %s", name, {k: v for k, v in result.items() if k != "protocol"})
+    logger.info("%s", describe_result(result))
     return result
+
+
+def describe_result(result: dict[str, Any]) -> str:
+    """One line for people: the metric, its numbers (rounded), the sample count and the time."""
+    skip = {"metric", "protocol", "time_s", "n", "seed"}
+    numbers = [
+        f"{k.replace('_', ' ')} {v:.4g}"
+        for k, v in result.items()
+        if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    return f"{result.get('metric')}: {', '.join(numbers)} on {result.get('n')} samples ({result.get('time_s', 0):.1f} s)"
 
 
 def report_metric(
