@@ -177,6 +177,18 @@ def test_page_draws_images_and_word_maps(browser_env, tmp_path):
     assert [e for e in browser.errors if "status of 422" not in e] == []
 
 
+def test_docs_page_lists_the_operations_without_the_internet(browser_env):
+    server, browser, _ = browser_env
+    browser.blocked.clear()
+    page = browser.page
+    page.goto(server.url + "/docs")
+    text = page.inner_text("body")
+    for operation in ("POST /api/v1/generate", "POST /api/v1.0/bird", "GET /health"):
+        assert operation in " ".join(text.split())
+    assert "caption" in text and "curl -s " + server.url + "/api/v1/generate" in text
+    assert browser.blocked == []  # no script, style sheet or font from a CDN
+
+
 # ------------------------------------------------------------------------------------------------ script
 
 

@@ -10,8 +10,9 @@ Routes of :func:`create_app`:
 - ``POST /api/v1.0/bird`` ``{"caption": str}``: the route of the original release's ``eval/`` Flask API
   (201, ``{"bird": {"small", "medium", "large", "map1", "map2", "caption", "elapsed"}}``), with data
   URLs where it returned blob-storage URLs.
-- ``GET /health``: model, device, limits, queue and example captions; ``/docs`` and ``/openapi.json``
-  from FastAPI (the ``/docs`` page itself loads Swagger UI from a CDN).
+- ``GET /health``: model, device, limits, queue and example captions; ``/openapi.json`` from FastAPI.
+- ``GET /docs``: the API's documentation, one self-contained page rendered from the OpenAPI schema
+  (:mod:`attngan.serve.docs`; FastAPI's Swagger UI would load its assets from a CDN).
 
 The model runs in one worker thread that takes requests from a bounded queue and runs compatible ones
 together, up to ``max_batch`` images per forward pass, so the model runs at most one batch at a time.
@@ -40,7 +41,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -52,6 +53,7 @@ from ..errors import UserError
 from ..pipeline import AttnGANOutput
 from ..text import encode_caption, tokenize
 from ..viz import attention_figure, top_words, upsample_map
+from .docs import api_docs_html
 
 log = logging.getLogger(__name__)
 
@@ -509,6 +511,8 @@ def create_app(
         summary="Images and word attention maps from sentences (Xu et al., CVPR 2018).",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI loads its assets from a CDN: /docs below works offline
+        redoc_url=None,
     )
     app.state.worker = worker
     app.add_middleware(_BodyLimit, max_bytes=max_body)
@@ -613,6 +617,10 @@ def create_app(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        return HTMLResponse(api_docs_html(app.openapi(), str(request.base_url)))
 
     @app.get("/health", response_model=HealthResponse)
     async def health() -> dict[str, Any]:
