@@ -118,6 +118,11 @@ def convert(
     )
     for c in done:
         click.echo(f"{c.source} -> {c.target}\n  {legacy.describe(c.kind, c.config)}")
+        if c.kind == "text_encoder":
+            click.echo(
+                f"  (dropout={c.config.dropout} is the original's training default: a .pth file holds weights only, "
+                "not the dropout it was trained with; sampling and evaluation never use dropout)"
+            )
     if vocab is not None:
         click.echo(f"{captions_pickle} -> {out / 'vocab.json'} ({len(vocab)} words)")
     names = {c.name for c in done}

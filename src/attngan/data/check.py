@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..text import Vocabulary, tokenize
-from .files import SPLITS, Listing, build_vocabulary, verify_image
+from .files import SPLITS, Listing, build_vocabulary, missing_dataset, verify_image
 
 __all__ = ["SplitSummary", "CheckReport", "check_dataset"]
 
@@ -46,6 +47,8 @@ class CheckReport:
     vocab_size: int | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # facts worth knowing that are not errors
+    words: list[str] = field(default_factory=list)  # the vocabulary, when it is small enough to read
+    examples: list[str] = field(default_factory=list)  # a few training captions
 
     @property
     def usable(self) -> bool:
@@ -73,6 +76,10 @@ class CheckReport:
             )
         if self.vocab_size is not None:
             lines.append(f"  vocabulary: {self.vocab_size} words (index 0 = '<end>')")
+        if self.words:
+            wrapped = textwrap.wrap(" ".join(self.words), 90)
+            lines += [("  words: " if k == 0 else " " * 9) + ln for k, ln in enumerate(wrapped)]
+        lines += [f"  example: {e}" for e in self.examples]
         lines += [f"  note: {n}" for n in self.notes]
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
@@ -100,6 +107,27 @@ def _scan(
     return scan_folder(data_dir, split, test_fraction), None
 
 
+def _describe_shapes(report: CheckReport, examples: int = 4) -> CheckReport:
+    """The built-in dataset as the ``shapes`` preset makes it: counts, vocabulary, example captions."""
+    from ..config import PRESETS
+    from .synthetic import ShapesDataset
+
+    data = PRESETS["shapes"].data
+    for split in SPLITS:
+        ds = ShapesDataset.from_config(data, [32], split=split)  # captions only: no image is rendered here
+        cpi = data.captions_per_image
+        report.splits[split] = SplitSummary(len(ds.texts), sum(map(len, ds.texts)), cpi, cpi)
+        if split == "train":
+            report.vocab_size = len(ds.vocab)
+            report.words = sorted(ds.vocab.words)
+            report.examples = [ds.texts[i][0] for i in range(min(examples, len(ds.texts)))]
+    report.notes.append(
+        f"generated in memory from data.seed (nothing on disk); {data.max_objects} object(s) per image "
+        f"(data.max_objects), captions cut to {data.words_num} words (data.words_num)"
+    )
+    return report
+
+
 def check_dataset(
     dataset_name: str,  # birds (or cub) | coco | folder | shapes
     data_dir: str | os.PathLike,
@@ -117,11 +145,11 @@ def check_dataset(
         report.problems.append(f"unknown dataset {dataset_name!r}; choose one of birds, coco, folder, shapes")
         return report
     if dataset == "shapes":
-        report.notes.append(
-            "the built-in shapes dataset is generated in memory; there is nothing on disk to check"
-        )
-        return report
+        return _describe_shapes(report)
     root = Path(data_dir)
+    if not root.exists():
+        report.problems.append(missing_dataset(dataset, root))
+        return report
     cpi = captions_per_image or DEFAULT_CAPTIONS_PER_IMAGE.get(dataset, 0)
     seen: set[str] = set()
 

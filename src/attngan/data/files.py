@@ -39,6 +39,26 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SPLITS = ("train", "test")
 MAX_LISTED = 10  # problems quoted in an exception message
+# Where the datasets on disk come from (also in the README's Datasets section).
+DATASET_SOURCES = {
+    "birds": "Get the CUB-200-2011 images from https://www.vision.caltech.edu/datasets/cub_200_2011/ and the original "
+    "release's metadata (captions, filenames, class info; birds.zip) linked from https://github.com/taoxugit/AttnGAN",
+    "coco": "Get the COCO 2014 images and captions from https://cocodataset.org/#download (train2014, val2014, "
+    "annotations_trainval2014), or the original release's metadata (coco.zip) linked from "
+    "https://github.com/taoxugit/AttnGAN",
+    "folder": "It holds your own images, each with a same-named .txt of captions (or a CSV/JSONL manifest)",
+}
+
+
+def missing_dataset(dataset: str, root: Path | None) -> str:
+    """The message for a dataset whose folder is not given or does not exist: where its data comes from."""
+    where = f"the {dataset} dataset folder {root} does not exist" if root else f"the {dataset} dataset needs a folder"
+    source = DATASET_SOURCES.get(dataset)
+    return (
+        f"{where}: pass it with --data-dir (data.data_dir)"
+        + (f". {source}" if source else "")
+        + "; `attngan data check` validates the folder. Or train on the built-in data: --dataset shapes"
+    )
 
 
 @dataclass
@@ -61,6 +81,8 @@ class Listing:
         """Raise one DataError quoting the first problems (each names its file), if any."""
         if not self.problems:
             return
+        if not self.root.exists():
+            raise DataError(missing_dataset(dataset, self.root))
         shown = "\n  ".join(self.problems[:MAX_LISTED])
         more = len(self.problems) - MAX_LISTED
         tail = f"\n  ... and {more} more" if more > 0 else ""

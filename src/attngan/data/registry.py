@@ -9,6 +9,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from ..text import Vocabulary
 from .base import TextImageDataset
+from .files import missing_dataset
 
 __all__ = ["DATASETS", "build_dataset"]
 
@@ -33,7 +34,7 @@ def build_dataset(
 
         return ShapesDataset.from_config(data_config, image_sizes, split=split, vocab=vocab, train=train)
     if not data_config.data_dir:
-        raise DataError(f"the {name} dataset needs a folder: set data.data_dir (e.g. --data-dir data/{name})")
+        raise DataError(missing_dataset(name, None))
     common = dict(
         split=split,
         image_sizes=image_sizes,
