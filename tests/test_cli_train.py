@@ -226,6 +226,9 @@ def test_demo_writes_figures_and_metrics_with_chance_levels(tmp_path):
     assert rows["color accuracy"]["chance"] == pytest.approx(1 / 8)
     assert rows["position accuracy"]["chance"] == pytest.approx(1 / 9)
     assert rows["R-precision (%)"]["chance"] == pytest.approx(100 / 24)
+    grounding = rows.pop("attention grounding")  # the generator's own maps: no real-image figure
+    assert 0 <= grounding["generated"] <= 1 and 0 < grounding["chance"] < 0.5 and grounding["real"] is None
+    assert metrics["metrics"]["attention_grounding"]["n_words"] > 0
     for row in rows.values():
         assert row["generated"] is not None and row["real"] is not None
     table = format_summary(report)

@@ -504,3 +504,38 @@ def test_attribute_accuracy_on_real_and_wrong_targets(attribute_classifier):
     assert res_partial["color_acc"] == res["color_acc"] and "attribute accuracy" in res_partial["protocol"]
     with pytest.raises(UserError, match="single-object"):
         attribute_accuracy(model, images[:1], [scenes[0] * 2])
+
+
+# ------------------------------------------------------------------------------------ attention grounding
+
+
+def test_attention_grounding_reads_the_named_words_inside_their_objects():
+    from attngan.data.synthetic import object_mask, sample_scene
+
+    rng = np.random.default_rng(0)
+    scene = sample_scene(rng, 1)
+    obj = scene[0]
+    tokens = ["a", obj["size"], obj["color"], obj["shape"], "at", "the", "top"]
+    h = 16
+    region = torch.from_numpy(object_mask(obj, h)).double()
+    # Plain reference of the mask: cell centres inside the object's bounding box and outline.
+    assert 0 < region.sum() < h * h and region.mean().item() < 0.2
+    x0, y0, x1, y1 = obj["bbox"]
+    ys, xs = torch.nonzero(region, as_tuple=True)
+    assert ((xs + 0.5) / h >= x0 - 1e-6).all() and ((xs + 0.5) / h <= x1 + 1e-6).all()
+    assert ((ys + 0.5) / h >= y0 - 1e-6).all() and ((ys + 0.5) / h <= y1 + 1e-6).all()
+    uniform = torch.full((len(tokens), h, h), 1.0 / len(tokens))
+    on_object = uniform.clone()
+    on_object[2] = region / region.sum() * 0.5 + 0.5 / (h * h)  # colour word: half its mass on the object
+    on_object[3] = region / region.sum()  # shape word: all of it
+    res = calc_metric("attention_grounding", attention=[uniform, on_object], tokens=[tokens, tokens], scenes=[scene, scene])
+    area = region.mean().item()
+    expected = np.mean([area, area, 0.5 + 0.5 * area, 1.0])  # a plain average over the four words
+    assert res["n_words"] == 4 and res["n"] == 2
+    assert res["attention_grounding"] == pytest.approx(expected, rel=1e-6)  # float32 maps
+    assert res["chance"] == pytest.approx(area, rel=1e-9)
+    assert res["shape"] == pytest.approx((area + 1.0) / 2, rel=1e-6)
+    # Words the scene does not hold, or that name two objects, are not counted.
+    other = [w for w in ("circle", "square") if w != obj["shape"]][0]
+    res = calc_metric("attention_grounding", attention=[on_object], tokens=[["a", "red", other]], scenes=[scene])
+    assert res["n_words"] == (1 if obj["color"] == "red" else 0)

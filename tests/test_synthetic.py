@@ -221,3 +221,65 @@ def test_bad_arguments_are_clear_errors():
         ShapesDataset(num_images=2, max_objects=4)
     with pytest.raises(ValueError, match="max_objects"):
         sample_scene(np.random.default_rng(0), 0)
+
+
+def _differences(a: dict, b: dict) -> set[str]:
+    return {k for k in ("shape", "color", "size", "position") if a[k] != b[k]}
+
+
+@pytest.mark.parametrize("max_objects", [1, 3])
+def test_contrast_groups_change_one_attribute_at_a_time(max_objects):
+    from attngan.data.synthetic import CONTRAST_WEIGHTS, object_mask
+
+    k = 4
+    plain = ShapesDataset(num_images=400, max_objects=max_objects, seed=3, image_sizes=(32,))
+    grouped = ShapesDataset(num_images=400, max_objects=max_objects, seed=3, image_sizes=(32,), contrast_group=k)
+    assert grouped.group_size == k and plain.group_size == 1
+    changed = {name: 0 for name in CONTRAST_WEIGHTS}
+    for i in range(len(grouped)):
+        scene = grouped.scenes[i]
+        if i % k == 0:  # a group starts with the scene the plain dataset has there
+            assert scene == plain.scenes[i] and grouped.texts[i] == plain.texts[i]
+            continue
+        prev = grouped.scenes[i - 1]
+        diff = _differences(prev[0], scene[0])
+        assert len(diff) == 1, (prev[0], scene[0])  # exactly one attribute of the first object
+        changed[diff.pop()] += 1
+        assert scene[1:] == prev[1:]  # the other objects are untouched
+        assert len({o["color"] for o in scene}) == len(scene)  # colours and cells stay distinct
+        assert len({o["position"] for o in scene}) == len(scene)
+        first = scene[0]
+        assert object_mask(first, 32).any()
+        x0, y0, x1, y1 = first["bbox"]
+        assert first["row"] / 3 - 1e-9 <= y0 and y1 <= (first["row"] + 1) / 3 + 1e-9  # inside its cell
+        assert first["col"] / 3 - 1e-9 <= x0 and x1 <= (first["col"] + 1) / 3 + 1e-9
+        parsed = attributes_from_caption(grouped.texts[i][0])[0]
+        assert parsed["shape"] == first["shape"] and parsed["color"] == first["color"]  # captions follow the scene
+    total = sum(changed.values())
+    for name, weight in CONTRAST_WEIGHTS.items():  # every attribute is varied, about as often as weighted
+        assert abs(changed[name] / total - weight) < 0.1, changed
+    # The test split is never grouped.
+    test = ShapesDataset(split="test", num_images=8, seed=3, image_sizes=(32,), contrast_group=k)
+    assert test.group_size == 1 and test.scenes == ShapesDataset(split="test", num_images=8, seed=3, image_sizes=(32,)).scenes
+
+
+def test_training_order_keeps_contrast_groups_together():
+    from attngan.training.data import batches_per_epoch, epoch_loader
+
+    k, n = 4, 40
+    ds = ShapesDataset(num_images=n, image_sizes=(16,), contrast_group=k)
+    orders = []
+    for epoch in (0, 1):
+        order = list(epoch_loader(ds, 8, epoch=epoch, seed=0).sampler)
+        assert sorted(order) == list(range(n))  # every image once per epoch
+        for start in range(0, n, k):
+            group = order[start : start + k]
+            assert group == list(range(group[0], group[0] + k)) and group[0] % k == 0
+        orders.append(order)
+    assert orders[0] != orders[1]  # the groups are shuffled per epoch
+    # Two processes deal out whole groups, disjoint, and count their batches from what they get.
+    shards = [list(epoch_loader(ds, 4, epoch=0, seed=0, rank=r, world_size=2).sampler) for r in (0, 1)]
+    assert not set(shards[0]) & set(shards[1]) and all(len(s) == n // 2 for s in shards)
+    assert batches_per_epoch(ds, 4, world_size=2) == 5
+    with pytest.raises(DataError, match="contrast_group"):
+        ShapesDataset(num_images=8, contrast_group=0)

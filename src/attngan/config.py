@@ -132,6 +132,10 @@ class DataConfig:
     truncate: str = "first"  # "first" keeps the first words; "random" drops random words (original)
     num_images: int = 2000  # shapes only: images per split generated
     max_objects: int = 1  # shapes only: 1..3 objects per image
+    # shapes only: training scenes come in groups of this many, each differing from the last in one attribute
+    # of its first object, kept together in the training order (1: independent scenes). A matching loss then
+    # sees captions that differ in one word within a batch (hard negatives; not in the paper).
+    contrast_group: int = 1
     seed: int = 0  # shapes only
     workers: int = -1  # DataLoader workers; -1: auto (on CUDA min(8, CPU cores per process - 1), else 0)
     cache: bool = False  # build/use a decoded uint8 cache of resized images

@@ -42,7 +42,10 @@ __all__ = [
     "POSITIONS",
     "BACKGROUNDS",
     "sample_scene",
+    "vary_scene",
+    "CONTRAST_WEIGHTS",
     "render_scene",
+    "object_mask",
     "make_captions",
     "attributes_from_caption",
     "caption_words",
@@ -284,30 +287,58 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 1) -> list[dict[st
     sizes = rng.integers(len(SIZES), size=n)
     jitter = rng.uniform(-1.0, 1.0, size=(n, 2))
     color_names = list(COLORS)
-    objects = []
-    for k in range(n):
-        row, col = divmod(int(cells[k]), 3)
-        size = SIZES[int(sizes[k])]
-        half = _HALF_SIZE[size]
-        reach = _EXTENT * half
-        room = max(0.0, _CELL / 2 - reach - 0.01)  # keep the shape inside its cell
-        cx = (col + 0.5) * _CELL + room * float(jitter[k, 0])
-        cy = (row + 0.5) * _CELL + room * float(jitter[k, 1])
-        shape = SHAPES[int(shapes[k])]
-        objects.append(
-            {
-                "shape": shape,
-                "color": color_names[int(colors[k])],
-                "size": size,
-                "position": POSITIONS[3 * row + col],
-                "row": row,
-                "col": col,
-                "center": (cx, cy),
-                "half_size": half,
-                "bbox": _bbox(shape, cx, cy, half),
-            }
-        )
-    return objects
+    return [
+        _placed(SHAPES[int(shapes[k])], color_names[int(colors[k])], SIZES[int(sizes[k])], int(cells[k]), jitter[k])
+        for k in range(n)
+    ]
+
+
+# Which attribute a contrast group changes from one scene to the next, and how often (shape and position,
+# the attributes a matching loss otherwise rarely needs, most).
+CONTRAST_WEIGHTS: dict[str, float] = {"shape": 0.4, "position": 0.3, "color": 0.15, "size": 0.15}
+
+
+def vary_scene(attrs: Sequence[dict[str, Any]], rng: np.random.Generator) -> list[dict[str, Any]]:
+    """A copy of a scene whose first object differs in exactly one attribute (drawn by
+    :data:`CONTRAST_WEIGHTS`): another shape, colour, size or grid cell (a new jitter inside it). Colours and
+    cells stay distinct between the objects."""
+    names = list(CONTRAST_WEIGHTS)
+    weights = np.asarray([CONTRAST_WEIGHTS[n] for n in names])
+    attribute = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    first, others = dict(attrs[0]), [dict(o) for o in attrs[1:]]
+    if attribute == "shape":
+        first["shape"] = SHAPES[int(rng.choice([i for i, s in enumerate(SHAPES) if s != first["shape"]]))]
+    elif attribute == "color":
+        taken = {o["color"] for o in attrs}
+        first["color"] = str(rng.choice([c for c in COLORS if c not in taken]))
+    elif attribute == "size":
+        first["size"] = "large" if first["size"] == "small" else "small"
+    cells = {3 * o["row"] + o["col"] for o in attrs}
+    cell = 3 * first["row"] + first["col"]
+    if attribute == "position":
+        cell = int(rng.choice([c for c in range(len(POSITIONS)) if c not in cells]))
+    return [_placed(first["shape"], first["color"], first["size"], cell, rng.uniform(-1.0, 1.0, size=2)), *others]
+
+
+def _placed(shape: str, color: str, size: str, cell: int, jitter: np.ndarray) -> dict[str, Any]:
+    """An object of ``shape``, ``color`` and ``size`` in grid ``cell``, moved by ``jitter`` (in [-1, 1]^2) as
+    far as it stays inside its cell."""
+    row, col = divmod(int(cell), 3)
+    half = _HALF_SIZE[size]
+    room = max(0.0, _CELL / 2 - _EXTENT * half - 0.01)  # keep the shape inside its cell
+    cx = (col + 0.5) * _CELL + room * float(jitter[0])
+    cy = (row + 0.5) * _CELL + room * float(jitter[1])
+    return {
+        "shape": shape,
+        "color": color,
+        "size": size,
+        "position": POSITIONS[int(cell)],
+        "row": row,
+        "col": col,
+        "center": (cx, cy),
+        "half_size": half,
+        "bbox": _bbox(shape, cx, cy, half),
+    }
 
 
 def _bbox(shape: str, cx: float, cy: float, r: float) -> tuple[float, float, float, float]:
@@ -336,6 +367,19 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np
         edges = np.maximum(s3 * ax - 0.5 * dy, dy)  # two slanted edges (by symmetry) and the base
         return edges - 0.5 * big
     raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+
+
+def object_mask(obj: dict[str, Any], size: int) -> np.ndarray:
+    """Where an object of a scene lies in a ``size`` x ``size`` grid: bool (size, size), True at the cells
+    whose centre is inside its outline (the region its colour covers in :func:`render_scene`)."""
+    coords = np.arange(size, dtype=np.float32) + 0.5
+    cx, cy = obj["center"]
+    dx = (coords - cx * size)[None, :]
+    dy = (coords - cy * size)[:, None]
+    mask = _signed_distance(obj["shape"], dx, dy, obj["half_size"] * size) <= 0
+    if not mask.any():  # smaller than a cell: the cell holding its centre
+        mask[min(int(cy * size), size - 1), min(int(cx * size), size - 1)] = True
+    return mask
 
 
 def render_scene(attrs: Sequence[dict[str, Any]], size: int, rng: np.random.Generator) -> np.ndarray:
@@ -391,6 +435,7 @@ class ShapesDataset(TextImageDataset):
         vocab: Vocabulary | None = None,  # None: shapes_vocabulary(), identical for every seed
         train: bool | None = None,  # random caption per draw; None: True for the train split
         truncate: str = "first",
+        contrast_group: int = 1,  # train split: groups of this many scenes, each one attribute from the last
     ):
         if split not in _SPLITS:
             raise DataError(f"split must be 'train' or 'test', got {split!r}")
@@ -400,14 +445,21 @@ class ShapesDataset(TextImageDataset):
             raise DataError(f"captions_per_image must be >= 1, got {captions_per_image}")
         if not 1 <= max_objects <= 3:
             raise DataError(f"max_objects must be 1, 2 or 3, got {max_objects}")
+        if contrast_group < 1:
+            raise DataError(f"contrast_group must be >= 1, got {contrast_group}")
         self.split = split
         self.max_objects = int(max_objects)
         self.data_seed = int(seed)
+        # Training order keeps each group's images together (see attngan.training.data.epoch_loader).
+        self.group_size = int(contrast_group) if split == "train" else 1
         self.scenes: list[list[dict[str, Any]]] = []
         self.texts: list[list[str]] = []
         for index in range(num_images):
             rng = np.random.default_rng([self.data_seed, _SPLITS[split], index, 0])
-            scene = sample_scene(rng, max_objects)
+            if index % self.group_size == 0:
+                scene = sample_scene(rng, max_objects)
+            else:  # the group's previous scene with one attribute of its first object changed
+                scene = vary_scene(self.scenes[-1], rng)
             self.scenes.append(scene)
             self.texts.append(make_captions(scene, rng, captions_per_image))
         super().__init__(
@@ -443,6 +495,7 @@ class ShapesDataset(TextImageDataset):
             vocab=vocab,
             train=train,
             truncate=data.truncate,
+            contrast_group=data.contrast_group,
         )
 
     def render(self, index: int, size: int | None = None) -> np.ndarray:

@@ -6,12 +6,12 @@ returns a dict that names its protocol, sample count and feature extractor; ``re
 run_dir)`` appends it as one JSON line to ``<run_dir>/metric-<name>.jsonl``.
 
 Metrics: ``inception_score`` (Salimans et al. 2016), ``fid`` (Heusel et al. 2017), ``r_precision``
-(AttnGAN Sec. 4), ``clip_score`` (optional, user CLIP model), ``attribute_accuracy`` (built-in shapes
-dataset).
+(AttnGAN Sec. 4), ``clip_score`` (optional, user CLIP model), ``attribute_accuracy`` and ``attention_grounding`` (built-in
+shapes dataset).
 """
 
 # Importing the metric modules registers their metrics.
-from . import attributes, clip_score, fid, inception_score, r_precision
+from . import attributes, clip_score, fid, grounding, inception_score, r_precision
 from .features import FeatureStats, cached_feature_stats, compute_feature_stats
 from .fid import frechet_distance
 from .inception_score import inception_score as inception_score_from_probs

@@ -1,7 +1,7 @@
 """Resumable data order: the batches of epoch ``e`` are a function of ``(seed, e)`` and can start mid-epoch.
 
 The order comes from a ``DistributedSampler`` seeded by ``(seed, epoch)`` (one replica when not
-distributed), the per-item random draws from the dataset's ``set_epoch`` (see ``attngan.data.base``). To
+distributed; over groups of items for a dataset with a ``group_size``), the per-item random draws from the dataset's ``set_epoch`` (see ``attngan.data.base``). To
 continue an epoch after ``k`` batches, the first ``k * batch_size`` indices of the epoch are skipped, so a
 resumed run sees exactly the batches an uninterrupted run would have seen.
 """
@@ -33,13 +33,37 @@ def _ignore_stop_signals(_worker_id: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _sampler(dataset: Dataset, seed: int, rank: int, world_size: int, shuffle: bool) -> DistributedSampler:
+class GroupedSampler:
+    """A ``DistributedSampler`` over groups of ``group_size`` consecutive items: the groups are shuffled by
+    ``(seed, epoch)`` and dealt to the processes, the items of a group stay together and in order (a dataset
+    whose ``group_size`` is above 1, e.g. the shapes dataset's ``data.contrast_group``)."""
+
+    def __init__(self, n: int, group_size: int, seed: int, rank: int, world_size: int, shuffle: bool):
+        self.groups = DistributedSampler(
+            range(-(-n // group_size)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
+        )
+        self.n, self.group_size = n, group_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.groups.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        k = self.group_size
+        return (i for g in self.groups for i in range(g * k, min((g + 1) * k, self.n)))
+
+
+def _sampler(dataset: Dataset, seed: int, rank: int, world_size: int, shuffle: bool):
+    group_size = int(getattr(dataset, "group_size", 1))
+    if group_size > 1:
+        return GroupedSampler(len(dataset), group_size, seed, rank, world_size, shuffle)
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
 
 
 def batches_per_epoch(dataset: Dataset, batch_size: int, world_size: int = 1) -> int:
     """Full batches per process and epoch (the last incomplete batch is dropped)."""
-    per_process = len(dataset) // world_size
+    group_size = int(getattr(dataset, "group_size", 1))
+    per_process = (-(-len(dataset) // group_size) // world_size) * group_size if group_size > 1 else len(dataset) // world_size
+    per_process = min(per_process, len(dataset))
     if per_process < batch_size:
         raise DataError(
             f"the dataset has {len(dataset)} items ({per_process} per process), fewer than one batch of "

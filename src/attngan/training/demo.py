@@ -6,9 +6,10 @@ Steps: pre-train a small DAMSM, train a small AttnGAN (each stops by wall-clock 
 - ``OUT/samples.png``: a grid of captions and generated images,
 - ``OUT/attention.png``: the generator's word-attention maps (``attngan.viz.attention_figure``),
 - ``OUT/real_vs_generated.png``: real test images beside the images generated from their captions,
-- ``OUT/metrics.json``: attribute accuracy (colour, shape, position, size; ``attngan.metrics.attributes``)
-  and R-precision with the run's DAMSM (``attngan.metrics.r_precision``), each with its chance level and the
-  same numbers on real test images as a reference,
+- ``OUT/metrics.json``: attribute accuracy (colour, shape, position, size; ``attngan.metrics.attributes``),
+  R-precision with the run's DAMSM (``attngan.metrics.r_precision``), each with its chance level and the
+  same numbers on real test images as a reference, and the attention grounding of the colour and shape
+  words (``attngan.metrics.grounding``),
 
 and return a report that :func:`format_summary` prints as a table, with a warning for each training phase
 that ran fewer steps than :data:`MIN_STEPS` (the figures then stay near chance). Every model setting comes from the
@@ -39,7 +40,10 @@ from .figures import attention_png, captioned_grid_png, real_vs_generated_png
 from .gan import discriminator_configs, load_encoders, train_gan
 from .state import replace_section
 
-__all__ = ["MIN_STEPS", "DemoPlan", "demo_preset", "run_demo", "format_summary", "too_few_steps"]
+__all__ = [
+    "MIN_STEPS", "DemoPlan", "Measured", "demo_preset", "run_demo", "measure_generator", "summary_rows",
+    "format_summary", "too_few_steps",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +150,7 @@ def run_demo(
     num_eval: int = 500,  # test captions drawn for the metrics
     num_shown: int = 16,  # images in samples.png
     classifier: Any = None,  # attribute classifier to measure with; None: the cached one (trained if missing)
+    gan_callback: Any = None,  # called with each GAN step's StepInfo (benchmarks/demo_frontier.py)
 ) -> dict[str, Any]:
     """Train a small DAMSM and AttnGAN on shapes within ``plan.total_seconds``; write figures and metrics."""
     out = Path(out)
@@ -155,12 +160,12 @@ def run_demo(
         if not lock.is_empty():
             raise UserError(f"{out} is not empty; choose a new folder for the demo")
         return _run_demo(out, preset, plan, seed=seed, device=device, progress=progress, num_eval=num_eval,
-                         num_shown=num_shown, classifier=classifier)  # fmt: skip
+                         num_shown=num_shown, classifier=classifier, gan_callback=gan_callback)  # fmt: skip
 
 
 def _run_demo(
     out: Path, preset: Preset | None, plan: DemoPlan | None, *, seed: int, device: Any, progress: bool, num_eval: int,
-    num_shown: int, classifier: Any,
+    num_shown: int, classifier: Any, gan_callback: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     start = time.perf_counter()
     preset = demo_preset(seed) if preset is None else preset
@@ -192,7 +197,7 @@ def _run_demo(
     try:
         return _train_and_measure(out, preset, plan, runs, deadline, training_seconds, start, seed=seed, device=device,
                                   dev=dev, progress=progress, num_eval=num_eval, num_shown=num_shown,
-                                  classifier=classifier, sizes=sizes, where=where)  # fmt: skip
+                                  classifier=classifier, sizes=sizes, where=where, gan_callback=gan_callback)  # fmt: skip
     except KeyboardInterrupt as exc:
         gan_dir = where["gan"]
         if gan_dir is not None:
@@ -213,7 +218,7 @@ def _run_demo(
 def _train_and_measure(
     out: Path, preset: Preset, plan: DemoPlan, runs: Path, deadline: float, training_seconds: float, start: float, *,
     seed: int, device: Any, dev: torch.device, progress: bool, num_eval: int, num_shown: int, classifier: Any,
-    sizes: list[int], where: dict[str, Any],
+    sizes: list[int], where: dict[str, Any], gan_callback: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The demo's work after its checks: DAMSM, GAN, images, figures, metrics (``where`` says how far it got)."""
     # Pre-train the DAMSM encoders.
@@ -244,10 +249,47 @@ def _train_and_measure(
         tensorboard=False,
         keep_checkpoints=1,
         adapt_threads=True,  # a time budget on a possibly shared CPU: fewer threads when that is faster
+        callback=gan_callback,
     )
     trained_at = time.perf_counter()
     where.update(stage="measuring", gan=gan.run_dir)
     return _measure(out, gan, damsm, seed, dev, num_eval, num_shown, classifier, sizes, preset, start, trained_at, plan)
+
+
+@dataclass
+class Measured:
+    """Images of the test captions and the demo's metrics (:func:`measure_generator`)."""
+
+    metrics: dict[str, Any]
+    batches: list  # the test batches (real images, captions, attributes)
+    stages: list  # per batch: the images of every stage
+    attention: list  # per batch: the maps of every attention stage
+
+
+def measure_generator(
+    generator: Generator, text_encoder: Any, image_encoder: Any, vocab: Any, test: Any, classifier: Any,
+    dev: torch.device, *, seed: int = 0, num_eval: int = 500,
+) -> Measured:  # fmt: skip
+    """Draw the first ``num_eval`` test captions with ``generator`` (noise from ``seed``) and measure: attribute
+    accuracy, R-precision with the given DAMSM encoders (each beside the same figure on the real images) and
+    attention grounding. Used by the demo and by ``benchmarks/demo_frontier.py``."""
+    batches = _batches(test, num_eval, 50)
+    stages, attention = _generate(generator, text_encoder, batches, seed, dev)
+    fakes = [per_stage[-1] for per_stage in stages]  # last stage per batch
+    reals = [b.images[-1] for b in batches]
+    attributes = [a for b in batches for a in (b.attributes or [])]
+    metrics: dict[str, Any] = {"n": len(attributes)}
+    metrics["attributes"] = {
+        "generated": _attribute_accuracy(torch.cat(fakes), attributes, classifier, dev),
+        "real": _attribute_accuracy(torch.cat(reals), attributes, classifier, dev),
+    }
+    metrics["r_precision"] = {
+        "generated": _r_precision(image_encoder, text_encoder, fakes, batches, dev, seed),
+        "real": _r_precision(image_encoder, text_encoder, reals, batches, dev, seed),
+    }
+    if attention[0]:
+        metrics["attention_grounding"] = _attention_grounding(attention, batches, vocab)
+    return Measured(metrics, batches, stages, attention)
 
 
 def _measure(
@@ -255,20 +297,19 @@ def _measure(
     sizes: list[int], preset: Preset, start: float, trained_at: float, plan: DemoPlan,
 ) -> dict[str, Any]:  # fmt: skip
     """Images of the test captions from the exported (EMA) generator, the figures and metrics.json."""
-    # Draw images for the test captions with the exported (EMA) generator.
     model = gan.run_dir / "model"
     generator = load_component(model / "generator", Generator, GeneratorConfig).to(dev)
     text_encoder, image_encoder, vocab = load_encoders(model)
     text_encoder.to(dev)
     image_encoder.to(dev)
     test = build_dataset(preset.data, "test", sizes, vocab=vocab, train=False)
-    batches = _batches(test, num_eval, 50)
-    stages, attention = _generate(generator, text_encoder, batches, seed, dev)
-    fakes = [per_stage[-1] for per_stage in stages]  # last stage per batch
+    measured = measure_generator(generator, text_encoder, image_encoder, vocab, test, classifier, dev, seed=seed,
+                                 num_eval=num_eval)  # fmt: skip
+    batches, stages, attention = measured.batches, measured.stages, measured.attention
+    fakes = [per_stage[-1] for per_stage in stages]
     reals = [b.images[-1] for b in batches]
     texts = [t for b in batches for t in (b.texts or [])]
     whole = _whole_captions(test, texts)  # for the figures: a caption is never shown cut
-    attributes = [a for b in batches for a in (b.attributes or [])]
 
     # Figures: captions + samples; word attention maps; real test images beside generated ones.
     shown = min(num_shown, len(texts))
@@ -293,20 +334,11 @@ def _measure(
         atomic_write_bytes(out / "real_vs_generated.png", data)
         figures.append("real_vs_generated.png")
 
-    # Metrics with their chance levels, on generated and (for reference) real images.
-    all_fakes = torch.cat(fakes)
-    metrics: dict[str, Any] = {"n": len(texts)}
-    fake_attr = _attribute_accuracy(all_fakes, attributes, classifier, dev)
-    real_attr = _attribute_accuracy(torch.cat(reals), attributes, classifier, dev)
-    metrics["attributes"] = {"generated": fake_attr, "real": real_attr}
-    metrics["r_precision"] = {
-        "generated": _r_precision(image_encoder, text_encoder, fakes, batches, dev, seed),
-        "real": _r_precision(image_encoder, text_encoder, reals, batches, dev, seed),
-    }
+    metrics = measured.metrics
     report = {
         "out": str(out),
         "metrics": metrics,
-        "summary": _summary_rows(metrics),
+        "summary": summary_rows(metrics),
         "figures": figures,
         "runs": {"damsm": str(damsm.run_dir), "gan": str(gan.run_dir)},
         "steps": {"damsm": damsm.step, "gan": gan.step},
@@ -321,6 +353,19 @@ def _measure(
     atomic_write_json(out / "metrics.json", report)
     log.info("demo done in %.0f s: %s", time.perf_counter() - start, out)
     return report
+
+
+def _attention_grounding(attention: list, batches: list, vocab: Any) -> dict[str, Any]:
+    """The ``attention_grounding`` metric on the last attention stage of the generated test images."""
+    from ..metrics import calc_metric
+
+    maps, tokens, scenes = [], [], []
+    for per_stage, batch in zip(attention, batches):
+        for j in range(len(batch)):
+            maps.append(per_stage[-1][j])
+            tokens.append(vocab.decode(batch.captions[j, : int(batch.lengths[j])].tolist()))
+            scenes.append(batch.attributes[j])
+    return calc_metric("attention_grounding", attention=maps, tokens=tokens, scenes=scenes)
 
 
 def _whole_captions(test: Any, texts: list[str]) -> list[str]:
@@ -348,7 +393,7 @@ def too_few_steps(steps: dict[str, int]) -> list[str]:
     ]
 
 
-def _summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows (metric, generated, real, chance) for the printed table."""
     rows = []
     gen, real = metrics["attributes"]["generated"], metrics["attributes"]["real"]
@@ -371,6 +416,16 @@ def _summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "chance": 100.0 / (1 + n_mis),
         }
     )
+    grounding = metrics.get("attention_grounding")
+    if grounding is not None:
+        rows.append(
+            {
+                "metric": "attention grounding",
+                "generated": grounding["attention_grounding"],
+                "real": None,  # real images have no attention maps
+                "chance": grounding["chance"],
+            }
+        )
     return rows
 
 
