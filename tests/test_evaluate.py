@@ -33,7 +33,7 @@ from attngan.pipeline import AttnGANPipeline
 
 N = 64
 SEED = 3
-ALL = ["r_precision", "is", "fid", "attributes", "clip"]
+ALL = ["r_precision", "is", "fid", "attributes", "attention_grounding", "clip"]
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +121,31 @@ def test_every_requested_metric_names_its_protocol_and_sample_count(result):
         "FID",
         "attributes: color",
         "real test images",
+        "attention grounding (chance",
         "CLIP score",
     )
     for label in labels:
         assert label in table
     assert table.count(f"{N:>8}  [") >= 5  # every row shows its sample count and refers to a protocol
-    for i in range(1, 6):
+    for i in range(1, 7):
         assert f"\n[{i}] " in table
+
+
+def test_attention_grounding_equals_the_metric_on_the_pipeline_maps(result, pipe, test_set):
+    from attngan.evaluation import draw_test_captions
+    from attngan.metrics.grounding import grounding_shares
+
+    res = result["metrics"]["attention_grounding"]
+    assert 0 < res["chance"] < 0.5 and 0 <= res["attention_grounding"] <= 1 and res["n_words"] > N
+    draws = draw_test_captions(test_set, N, seed=SEED)
+    shares = []
+    for k in range(N):  # the images one by one, each with its own noise seed
+        out = pipe(draws.texts[k], seed=draws.seeds[k])
+        scene = test_set.extra(int(draws.indices[k]))["attributes"]
+        shares += grounding_shares(out.attention_maps[0][-1], out.tokens[0], scene)
+    assert len(shares) == res["n_words"]
+    assert res["attention_grounding"] == pytest.approx(np.mean([s for _, s, _ in shares]), rel=1e-4)
+    assert res["chance"] == pytest.approx(np.mean([a for _, _, a in shares]), rel=1e-9)
 
 
 def test_r_precision_equals_a_direct_computation(result, pipe, test_set):
@@ -278,6 +296,7 @@ def test_r_precision_options_and_mismatched_encoders(pipe, test_set):
 
 def test_parse_metrics():
     assert parse_metrics("fid, is,r_precision") == ["r_precision", "is", "fid"]
+    assert parse_metrics("grounding,attributes") == ["attributes", "attention_grounding"]
     assert parse_metrics(["inception_score", "attribute_accuracy", "clip_score"]) == [
         "is",
         "attributes",

@@ -9,6 +9,8 @@ drawn test captions (seeded), then computes the requested metrics of :mod:`attng
   CUB-fine-tuned Inception, pass it as ``is_classifier``);
 * ``fid``: FID against the real test images (standard FID Inception weights; real statistics cached);
 * ``attributes``: colour / shape / size / position accuracy on the built-in shapes dataset;
+* ``attention_grounding``: share of the colour and shape words' attention inside their objects, on the
+  built-in shapes dataset (:mod:`attngan.metrics.grounding`);
 * ``clip``: CLIP score with a user-supplied CLIP model (skipped otherwise).
 
 Captions are drawn like the original evaluation loop, which went over the shuffled test set as often as
@@ -48,6 +50,7 @@ from .metrics import attributes as attr_mod
 from .metrics import calc_metric
 from .metrics import clip_score as clip_mod
 from .metrics import fid as fid_mod
+from .metrics import grounding as grounding_mod
 from .metrics import inception_score as is_mod
 from .metrics import r_precision as rp_mod
 from .metrics.attributes import ATTRIBUTES, load_or_train_attribute_classifier
@@ -77,12 +80,13 @@ METRICS: dict[str, str] = {
     "is": "inception_score",
     "fid": "fid",
     "attributes": "attribute_accuracy",
+    "attention_grounding": "attention_grounding",
     "clip": "clip_score",
 }
 # Longest test caption of the original's evaluation (cfg/eval_bird.yml, cfg/eval_coco.yml: TEXT.WORDS_NUM);
 # training cut captions to 18 (birds) and 12 (coco) words.
 EVAL_WORDS_NUM: dict[str, int] = {"birds": 25, "coco": 20}
-_ALIASES = {v: k for k, v in METRICS.items()} | {"rp": "r_precision", "r-precision": "r_precision"}
+_ALIASES = {v: k for k, v in METRICS.items()} | {"rp": "r_precision", "r-precision": "r_precision", "grounding": "attention_grounding"}
 ATTRIBUTE_CLASSIFIER_SIZE = 32  # resolution of the cached attribute classifier used here
 _IN_MEMORY_LIMIT = 2 * 1024**3  # bytes of uint8 images kept in RAM; more go to a temporary memmap file
 MAX_IMAGES = 10_000_000  # a sanity bound on n_images (the paper: 30,000)
@@ -239,8 +243,10 @@ def _generate(
     batch_size: int,
     ca_mean: bool,
     progress: bool,
+    maps: list | None = None,
 ) -> None:
-    """Last-stage images of the drawn captions into ``store``, ``batch_size`` at a time."""
+    """Last-stage images of the drawn captions into ``store``, ``batch_size`` at a time; with ``maps``, the
+    last attention stage's maps and the words of each image are appended to it."""
     starts: Any = range(0, len(draws.texts), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -253,9 +259,11 @@ def _generate(
             seed=draws.seeds[start:stop],
             batch_size=batch_size,
             ca_mean=ca_mean,
-            return_attention=False,
+            return_attention=maps is not None,
         )
         store.write(start, torch.stack([stages[-1] for stages in out.stage_tensors]))  # (B, 3, S, S)
+        if maps is not None:
+            maps += [(per_stage[-1], words) for per_stage, words in zip(out.attention_maps, out.tokens)]
 
 
 # ------------------------------------------------------------------------------------------- weights
@@ -327,6 +335,7 @@ def _skipped(metric: str, reason: str, warn: bool = True) -> dict[str, Any]:
             version=attr_mod.CLASSIFIER_VERSION, size=ATTRIBUTE_CLASSIFIER_SIZE, heldout="unknown"
         ),
         "clip": clip_mod.PROTOCOL,
+        "attention_grounding": grounding_mod.PROTOCOL.format(n_words=0, n=0),
     }
     if warn:
         log.warning("%s skipped: %s", metric, reason)
@@ -488,6 +497,11 @@ def evaluate_model(
         targets = _attribute_targets(dataset, draws)
         if isinstance(targets, str):
             skipped["attributes"] = targets
+    if "attention_grounding" in names:
+        if len(dataset) == 0 or "attributes" not in dataset.extra(0):
+            skipped["attention_grounding"] = "attention grounding needs object regions: only the built-in shapes dataset has them"
+        elif pipeline.generator.config.num_stages < 2:
+            skipped["attention_grounding"] = "the generator has no attention stage (one stage)"
     if "clip" in names and clip is None:
         skipped["clip"] = (
             "no CLIP model given (pass --clip-model ARCH --clip-pretrained FILE with open_clip installed)"
@@ -575,6 +589,13 @@ def evaluate_model(
             )
             res["real_reference"] = _real_attribute_reference(attribute_classifier, dataset, draws)
             return res
+        if name == "attention_grounding":
+            return calc_metric(
+                "attention_grounding",
+                attention=[m for m, _ in maps],
+                tokens=[words for _, words in maps],
+                scenes=[dataset.extra(i)["attributes"] for i in draws.indices.tolist()],
+            )
         if name == "clip":
             return calc_metric(
                 "clip_score",
@@ -590,8 +611,9 @@ def evaluate_model(
         raise AssertionError(name)
 
     results: dict[str, Any] = {}
+    maps: list | None = [] if "attention_grounding" in names and "attention_grounding" not in skipped else None
     try:
-        _generate(pipeline, draws, store, batch_size, ca_mean, progress)
+        _generate(pipeline, draws, store, batch_size, ca_mean, progress, maps)
 
         # Compute the metrics.
         for name in names:
@@ -631,6 +653,7 @@ _LABELS = {
     "is": "Inception score",
     "fid": "FID",
     "attributes": "attributes: all correct",
+    "attention_grounding": "attention grounding",
     "clip": "CLIP score",
 }
 
@@ -685,6 +708,9 @@ def _rows(name: str, res: dict[str, Any]) -> list[tuple[str, str, int]]:
             label = f"attributes: {attr} (chance {chance.get(attr, 0):.3f})"
             rows.append((label, pm(res.get(f"{attr}_acc"), None, 3), int(counts.get(attr, n))))
         return rows
+    if name == "attention_grounding":
+        label = f"{_LABELS[name]} (chance {res['chance']:.3f})" if res.get("chance") is not None else _LABELS[name]
+        return [(label, pm(res["attention_grounding"], None, 3), n)]
     return [(_LABELS[name], pm(res["clip_score"], res.get("clip_score_std")), n)]
 
 

@@ -181,8 +181,8 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
 @click.option(
     "--metrics",
     default=None,
-    help="Comma-separated: r_precision, is, fid, attributes, clip. Default: r_precision,is,fid "
-    "(+ attributes on shapes).",
+    help="Comma-separated: r_precision, is, fid, attributes, attention_grounding (or grounding), clip. Default: "
+    "r_precision,is,fid (+ attributes and attention_grounding on shapes).",
 )
 @click.option(
     "--n-images",
@@ -341,7 +341,7 @@ def evaluate(
     data_config = resolve_data_config(run_dir, dataset, data_dir, words_num)
     names = parse_metrics(metrics) if metrics is not None else ["r_precision", "is", "fid"]
     if metrics is None and data_config.dataset == "shapes":
-        names.append("attributes")
+        names += ["attributes", "attention_grounding"]
     clip = load_clip(clip_model, clip_pretrained)
     dev = resolve_device(device)
     pipe = load_eval_pipeline(

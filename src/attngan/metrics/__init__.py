@@ -34,6 +34,7 @@ __all__ = [
     "attributes",
     "clip_score",
     "fid",
+    "grounding",
     "inception_score",
     "r_precision",
 ]
