@@ -51,7 +51,7 @@ from .config import GeneratorConfig, ImageEncoderConfig, TextEncoderConfig
 from .errors import CheckpointError, DataError, UserError
 from .nn import Generator, ImageEncoder, TextEncoder
 from .text import EncodedCaption, Vocabulary, encode_caption
-from .viz import to_pil
+from .viz import to_pil_batch
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +235,30 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     return find_model(path)[0]
 
 
+def _image_copies(batch: torch.Tensor, lengths: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """Row j of a CPU batch (its first ``lengths[j]`` rows of dimension 1 if given) as a contiguous tensor of
+    its own, one per row: the user may keep one image without the batch's memory, and saves only its own.
+
+    Copied by numpy: a torch copy per row is a multi-threaded op each, which on a busy CPU cost 370 ms for
+    the 48 stage images of a batch of 16 where numpy took 3 ms (benchmarks/README.md, sampling).
+    """
+    rows = batch.numpy()  # (B, ...) in any memory layout
+    out = []
+    for j in range(rows.shape[0]):
+        row = rows[j] if lengths is None else rows[j, : lengths[j]]
+        copy = torch.empty(row.shape, dtype=batch.dtype)
+        np.copyto(copy.numpy(), row)
+        out.append(copy)
+    return out
+
+
 @contextlib.contextmanager
 def _eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
-    """Eval mode for the call (dropout off, BatchNorm running stats), the caller's modes restored after."""
-    modes = [(m, m.training) for m in modules if m is not None]
+    """Eval mode for the call (dropout off, BatchNorm running stats), the caller's modes restored after.
+
+    A module whose submodules are all in eval mode already is left alone (``train()`` walks every submodule
+    twice per call, a millisecond for the birds generator)."""
+    modes = [(m, m.training) for m in modules if m is not None and any(x.training for x in m.modules())]
     for m, _ in modes:
         m.eval()
     try:
@@ -594,7 +614,7 @@ class AttnGANPipeline:
 
             batches = tqdm(batches, desc="sampling", unit="batch")
         sampling_generator = self._sampling_generator()
-        done: dict[int, tuple] = {}  # image index -> (stages, maps)
+        done: dict[int, tuple] = {}  # image index -> (stage tensors, PIL images, maps)
         with _eval_mode(self.text_encoder, self.generator):
             for ks in batches:
                 chunk = [per_image[k] for k in ks]
@@ -611,18 +631,25 @@ class AttnGANPipeline:
                     legacy_mask_bug=legacy_mask_bug,
                     need_attention=return_attention,
                 )
-                # One copy to the host per output (not one per image and stage: each is a synchronisation).
-                images_cpu = [img.float().cpu() for img in result.images]
-                maps_cpu = [a.float().cpu() for a in result.attention]
-                for j, (k, (_, enc)) in enumerate(zip(ks, chunk)):
-                    # (3, s, s) per stage, contiguous (the fast copy works channels-last), not views of the batch
-                    stages = [img[j].clone(memory_format=torch.contiguous_format) for img in images_cpu]
-                    maps = [a[j, : enc.length].clone(memory_format=torch.contiguous_format) for a in maps_cpu]
-                    done[k] = (stages, maps)
+                # The host's share, in a number of torch ops that does not grow with the batch (on a busy
+                # CPU each multi-threaded op waits for all its threads): one copy to the host per output;
+                # the per-image copies and the pixels are numpy's (see _image_copies and viz.uint8_pixels).
+                images_cpu = [img.float().cpu() for img in result.images]  # (B, 3, s, s) per stage
+                maps_cpu = [a.float().cpu() for a in result.attention]  # (B, T, h, w) per attention stage
+                pixels = [to_pil_batch(img) for img in images_cpu]  # per stage: B RGB images
+                stage_copies = [_image_copies(img) for img in images_cpu]
+                lengths_list = [enc.length for _, enc in chunk]
+                map_copies = [_image_copies(a, lengths_list) for a in maps_cpu]
+                for j, k in enumerate(ks):
+                    done[k] = (
+                        [c[j] for c in stage_copies],
+                        [p[j] for p in pixels],
+                        [c[j] for c in map_copies],
+                    )
         for k, (prompt, enc) in enumerate(per_image):
-            stages, maps = done[k]
+            stages, images, maps = done[k]
             out.stage_tensors.append(stages)
-            out.images.append([to_pil(x) for x in stages])
+            out.images.append(images)
             out.attention_maps.append(maps)
             out.tokens.append(list(enc.tokens))
             out.unknown_words.append(list(enc.unknown))
