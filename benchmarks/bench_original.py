@@ -36,6 +36,11 @@ outputs, max abs difference 0.0). Timed per call, after warm-up, with alternatin
   ``gan_train.fast_kernels=false gan_train.channels_last=false``, ``fast`` with the defaults.
 
 The rows alternate in rounds; each round times ``--steps`` iterations after 2 warm-up ones.
+
+``--smoke`` (seconds; the test suite runs it): one call per row, one step per training row. Without
+``--original-code`` it skips the original's rows (a line says so) and runs the rest with the tiny preset:
+the library's networks are exported in the original's ``.pth`` layout (``attngan.legacy.save_original``) and
+loaded back as the original's would be.
 """
 
 from __future__ import annotations
@@ -47,8 +52,11 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_trainer
 
 
 def _original_birds(code_dir: str):
@@ -66,9 +74,9 @@ def _original_birds(code_dir: str):
     return original, cfg
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--original-code", required=True, help="the code/ folder of a taoxugit/AttnGAN checkout")
+    p.add_argument("--original-code", help="the code/ folder of a taoxugit/AttnGAN checkout")
     p.add_argument("--task", choices=["sample", "train"], default="sample")
     p.add_argument("--reps", type=int, default=20, help="sample: timed calls per row")
     p.add_argument("--warmup", type=int, default=3, help="sample: untimed calls per row")
@@ -77,40 +85,70 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="train: alternating rounds")
     p.add_argument("--tune-malloc", action="store_true", help="train: keep freed memory for reuse, every row")
     p.add_argument("--threads", type=int, default=0)
-    a = p.parse_args()
+    p.add_argument("--smoke", action="store_true", help="seconds: one call per row; tiny networks without --original-code")
+    a = p.parse_args(argv)
+    if a.original_code is None and not a.smoke:
+        p.error("--original-code is required (the code/ folder of a taoxugit/AttnGAN checkout), except with --smoke")
+    if a.smoke:
+        a.reps, a.warmup, a.steps, a.rounds = 1, 0, 1, 1
+        if a.original_code is None:
+            print("# smoke mode without --original-code: the original's rows are skipped, tiny networks")
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.task == "train":
         bench_train(a)
     else:
         bench_sample(a)
+    return 0
+
+
+def _stand_in_networks(tmp: str):
+    """Without the original code: the tiny preset's text encoder and generator, random weights, written in
+    the original's ``.pth`` layout (what the original's ``state_dict()`` holds). -> (paths, vocabulary size, words)."""
+    import dataclasses
+
+    from attngan.config import PRESETS
+    from attngan.legacy import save_original
+    from attngan.nn import Generator, TextEncoder
+
+    tiny, n_words = PRESETS["tiny"], 64
+    torch.manual_seed(0)
+    text_encoder = TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=n_words))
+    paths = (os.path.join(tmp, "text_encoder.pth"), os.path.join(tmp, "netG.pth"))
+    save_original(text_encoder, paths[0])
+    save_original(Generator(tiny.generator), paths[1])
+    return paths, n_words, tiny.data.words_num
 
 
 def bench_sample(a) -> None:
-    original, _ = _original_birds(a.original_code)
-
     from attngan.legacy import load_original
     from attngan.pipeline import AttnGANPipeline
     from attngan.text import Vocabulary
 
-    torch.manual_seed(0)
-    n_words = 5450
-    rnn = original.RNN_ENCODER(n_words, nhidden=256).eval()
-    netg = original.G_NET().eval()
+    original = None
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(rnn.state_dict(), os.path.join(tmp, "text_encoder.pth"))
-        torch.save(netg.state_dict(), os.path.join(tmp, "netG.pth"))
-        text_encoder = load_original(os.path.join(tmp, "text_encoder.pth"), kind="text_encoder")
-        generator = load_original(os.path.join(tmp, "netG.pth"), kind="generator")
+        if a.original_code is None:
+            (te_path, g_path), n_words, t = _stand_in_networks(tmp)
+        else:
+            original, _ = _original_birds(a.original_code)
+            torch.manual_seed(0)
+            n_words, t = 5450, 18
+            rnn = original.RNN_ENCODER(n_words, nhidden=256).eval()
+            netg = original.G_NET().eval()
+            te_path, g_path = os.path.join(tmp, "text_encoder.pth"), os.path.join(tmp, "netG.pth")
+            torch.save(rnn.state_dict(), te_path)
+            torch.save(netg.state_dict(), g_path)
+        text_encoder = load_original(te_path, kind="text_encoder")
+        generator = load_original(g_path, kind="generator")
     words = [f"w{i}" for i in range(1, n_words)]
     vocab = Vocabulary(["<end>", *words])
-    sentence = " ".join(words[:18])
+    sentence = " ".join(words[:t])
     pipes = {
         "pipeline-plain": AttnGANPipeline(text_encoder, generator, vocab, fast=False),
         "pipeline": AttnGANPipeline(text_encoder, generator, vocab, fast=True),
     }
-    captions = torch.arange(1, 19).unsqueeze(0)  # the same 18 word ids as the sentence
-    lengths = torch.tensor([18])
+    captions = torch.arange(1, t + 1).unsqueeze(0)  # the same word ids as the sentence
+    lengths = torch.tensor([t])
 
     def run_original(seed: int) -> torch.Tensor:
         z = torch.randn(1, 100, generator=torch.Generator().manual_seed(seed))
@@ -130,6 +168,8 @@ def bench_sample(a) -> None:
         "pipeline-plain": lambda s: run_pipeline("pipeline-plain", s),
         "pipeline": lambda s: run_pipeline("pipeline", s),
     }
+    if original is None:
+        del calls["original"]
     for fn in calls.values():
         for k in range(a.warmup):
             fn(k)
@@ -141,13 +181,14 @@ def bench_sample(a) -> None:
             times[name].append(time.perf_counter() - start)
     _print_rows(
         f"# {time.strftime('%Y-%m-%d %H:%M')}  {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"load {os.getloadavg()[0]:.1f}; birds settings, one sentence of 18 words, 3 stages to 256 px, maps",
+        f"load {os.getloadavg()[0]:.1f}; "
+        + ("birds settings, one sentence of 18 words, 3 stages to 256 px, maps" if original else "tiny preset, maps"),
         times, 1000.0, "ms",
     )  # fmt: skip
 
 
 def _print_rows(header: str, times: dict[str, list[float]], unit_scale: float, unit: str, per_image: int = 0) -> None:
-    ref = statistics.median(times["original"])
+    ref = statistics.median(times["original" if "original" in times else next(iter(times))])
     print(header)
     extra = f"{'img/s':>8}" if per_image else ""
     print(f"{'config':<16}{'median ' + unit:>12}{'p10 ' + unit:>10}{'p90 ' + unit:>10}{extra}{'x original':>12}")
@@ -237,36 +278,41 @@ def _zero_dim_data_index():
 
 
 def bench_train(a) -> None:
-    original, cfg = _original_birds(a.original_code)
     from bench_trainer import library_preset, loop_step_times, make_encoders
 
     from attngan.training import tune_cpu_allocator
 
     if a.tune_malloc:
         tune_cpu_allocator()
-    step = _original_train_step(original, cfg, a.batch_size)
-    base = library_preset("birds", a.batch_size, [])
-    times: dict[str, list[float]] = {"original": [], "plain": [], "fast": []}
+    step = None
+    if a.original_code is not None:
+        original, cfg = _original_birds(a.original_code)
+        step = _original_train_step(original, cfg, a.batch_size)
+    base = library_preset("birds" if step else "tiny", a.batch_size, [])
+    times: dict[str, list[float]] = {"original": [], "plain": [], "fast": []} if step else {"plain": [], "fast": []}
     with tempfile.TemporaryDirectory() as tmp:
         damsm_dir = make_encoders(base, tmp)
         for rnd in range(a.rounds):
-            for _ in range(2):
-                step()
-            for _ in range(a.steps):
-                start = time.perf_counter()
-                step()
-                times["original"].append(time.perf_counter() - start)
-            print(f"  original round {rnd + 1}: {statistics.median(times['original'][-a.steps:]):.3f} s/step", flush=True)
+            if step is not None:
+                for _ in range(2):
+                    step()
+                for _ in range(a.steps):
+                    start = time.perf_counter()
+                    step()
+                    times["original"].append(time.perf_counter() - start)
+                print(f"  original round {rnd + 1}: {statistics.median(times['original'][-a.steps:]):.3f} s/step", flush=True)
             for name in ("plain", "fast"):
-                times[name] += loop_step_times(base, name, damsm_dir, tmp, a.steps + 3)
+                # the first of the a.steps + 3 steps starts the loop, the next 2 warm up: a.steps are timed
+                times[name] += loop_step_times(base, name, damsm_dir, tmp, a.steps + 3, "cpu")
                 print(f"  {name} round {rnd + 1}: {statistics.median(times[name][-a.steps:]):.3f} s/step", flush=True)
     _print_rows(
         f"# {time.strftime('%Y-%m-%d %H:%M')}  {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"load {os.getloadavg()[0]:.1f}, malloc {'tuned' if a.tune_malloc else 'default'}; birds settings, batch "
+        f"load {os.getloadavg()[0]:.1f}, malloc {'tuned' if a.tune_malloc else 'default'}; "
+        f"{'birds settings' if step else 'tiny preset'}, batch "
         f"{a.batch_size}, one training iteration (G, 3 D steps, G step, EMA)",
         times, 1.0, "s", per_image=a.batch_size,
     )  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
