@@ -18,5 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import bench_main  # noqa: E402
 
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(__file__, "damsm", __doc__, configs=["plain", "fast"], batch_sizes=[8], unit="img/s", argv=argv)
+
+
 if __name__ == "__main__":
-    bench_main(__file__, "damsm", __doc__, configs=["plain", "fast"], batch_sizes=[8], unit="img/s")
+    sys.exit(main())

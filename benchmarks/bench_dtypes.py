@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import start_run, synchronize, time_calls  # noqa: E402
 
 
-def workloads(device: torch.device, dtype: torch.dtype, batch: int):
-    """(name, GFLOP per call, fn) of each kernel in ``dtype``."""
+def workloads(device: torch.device, dtype: torch.dtype, batch: int, n: int = 2048, hw: int = 128):
+    """(name, GFLOP per call, fn) of each kernel in ``dtype``: an n x n matmul, convs on hw x hw inputs."""
     gen = torch.Generator().manual_seed(0)
 
     def make(*shape, grad=False, cl=False):
@@ -36,9 +36,9 @@ def workloads(device: torch.device, dtype: torch.dtype, batch: int):
             t = t.contiguous(memory_format=torch.channels_last)
         return t.requires_grad_(grad)
 
-    a, b = make(2048, 2048), make(2048, 2048)
-    x3, w3 = make(batch, 64, 128, 128, grad=True, cl=True), make(64, 64, 3, 3, grad=True, cl=True)
-    x4, w4 = make(batch, 128, 64, 64, grad=True, cl=True), make(256, 128, 4, 4, grad=True, cl=True)
+    a, b = make(n, n), make(n, n)
+    x3, w3 = make(batch, 64, hw, hw, grad=True, cl=True), make(64, 64, 3, 3, grad=True, cl=True)
+    x4, w4 = make(batch, 128, hw // 2, hw // 2, grad=True, cl=True), make(256, 128, 4, 4, grad=True, cl=True)
 
     def conv(x, w, **kw):
         def fn():
@@ -48,16 +48,16 @@ def workloads(device: torch.device, dtype: torch.dtype, batch: int):
 
         return fn
 
-    conv3_flops = 3 * 2 * batch * 128 * 128 * 64 * 64 * 9  # forward, input gradient, weight gradient
-    conv4_flops = 3 * 2 * batch * 32 * 32 * 256 * 128 * 16
+    conv3_flops = 3 * 2 * batch * hw * hw * 64 * 64 * 9  # forward, input gradient, weight gradient
+    conv4_flops = 3 * 2 * batch * (hw // 4) ** 2 * 256 * 128 * 16
     return [
-        ("matmul 2048^2", 2 * 2048**3 / 1e9, lambda: a @ b),
-        (f"conv 3x3 s1 64->64 {batch}x128^2 f+b", conv3_flops / 1e9, conv(x3, w3, padding=1)),
-        (f"conv 4x4 s2 128->256 {batch}x64^2 f+b", conv4_flops / 1e9, conv(x4, w4, stride=2, padding=1)),
+        (f"matmul {n}^2", 2 * n**3 / 1e9, lambda: a @ b),
+        (f"conv 3x3 s1 64->64 {batch}x{hw}^2 f+b", conv3_flops / 1e9, conv(x3, w3, padding=1)),
+        (f"conv 4x4 s2 128->256 {batch}x{hw // 2}^2 f+b", conv4_flops / 1e9, conv(x4, w4, stride=2, padding=1)),
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=4, help="batch of the convolutions (default: 4)")
@@ -67,8 +67,12 @@ def main() -> None:
         "--max-seconds", type=float, default=3.0,
         help="a kernel whose first call takes longer is timed from that call alone (default: 3)",
     )  # fmt: skip
-    args = parser.parse_args()
-    device = start_run(args.device, args.threads)
+    parser.add_argument("--smoke", action="store_true", help="seconds: a 256^2 matmul, convs on 16^2 inputs, one call")
+    args = parser.parse_args(argv)
+    sizes = {"n": 256, "hw": 16} if args.smoke else {}
+    if args.smoke:
+        args.batch_size, args.reps = 1, 1
+    device = start_run(args.device, args.threads, argv)
     types = [("float32", torch.float32, False), ("bfloat16", torch.bfloat16, False), ("float16", torch.float16, False)]
     if device.type == "cuda":
         types.insert(1, ("tf32", torch.float32, True))
@@ -77,7 +81,7 @@ def main() -> None:
     for label, dtype, tf32 in types:
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-        for name, gflop, fn in workloads(device, dtype, args.batch_size):
+        for name, gflop, fn in workloads(device, dtype, args.batch_size, **sizes):
             start = time.perf_counter()
             fn()
             synchronize(device)
@@ -89,7 +93,8 @@ def main() -> None:
             rates[name, label] = gflop / seconds
             ratio = rates[name, label] / rates[name, "float32"]
             print(f"{name:38} {label:9} {1000 * seconds:>9.1f} {rates[name, label]:>9.0f} {ratio:>9.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,6 +12,14 @@ every stage and the attention maps (explicit attention). Random weights and capt
 ``--configs pipeline pipeline-plain`` measure what a user calls, ``attngan.AttnGANPipeline`` (tokenising,
 the per-image noise generators and the PIL images included), with its default inference copy of G
 (``pipeline``, the library's fast path) or with the generator as trained (``pipeline-plain``).
+
+``--overhead`` times that pipeline against the networks it runs alone (its text encoder and inference copy
+of G on the same words and noise, prepared beforehand), alternating call by call in one process, and prints
+the median of the ratios of neighbouring calls (issue 19's target: at most 1.15):
+
+    python benchmarks/bench_sample.py --overhead --presets birds --batch-sizes 1 16 --reps 20
+
+``--smoke`` (seconds; the test suite runs it): the tiny preset, batch 2, one call, workers in this process.
 """
 
 from __future__ import annotations
@@ -23,5 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import bench_main  # noqa: E402
 
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(
+        __file__, "sample", __doc__, configs=["plain", "fast"], batch_sizes=[1, 16], unit="img/s", reps=10,
+        argv=argv, overhead=True,
+    )
+
+
 if __name__ == "__main__":
-    bench_main(__file__, "sample", __doc__, configs=["plain", "fast"], batch_sizes=[1, 16], unit="img/s", reps=10)
+    sys.exit(main())

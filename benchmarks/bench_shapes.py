@@ -4,12 +4,14 @@
     python benchmarks/bench_shapes.py --sizes 64 --seconds 3 --max-objects 3
 
 Columns: ``render`` is :func:`render_scene` alone (uint8 array at one size); ``dataset`` is a full
-``ShapesDataset.__getitem__`` (render at the size, downsample to size/2, tensors, caption).
+``ShapesDataset.__getitem__`` (render at the size, downsample to size/2, tensors, caption). ``--smoke``: one
+size (32) for 0.05 s per column (the test suite runs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -28,7 +30,7 @@ def rate(fn, seconds: float) -> float:
     return n / elapsed
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -36,7 +38,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="measuring time per size and column")
     parser.add_argument("--max-objects", type=int, default=1, choices=[1, 2, 3])
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="seconds: size 32, 0.05 s per column")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.seconds = [32], 0.05
     torch.set_num_threads(1)  # as in a DataLoader worker; avoids thread contention on busy machines
 
     rng = np.random.default_rng(args.seed)
@@ -56,7 +61,8 @@ def main() -> None:
         )
         items = rate(lambda i, d=ds: d[i % len(d)], args.seconds)
         print(f"{size:>6} {render:>14,.0f} {items:>15,.0f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,7 +17,7 @@ does not depend on the weights). Rows, each run twice in interleaved rounds in t
   (``gan_train.mixed_precision=auto``; the other rows are float32).
 
 The median seconds per step of each run (after 2 warm-up steps) are printed, and images/s from their
-median.
+median. ``--smoke`` (seconds; the test suite runs it): the tiny preset, batch 2, one timed step per row.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -92,7 +93,7 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="birds", choices=sorted(PRESETS))
     p.add_argument("--batch-size", type=int, default=4)
@@ -106,7 +107,10 @@ def main() -> None:
         "--tune-malloc", action="store_true",
         help="keep freed memory for reuse in this process, for every row (as `attngan train` does by default)",
     )  # fmt: skip
-    a = p.parse_args()
+    p.add_argument("--smoke", action="store_true", help="seconds: tiny preset, batch 2, one timed step per row")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.preset, a.batch_size, a.steps, a.rounds = "tiny", 2, 4, 1
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.tune_malloc and not tune_cpu_allocator():
@@ -132,7 +136,8 @@ def main() -> None:
         runs = ", ".join(f"{v:.3f}" for v in values)
         ratio = f"{ref / med:.2f}" if ref else "-"
         print(f"{name:<14}{runs:>24}{a.batch_size / med:>8.2f}{ratio:>9}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

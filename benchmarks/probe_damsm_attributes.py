@@ -7,11 +7,14 @@ and by the sentence-level cosine, beside chance (1 / number of candidates). The 
 attribute from the DAMSM term only as far as the DAMSM tells its values apart.
 
     python benchmarks/probe_damsm_attributes.py demo-out/runs/00000-shapes-damsm
+    python benchmarks/probe_damsm_attributes.py --smoke     # seconds: a one-step tiny DAMSM, 4 images
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 
 import torch
 
@@ -24,14 +27,43 @@ from attngan.training.gan import load_encoders
 GROUPS = {"shape": list(SHAPES), "colour": list(COLORS), "size": ["small", "large"]}
 
 
-def main() -> None:
+def _smoke_damsm(runs_dir: str) -> str:
+    """A DAMSM run folder from one training step of tiny encoders on the shapes data (untrained: a smoke test)."""
+    from attngan.config import PRESETS, apply_overrides
+    from attngan.training.damsm import train_damsm
+
+    tiny = PRESETS["tiny"]
+    preset = apply_overrides(
+        PRESETS["shapes"],
+        {"text_encoder": tiny.text_encoder, "image_encoder": tiny.image_encoder, "data.num_images": 16,
+         "damsm_train.batch_size": 8},
+    )  # fmt: skip
+    run = train_damsm(
+        preset, runs_dir=runs_dir, device="cpu", max_steps=1, backbone_weights=None, val_set=False, progress=False,
+        tensorboard=False,
+    )  # fmt: skip
+    return str(run.run_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("damsm", help="a DAMSM run folder (or its model/) trained on the shapes data")
+    parser.add_argument("damsm", nargs="?", help="a DAMSM run folder (or its model/) trained on the shapes data")
     parser.add_argument("--n", type=int, default=300, help="test images probed (default 300)")
     parser.add_argument("--gamma1", type=float, default=4.0)
     parser.add_argument("--gamma2", type=float, default=5.0)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="seconds: a one-step tiny DAMSM instead, 4 images")
+    args = parser.parse_args(argv)
+    if args.damsm is None and not args.smoke:
+        parser.error("give a DAMSM run folder (or --smoke)")
     torch.set_num_threads(1)
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.damsm, args.n = args.damsm or _smoke_damsm(tmp), 4
+            return probe(args)
+    return probe(args)
+
+
+def probe(args) -> int:
     text_encoder, image_encoder, vocab = load_encoders(args.damsm)
     from attngan.config import PRESETS
 
@@ -65,7 +97,8 @@ def main() -> None:
     for name, h in hits.items():
         n = max(h["n"], 1)
         print(f"{name:10s} {h['n']:8d} {h['word'] / n:10.2f} {h['sentence'] / n:14.2f} {1 / h['candidates']:7.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
