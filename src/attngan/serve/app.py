@@ -35,6 +35,7 @@ import secrets
 import socket
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -333,8 +334,11 @@ class BatchWorker:
 
 
 def _data_url(image: Image.Image) -> str:
+    """A PNG data URL. zlib level 1 with run-length matching only (Z_RLE, libpng's suggestion for images):
+    after PNG's filters about as small as Pillow's default (level 6) and several times faster; a birds-sized
+    response rendered in 25 instead of 58 ms, 3.5 % longer (benchmarks/README.md, serving)."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
