@@ -9,7 +9,15 @@ and ``--url`` measures a server that is already running on this machine (loopbac
     python benchmarks/bench_serve.py --checkpoint runs/00001-shapes-attngan --device cpu --max-batch 8
     python benchmarks/bench_serve.py --url http://127.0.0.1:8000 --clients 4 --requests 40 --n 2
 
-Bounded: at most ``--requests`` requests (<= 10000) and ``--max-seconds`` of wall time.
+``--preset birds`` serves a model of that preset with random weights (3 stages to 256 px for birds; the cost of
+a real-sized generator and of rendering its images). Besides the client's latency it prints what a request
+spent outside the pipeline call (latency - the server's ``queue_ms`` and ``compute_ms``: HTTP, JSON,
+rendering the PNG data URLs); with one client that is what ``attngan serve`` adds to ``AttnGANPipeline``.
+
+    python benchmarks/bench_serve.py --preset birds --clients 1 --requests 30
+
+Bounded: at most ``--requests`` requests (<= 10000) and ``--max-seconds`` of wall time. ``--smoke``: the tiny
+model, 1 client, 3 requests (the test suite runs it).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import threading
 import time
 import urllib.error
@@ -40,6 +49,19 @@ def tiny_pipeline():
     tiny = PRESETS["tiny"]
     te = TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab)))
     return AttnGANPipeline(te, Generator(tiny.generator), vocab)
+
+
+def preset_pipeline(name: str):
+    """A pipeline of the preset's networks with random weights and a vocabulary of made-up words."""
+    from attngan.config import PRESETS
+    from attngan.nn import Generator, TextEncoder
+    from attngan.pipeline import AttnGANPipeline
+    from attngan.text import Vocabulary
+
+    torch.manual_seed(0)
+    preset = PRESETS[name]
+    vocab = Vocabulary(["<end>", *(f"w{i}" for i in range(1, preset.text_encoder.vocab_size))])
+    return AttnGANPipeline(TextEncoder(preset.text_encoder), Generator(preset.generator), vocab)
 
 
 def post(url: str, body: dict, timeout: float) -> tuple[int, dict]:
@@ -72,6 +94,7 @@ def run_load(base: str, clients: int, requests: int, n: int, max_seconds: float,
     lock = threading.Lock()
     issued = 0
     latencies: list[float] = []
+    outside: list[float] = []  # seconds of a request outside the pipeline call: HTTP, JSON, rendering
     statuses: Counter[int] = Counter()
     batch_images: list[int] = []
     deadline = time.monotonic() + max_seconds
@@ -92,6 +115,7 @@ def run_load(base: str, clients: int, requests: int, n: int, max_seconds: float,
                 statuses[status] += 1
                 if status == 200:
                     latencies.append(elapsed)
+                    outside.append(elapsed - (answer["queue_ms"] + answer["compute_ms"]) / 1e3)
                     batch_images.append(answer["batch_images"])
 
     start = time.perf_counter()
@@ -120,11 +144,15 @@ def run_load(base: str, clients: int, requests: int, n: int, max_seconds: float,
         }
         if latencies
         else None,
+        "outside_pipeline_ms": {"p50": 1e3 * percentile(outside, 50), "p95": 1e3 * percentile(outside, 95)}
+        if outside
+        else None,
+        "pipeline_ms_p50": 1e3 * percentile([lat - o for lat, o in zip(latencies, outside)], 50) if outside else None,
         "mean_batch_images": statistics.fmean(batch_images) if batch_images else None,
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -138,8 +166,12 @@ def main() -> None:
     parser.add_argument("--queue-timeout", type=float, default=30.0, help="seconds (own server only)")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop issuing requests after this")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request HTTP timeout, seconds")
+    parser.add_argument("--preset", help="serve this preset's networks with random weights (e.g. birds)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="seconds: the tiny model, 1 client, 3 requests")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.clients, args.requests, args.checkpoint, args.preset, args.url = 1, 3, None, None, None
     if not 1 <= args.clients <= 256 or not 1 <= args.requests <= 10000 or args.n < 1:
         parser.error("need 1 <= --clients <= 256, 1 <= --requests <= 10000 and --n >= 1")
 
@@ -154,18 +186,17 @@ def main() -> None:
         from attngan.pipeline import AttnGANPipeline
         from attngan.serve import BackgroundServer, create_app
 
-        pipe = (
-            AttnGANPipeline.from_pretrained(args.checkpoint, device=args.device)
-            if args.checkpoint
-            else tiny_pipeline().to(args.device)
-        )
+        if args.checkpoint:
+            pipe = AttnGANPipeline.from_pretrained(args.checkpoint, device=args.device)
+        else:
+            pipe = (preset_pipeline(args.preset) if args.preset else tiny_pipeline()).to(args.device)
         app = create_app(
             pipe,
             max_images=max(4, args.n),
             max_batch=args.max_batch,
             queue_timeout=args.queue_timeout,
             max_queue=max(64, 2 * args.clients),
-            model_name=args.checkpoint or "tiny-untrained",
+            model_name=args.checkpoint or (f"{args.preset}-random" if args.preset else "tiny-untrained"),
         )
         with BackgroundServer(app) as server:
             result = run_load(server.url, args.clients, args.requests, args.n, args.max_seconds, args.timeout)
@@ -175,7 +206,7 @@ def main() -> None:
 
     if args.json:
         print(json.dumps(result, indent=2))
-        return
+        return 0
     lat = result["latency_ms"]
     print(
         f"{result['model'].get('name') or 'model'} on {result['device']}: {result['clients']} clients, "
@@ -185,11 +216,18 @@ def main() -> None:
         print(
             f"latency ms  p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  max {lat['max']:.1f}  mean {lat['mean']:.1f}"
         )
+    if result["outside_pipeline_ms"]:
+        out = result["outside_pipeline_ms"]
+        print(
+            f"outside ms  p50 {out['p50']:.1f}  p95 {out['p95']:.1f}  (of a request, outside the pipeline call; "
+            f"the call: p50 {result['pipeline_ms_p50']:.1f})"
+        )
     print(f"throughput  {result['requests_per_s']:.1f} requests/s  {result['images_per_s']:.1f} images/s")
     if result["mean_batch_images"] is not None:
         print(f"batching    {result['mean_batch_images']:.2f} images per model batch on average")
     print(f"errors      {result['errors']}  (statuses: {result['statuses']}; 0 = no HTTP answer)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -95,3 +95,9 @@ def test_gpu_check_names_existing_scripts_and_options():
             assert f'"{option}"' in source, f"{script} has no {option}"
     for test_file in re.findall(r"tests/(\w+\.py)", text):
         assert (BENCHMARKS.parent / "tests" / test_file).is_file(), test_file
+
+
+def test_bench_serve_smoke(capsys):
+    assert _script("bench_serve").main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "outside ms" in out and "errors      0" in out
