@@ -52,15 +52,18 @@ def tiny_pipeline():
 
 
 def preset_pipeline(name: str):
-    """A pipeline of the preset's networks with random weights and a vocabulary of made-up words."""
+    """A pipeline of the preset's networks with random weights; its vocabulary: the shapes data's words (so
+    that the server's example captions exist), then made-up words up to the preset's size."""
     from attngan.config import PRESETS
+    from attngan.data.synthetic import shapes_vocabulary
     from attngan.nn import Generator, TextEncoder
     from attngan.pipeline import AttnGANPipeline
     from attngan.text import Vocabulary
 
     torch.manual_seed(0)
     preset = PRESETS[name]
-    vocab = Vocabulary(["<end>", *(f"w{i}" for i in range(1, preset.text_encoder.vocab_size))])
+    words = list(shapes_vocabulary().words)
+    vocab = Vocabulary(["<end>", *words, *(f"w{i}" for i in range(preset.text_encoder.vocab_size - 1 - len(words)))])
     return AttnGANPipeline(TextEncoder(preset.text_encoder), Generator(preset.generator), vocab)
 
 
