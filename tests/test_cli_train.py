@@ -8,8 +8,8 @@ import shlex
 
 import pytest
 import torch
-from PIL import Image
 from click.testing import CliRunner
+from PIL import Image
 
 from attngan.cli import cli
 

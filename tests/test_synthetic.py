@@ -283,3 +283,28 @@ def test_training_order_keeps_contrast_groups_together():
     assert batches_per_epoch(ds, 4, world_size=2) == 5
     with pytest.raises(DataError, match="contrast_group"):
         ShapesDataset(num_images=8, contrast_group=0)
+
+
+def test_flat_backgrounds_keep_scenes_and_objects():
+    from attngan.data.synthetic import object_mask
+
+    textured = ShapesDataset(num_images=6, image_sizes=(64,), seed=2)
+    flat = ShapesDataset(num_images=6, image_sizes=(64,), seed=2, texture=False)
+    assert flat.scenes == textured.scenes and flat.texts == textured.texts
+    for i in range(6):
+        a, b = textured.render(i).astype(int), flat.render(i).astype(int)
+        outside = ~np.logical_or.reduce([_grown(object_mask(o, 64)) for o in flat.scenes[i]])
+        tones = np.unique(b[outside].reshape(-1, 3), axis=0)
+        assert len(tones) == 1 and tuple(tones[0]) in BACKGROUNDS  # one flat tone ...
+        assert len(np.unique(a[outside].reshape(-1, 3), axis=0)) > 10  # ... where the textured one varies
+        inside = np.logical_or.reduce([~_grown(~object_mask(o, 64)) for o in flat.scenes[i]])  # off the edges
+        assert inside.any() and np.abs(a[inside] - b[inside]).max() == 0  # the objects are drawn the same
+
+
+def _grown(mask: np.ndarray) -> np.ndarray:
+    """The mask and its 8 neighbours (the antialiased edge)."""
+    out = mask.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            out |= np.roll(np.roll(mask, dy, 0), dx, 1)
+    return out

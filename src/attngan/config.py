@@ -136,6 +136,7 @@ class DataConfig:
     # of its first object, kept together in the training order (1: independent scenes). A matching loss then
     # sees captions that differ in one word within a batch (hard negatives; not in the paper).
     contrast_group: int = 1
+    texture: bool = True  # shapes only: backgrounds with a gradient and pixel noise (False: one flat tone each)
     seed: int = 0  # shapes only
     workers: int = -1  # DataLoader workers; -1: auto (on CUDA min(8, CPU cores per process - 1), else 0)
     cache: bool = False  # build/use a decoded uint8 cache of resized images
@@ -234,18 +235,19 @@ PRESETS: dict[str, Preset] = {
         gan_train=GANTrainConfig(batch_size=14, epochs=120),
     ),
     "shapes": Preset(
-        # Tuned for the 10-minute CPU demo (benchmarks/TUNING.md): 16 -> 32 px, word attention at 32 x 32, the
-        # image encoder at the final size with an 8 x 8 region grid, and a short EMA (0.999 lags far behind the
-        # generator over ~1500 steps).
-        description="built-in procedural shapes, CPU-sized: 2 stages 16-32, small image encoder",
+        # For the 10-minute CPU demo (benchmarks/TUNING.md): the paper's structure at a small size, 3 stages
+        # 16 -> 32 -> 64 px (word attention at 16 and 32), the image encoder on 32 px images with an 8 x 8 region
+        # grid, training scenes in contrast groups (one attribute changed at a time), and a short EMA (0.999
+        # lags far behind the generator over a few thousand steps).
+        description="built-in procedural shapes, CPU-sized: 3 stages 16-64, small image encoder",
         text_encoder=TextEncoderConfig(vocab_size=0, word_dim=64, embed_dim=64, dropout=0.1),
         image_encoder=ImageEncoderConfig(embed_dim=64, backbone="small", input_size=32, small_width=32, small_blocks=2),
-        generator=GeneratorConfig(gf_dim=16, z_dim=32, condition_dim=32, embed_dim=64, num_stages=2, res_blocks=1, base_size=16),
+        generator=GeneratorConfig(gf_dim=16, z_dim=32, condition_dim=32, embed_dim=64, num_stages=3, res_blocks=1, base_size=16),
         discriminator_df_dim=16,
         damsm_loss=DAMSMLossConfig(gamma1=4.0, gamma2=5.0, gamma3=10.0, class_masking=False),
         gan_loss=GANLossConfig(damsm_lambda=5.0),
-        data=DataConfig(dataset="shapes", words_num=12, captions_per_image=5, num_images=4000, max_objects=1),
-        damsm_train=DAMSMTrainConfig(batch_size=32, epochs=1000, max_steps=600, lr=2e-3, snapshot_every=200),
+        data=DataConfig(dataset="shapes", words_num=12, captions_per_image=5, num_images=4000, max_objects=1, contrast_group=4),
+        damsm_train=DAMSMTrainConfig(batch_size=32, epochs=1000, max_steps=1500, lr=2e-3, snapshot_every=500),
         gan_train=GANTrainConfig(
             batch_size=32, epochs=1000, max_steps=3000, snapshot_every=1000, sample_every=1000, ema_decay=0.99
         ),

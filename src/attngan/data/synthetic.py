@@ -382,16 +382,21 @@ def object_mask(obj: dict[str, Any], size: int) -> np.ndarray:
     return mask
 
 
-def render_scene(attrs: Sequence[dict[str, Any]], size: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw a scene as a uint8 (size, size, 3) RGB array: muted background with a gradient and slight
-    noise (from ``rng``), flat antialiased shapes."""
+def render_scene(
+    attrs: Sequence[dict[str, Any]], size: int, rng: np.random.Generator, texture: bool = True
+) -> np.ndarray:
+    """Draw a scene as a uint8 (size, size, 3) RGB array: muted background (with ``texture``, a gradient and
+    slight noise, from ``rng``; without, one flat tone), flat antialiased shapes."""
     if not 8 <= size <= 4096:
         raise ValueError(f"image size must be in [8, 4096], got {size}")
     coords = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
     base = np.asarray(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], dtype=np.float32)
-    gx, gy = rng.uniform(-12.0, 12.0, size=2).astype(np.float32)
-    ramp = (coords / size - 0.5)[None, :] * gx + (coords / size - 0.5)[:, None] * gy  # (S, S)
-    field = ramp + (rng.random((size, size), dtype=np.float32) - 0.5) * 10.0  # (S, S) uniform noise, std ~3
+    if texture:
+        gx, gy = rng.uniform(-12.0, 12.0, size=2).astype(np.float32)
+        ramp = (coords / size - 0.5)[None, :] * gx + (coords / size - 0.5)[:, None] * gy  # (S, S)
+        field = ramp + (rng.random((size, size), dtype=np.float32) - 0.5) * 10.0  # (S, S) uniform noise, std ~3
+    else:
+        field = np.zeros((size, size), dtype=np.float32)
     img = np.empty((size, size, 3), dtype=np.float32)
     for ch in range(3):  # per channel: much faster than broadcasting over a trailing axis of 3
         img[:, :, ch] = field + base[ch]
@@ -436,6 +441,7 @@ class ShapesDataset(TextImageDataset):
         train: bool | None = None,  # random caption per draw; None: True for the train split
         truncate: str = "first",
         contrast_group: int = 1,  # train split: groups of this many scenes, each one attribute from the last
+        texture: bool = True,  # backgrounds with a gradient and noise (False: one flat tone)
     ):
         if split not in _SPLITS:
             raise DataError(f"split must be 'train' or 'test', got {split!r}")
@@ -448,6 +454,7 @@ class ShapesDataset(TextImageDataset):
         if contrast_group < 1:
             raise DataError(f"contrast_group must be >= 1, got {contrast_group}")
         self.split = split
+        self.texture = bool(texture)
         self.max_objects = int(max_objects)
         self.data_seed = int(seed)
         # Training order keeps each group's images together (see attngan.training.data.epoch_loader).
@@ -496,12 +503,13 @@ class ShapesDataset(TextImageDataset):
             train=train,
             truncate=data.truncate,
             contrast_group=data.contrast_group,
+            texture=data.texture,
         )
 
     def render(self, index: int, size: int | None = None) -> np.ndarray:
         """Image ``index`` as uint8 (size, size, 3); the same pixels on every call and in every epoch."""
         rng = np.random.default_rng([self.data_seed, _SPLITS[self.split], index, 1])
-        return render_scene(self.scenes[index], size or self.image_sizes[-1], rng)
+        return render_scene(self.scenes[index], size or self.image_sizes[-1], rng, self.texture)
 
     def get_images(self, index: int, rng: np.random.Generator) -> list[torch.Tensor]:
         final = self.image_sizes[-1]
