@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 ATTRIBUTES = ("color", "shape", "position", "size")
 # Steps each phase needs before the shapes preset learns anything (benchmarks/TUNING.md: the DAMSM loss leaves
-# chance after ~250-400 steps; colour accuracy passes 0.8 after ~600 GAN steps). Fewer steps are warned about.
+# chance after ~250-400 steps; colour accuracy is about 0.7 after 500 GAN steps, R-precision about half of
+# that of real images). Fewer steps are warned about.
 MIN_STEPS = {"damsm": 400, "gan": 600}
 NUM_COMPARED = 6  # test captions in real_vs_generated.png
 
