@@ -410,3 +410,20 @@ def test_cli_serve_passes_the_idle_timeout(pipe, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     protocol = calls[-1]["http"]
     assert issubclass(protocol, asyncio.Protocol) and protocol.__name__ == "IdleClosingProtocol"
+
+
+def test_a_caption_with_more_objects_than_the_training_images_gets_a_warning(pipe, tmp_path):
+    from attngan.cli.serve import _caption_check  # what `attngan serve --checkpoint RUN` passes to the app
+
+    run = tmp_path / "00001-shapes-attngan"
+    pipe.save_pretrained(run / "model")
+    (run / "config.json").write_text(json.dumps({"preset": {"data": {"dataset": "shapes", "max_objects": 1}}}))
+    check = _caption_check(run / "model")
+    assert _caption_check(None) is None
+    with BackgroundServer(create_app(pipe, caption_check=check)) as srv:
+        two = json.dumps({"caption": "a red square and a blue circle", "seed": 0}).encode()
+        status, answer, _ = request(srv.url, "/api/v1/generate", two)
+        assert status == 200 and len(answer["warnings"]) == 1
+        assert answer["warnings"][0].startswith("the caption names 2 objects") and "max_objects=1" in answer["warnings"][0]
+        one = json.dumps({"caption": "a red square", "seed": 0}).encode()
+        assert request(srv.url, "/api/v1/generate", one)[1]["warnings"] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -121,6 +122,7 @@ def serve(
         queue_timeout=queue_timeout,
         max_batch=max_batch,
         model_name=name,
+        caption_check=_caption_check(checkpoint),
     )
     if not is_loopback(host):
         click.echo(
@@ -144,3 +146,13 @@ def _check_port_free(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host") from None
+
+
+def _caption_check(checkpoint: Any):
+    """caption -> the warnings of ``attngan sample`` for a caption unlike the run's training captions."""
+    from .sample import training_data, unlike_training
+
+    data = training_data(Path(checkpoint)) if checkpoint is not None else None
+    if not data:
+        return None
+    return lambda caption: [w.replace("sentence 1 ", "the caption ", 1) for w in unlike_training([caption], data)]

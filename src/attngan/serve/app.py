@@ -142,6 +142,9 @@ class GenerateResponse(BaseModel):
     caption: str
     tokens: list[str] = Field(description="the words fed to the model")
     unknown_words: list[str] = Field(description="words not in the vocabulary (ignored)")
+    warnings: list[str] = Field(
+        default_factory=list, description="why the caption is unlike the training captions (e.g. more objects)"
+    )
     seeds: list[int]
     images: list[GeneratedImage]
     time_ms: float = Field(description="from receiving the request to the response, in ms")
@@ -479,6 +482,7 @@ def create_app(
     max_batch: int = 8,  # most images per forward pass
     max_queue: int = 64,  # requests waiting beyond this get a 503 at once
     model_name: str | None = None,  # shown by /health and the page (e.g. the checkpoint's folder name)
+    caption_check: Any = None,  # caption -> warnings for captions unlike the training data (cli.sample)
 ) -> FastAPI:
     """The FastAPI app of this module's docstring; the worker thread runs while the app is served."""
     if max_caption_chars < 1 or max_images < 1 or max_batch < 1 or max_queue < 1 or not queue_timeout > 0:
@@ -658,6 +662,7 @@ def create_app(
         check_caption(request.caption)
         result = await run_job(request.caption, request.seed, request.n)
         body = await run_in_threadpool(_render, request.caption, result)
+        body["warnings"] = caption_check(request.caption) if caption_check is not None else []
         body["time_ms"] = (time.perf_counter() - start) * 1e3
         return body
 
