@@ -158,6 +158,27 @@ def test_a_flipped_byte_in_model_safetensors_is_refused_everywhere(tmp_path, cap
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.png"))
 
 
+@pytest.mark.parametrize("name", ["vocab.json", "generator/config.json"])
+def test_a_changed_word_or_setting_in_a_model_folder_is_refused(tmp_path, name):
+    model = tmp_path / "model"
+    _tiny_pipeline().save_pretrained(model)
+    path = model / name
+    text = path.read_text(encoding="utf-8")
+    # A change that keeps the file valid JSON: a word of the vocabulary, a width of the generator.
+    changed = text.replace('"circle"', '"circlf"', 1) if name == "vocab.json" else text.replace('"gf_dim": 4', '"gf_dim": 5', 1)
+    assert changed != text
+    path.write_text(changed, encoding="utf-8")
+    with pytest.raises(DamagedFileError, match=rf"{path}.*is damaged"):
+        AttnGANPipeline.from_pretrained(model)
+    path.write_text(text, encoding="utf-8")
+    AttnGANPipeline.from_pretrained(model)  # the file as written loads again
+    # Files without a checksum (older versions, written by hand) are read as before.
+    unchecked = json.loads(text)
+    unchecked.pop("sha256")
+    path.write_text(json.dumps(unchecked), encoding="utf-8")
+    AttnGANPipeline.from_pretrained(model)
+
+
 def test_non_finite_weights_in_a_model_folder_name_the_component_and_the_file(tmp_path):
     generator = Generator(PRESETS["tiny"].generator)
     with torch.no_grad():

@@ -60,7 +60,7 @@ def test_save_load_round_trip(tmp_path):
     v = Vocabulary.build([["red", "circle", "café"], ["red"]])
     path = v.save(tmp_path / "sub" / "vocab.json")
     data = json.loads(path.read_text())
-    assert data == {"itos": v.itos}
+    assert data["itos"] == v.itos and set(data) == {"itos", "sha256"}  # its own checksum (atomic.with_digest)
     assert Vocabulary.load(path) == v
     assert not list(path.parent.glob("*.tmp"))
 

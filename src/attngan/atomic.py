@@ -8,18 +8,48 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import DiskFullError, UserError
+from .errors import DamagedFileError, DiskFullError, UserError
 
 __all__ = [
     "umask", "check_writable", "atomic_write", "atomic_write_bytes", "atomic_write_text", "temporary_file",
-    "make_staging_dir", "FolderLock", "writable_target", "remove_temporary_files",
+    "make_staging_dir", "FolderLock", "writable_target", "remove_temporary_files", "DIGEST_FIELD", "with_digest",
+    "checked_digest",
 ]  # fmt: skip
+
+DIGEST_FIELD = "sha256"  # a JSON file's own checksum: SHA-256 of the canonical JSON of its other fields
+
+
+def _json_digest(obj: dict[str, Any]) -> str:
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def with_digest(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with :data:`DIGEST_FIELD` added, so that a reader can tell a damaged file (:func:`checked_digest`)."""
+    rest = {k: v for k, v in obj.items() if k != DIGEST_FIELD}
+    return {**rest, DIGEST_FIELD: _json_digest(rest)}
+
+
+def checked_digest(obj: Any, path: str | os.PathLike) -> Any:
+    """``obj`` (a parsed JSON file) without its :data:`DIGEST_FIELD`, which must match its other fields;
+    files written without one (older versions, other tools) pass unchecked. Raises DamagedFileError."""
+    if not isinstance(obj, dict) or DIGEST_FIELD not in obj:
+        return obj
+    rest = {k: v for k, v in obj.items() if k != DIGEST_FIELD}
+    if obj[DIGEST_FIELD] != _json_digest(rest):
+        raise DamagedFileError(
+            f"{path} is damaged: its contents do not match the SHA-256 recorded in it when it was written; "
+            "restore it from a copy or export the model again"
+        )
+    return rest
 
 
 def umask() -> int:

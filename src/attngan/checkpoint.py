@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_bytes, atomic_write_text, checked_digest, with_digest
 from .config import from_dict, to_dict
 from .errors import CheckpointError, DamagedFileError
 
@@ -277,7 +277,7 @@ def save_component(directory: str | os.PathLike, module: torch.nn.Module, config
         "config": to_dict(config),
         **extra,
     }
-    atomic_write_json(directory / "config.json", meta)
+    atomic_write_json(directory / "config.json", with_digest(meta))
     return directory
 
 
@@ -286,9 +286,10 @@ def read_component_config(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: {directory} is not a saved attngan component")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    return checked_digest(meta, path)
 
 
 def load_state_dict_file(path: str | os.PathLike, what: str = "") -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, checked_digest, with_digest
 from .errors import DataError
 
 __all__ = ["END_TOKEN", "tokenize", "Vocabulary", "EncodedCaption", "encode_caption"]
@@ -168,7 +168,7 @@ class Vocabulary:
         """Write ``{"itos": [...]}`` as readable JSON, atomically (temporary file + rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"itos": self.itos}, indent=1, ensure_ascii=False) + "\n"
+        data = json.dumps(with_digest({"itos": self.itos}), indent=1, ensure_ascii=False) + "\n"
         atomic_write_text(path, data)
         return path
 
@@ -184,6 +184,7 @@ class Vocabulary:
             raise DataError(
                 f"vocabulary file {path} is not readable JSON ({exc}); the file is corrupt"
             ) from exc
+        data = checked_digest(data, path)
         itos = data.get("itos") if isinstance(data, dict) else data
         if not isinstance(itos, list) or not all(isinstance(w, str) for w in itos):
             raise DataError(f"vocabulary file {path} has no list of words under 'itos'; the file is corrupt")
