@@ -3,7 +3,7 @@ EMA generator against GAN step and wall seconds (benchmarks/TUNING.md).
 
     python benchmarks/demo_frontier.py --out frontier/s0 --seed 0                      # the demo's defaults
     python benchmarks/demo_frontier.py --out frontier/s1 --seed 1 --set data.contrast_group=1   # an ablation
-    python benchmarks/demo_frontier.py --smoke --out /tmp/frontier-smoke              # seconds: tiny networks
+    python benchmarks/demo_frontier.py --smoke --out frontier-smoke                   # seconds: tiny networks
 
 It runs the demo itself (``attngan.training.demo.run_demo``, same budget and settings, ``--set`` overrides
 on top), copies the EMA generator every ``--every`` GAN steps (a copy costs milliseconds of the budget) and,
@@ -27,7 +27,14 @@ import torch
 from attngan.config import PRESETS, apply_overrides
 from attngan.data.registry import build_dataset
 from attngan.nn import Generator
-from attngan.training.demo import DemoPlan, demo_preset, format_summary, measure_generator, run_demo, summary_rows
+from attngan.training.demo import (
+    DemoPlan,
+    demo_preset,
+    format_summary,
+    measure_generator,
+    run_demo,
+    summary_rows,
+)
 from attngan.training.gan import discriminator_configs, load_encoders
 
 COLUMNS = ("color", "shape", "position", "size")

@@ -743,7 +743,7 @@ def test_folder_reads_gif_and_tiff_and_names_caption_files_without_image(tmp_pat
 
 
 # --------------------------------------------------------------------------------------------------------
-# Messy real-world folders (audit, session 12): nothing silently dropped, mis-paired or turned
+# Messy real-world folders: nothing silently dropped, mis-paired or turned
 
 
 def _folder_captions(root, split="train") -> dict[str, list[str]]:
