@@ -1,9 +1,9 @@
 """The original AttnGAN code against this package, same process, same run: sampling and training.
 
-    git clone https://github.com/taoxugit/AttnGAN /tmp/AttnGAN       # not part of this repository
+    git clone https://github.com/taoxugit/AttnGAN AttnGAN       # not part of this repository
     pip install easydict                                               # the original config needs it
-    python benchmarks/bench_original.py --original-code /tmp/AttnGAN/code                # sampling
-    python benchmarks/bench_original.py --original-code /tmp/AttnGAN/code --task train   # training
+    python benchmarks/bench_original.py --original-code AttnGAN/code                # sampling
+    python benchmarks/bench_original.py --original-code AttnGAN/code --task train   # training
 
 **Sampling** (``--task sample``): one sentence.
 
