@@ -15,7 +15,7 @@ ids), ``loss.data[0]`` answered with the 0-dim loss, bilinear ``nn.Upsample`` wi
 
 Here: ``attngan.legacy.load_original`` and one step of ``GANLoss`` (phases D0, D1, G, each followed by its
 optimizer, as ``train_gan`` runs them) in float64, plain and fast (joint D batches, ``FlatAdam``, the fast
-kernels, channels-last), with ``legacy_mask_bug=True`` for the unequal lengths (README, "Differences from
+kernels, channels-last), with ``legacy_mask_bug=True`` for the unequal lengths (docs/guide.md, "Differences from
 the original code"); compared at float32 rounding.
 """
 
