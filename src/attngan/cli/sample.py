@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import sys
 import time
@@ -180,12 +179,6 @@ def _quiet_logger(name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _png(image: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @click.command(name="sample", context_settings={"show_default": True})
@@ -415,7 +408,7 @@ def _draw_and_write(
     written: list[str] = []
     try:
         def save(image: Any, name: str) -> str:
-            atomic_write_bytes(out_dir / name, _png(image))
+            atomic_write_bytes(out_dir / name, viz.png_bytes(image))
             written.append(name)
             return name
 
