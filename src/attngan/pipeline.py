@@ -37,7 +37,7 @@ import numbers
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from .checkpoint import load_component, load_state_dict_strict, safe_torch_load,
 from .config import GeneratorConfig, ImageEncoderConfig, TextEncoderConfig
 from .errors import CheckpointError, DataError, UserError
 from .nn import Generator, ImageEncoder, TextEncoder
+from .nn.modes import eval_mode
 from .text import EncodedCaption, Vocabulary, encode_caption
 from .viz import to_pil_batch
 
@@ -250,22 +251,6 @@ def _image_copies(batch: torch.Tensor, lengths: Sequence[int] | None = None) -> 
         np.copyto(copy.numpy(), row)
         out.append(copy)
     return out
-
-
-@contextlib.contextmanager
-def _eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
-    """Eval mode for the call (dropout off, BatchNorm running stats), the caller's modes restored after.
-
-    A module whose submodules are all in eval mode already is left alone (``train()`` walks every submodule
-    twice per call, a millisecond for the birds generator)."""
-    modes = [(m, m.training) for m in modules if m is not None and any(x.training for x in m.modules())]
-    for m, _ in modes:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, was_training in modes:
-            m.train(was_training)
 
 
 class AttnGANPipeline:
@@ -615,7 +600,7 @@ class AttnGANPipeline:
             batches = tqdm(batches, desc="sampling", unit="batch")
         sampling_generator = self._sampling_generator()
         done: dict[int, tuple] = {}  # image index -> (stage tensors, PIL images, maps)
-        with _eval_mode(self.text_encoder, self.generator):
+        with eval_mode(self.text_encoder, self.generator):
             for ks in batches:
                 chunk = [per_image[k] for k in ks]
                 captions, lengths, mask = self._batch([e for _, e in chunk])

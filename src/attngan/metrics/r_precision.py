@@ -23,9 +23,8 @@ would give a collapsed encoder a perfect score).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..nn.modes import eval_mode
 from .registry import register_metric
 
 __all__ = ["r_precision", "encode_for_r_precision", "r_precision_metric", "draw_mismatches"]
@@ -138,19 +138,6 @@ def r_precision(
     }
 
 
-@contextlib.contextmanager
-def _eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put modules in eval mode (no dropout) for the block and restore their previous modes."""
-    modes = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.eval()
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
-
-
 @torch.no_grad()
 def encode_for_r_precision(
     image_encoder: nn.Module,  # image_encoder(images (B, 3, H, W) in [-1, 1]) -> (regions, global (B, D))
@@ -162,7 +149,7 @@ def encode_for_r_precision(
     """Global image vectors (N, D), sentence vectors (N, D) and class ids (N,) or None, in eval mode."""
     imgs, sents, classes = [], [], []
     seen = 0
-    with _eval_mode(image_encoder, text_encoder):
+    with eval_mode(image_encoder, text_encoder):
         for batch in batches:
             if len(batch) not in (3, 4):
                 raise UserError(
