@@ -243,17 +243,17 @@ def test_original_release_files(model_dir, tmp_path, viz):
 
 def _ctrl_c_at_file(n: int, monkeypatch) -> None:
     """Ctrl-C while sample encodes its n-th PNG file."""
-    import attngan.cli.sample as sample_cli
+    import attngan.viz as viz
 
-    real, calls = sample_cli._png, []
+    real, calls = viz.png_bytes, []
 
-    def interrupted_png(image):
+    def interrupted_png(image, *args, **kwargs):
         calls.append(1)
         if len(calls) == n:
             raise KeyboardInterrupt
-        return real(image)
+        return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(sample_cli, "_png", interrupted_png)
+    monkeypatch.setattr(viz, "png_bytes", interrupted_png)
 
 
 def test_ctrl_c_while_writing_says_what_is_there(model_dir, tmp_path, viz, capsys, monkeypatch):
