@@ -38,6 +38,7 @@ __all__ = [
     "captioned_rows",
     "enlarge",
     "image_grid",
+    "overlay",
     "png_bytes",
     "suppress_attention",
     "to_pil",
@@ -55,7 +56,7 @@ _SPOTLIGHT_FLOOR = 0.2  # brightness of the unattended parts of the image in the
 _HEAT_COLOR = (255, 0, 0)  # attention tint of the "heat" style
 _HEAT_ALPHA = 0.65  # opacity of the tint where the normalised map is 1
 _ORIGINAL_ALPHA = 180 / 255  # the original pasted the gray map over the image with a constant alpha of 180
-_STYLES = ("spotlight", "heat", "original")  # see _overlay
+_STYLES = ("spotlight", "heat", "original")  # see overlay
 _CHANGED_COLOR = (200, 0, 0)  # words of a word-swap caption that differ from the first row
 
 
@@ -313,22 +314,24 @@ def captioned_grid(
     return canvas
 
 
-def _overlay(base: np.ndarray, heat: np.ndarray, style: str) -> Image.Image:
+def overlay(base: np.ndarray, heat: np.ndarray, style: str, alpha: float | None = None) -> Image.Image:
     """Blend a [0, 1] map (S, S) over an (S, S, 3) uint8 image.
 
     "spotlight": the image at full brightness where attended, dimmed elsewhere (works for any image colour);
-    "heat": red tint with opacity proportional to the map, so unattended regions show the plain image;
-    "original": the gray map pasted over the image with a constant alpha of 180/255, as the original.
+    "heat": red tint with opacity ``alpha`` times the map (default 0.65), so unattended regions show the plain
+    image; "original": the gray map pasted over the image with a constant ``alpha`` (default 180/255, as the
+    original). ``alpha`` does not apply to "spotlight".
     """
     img = base.astype(np.float32)
     if style == "spotlight":
         out = img * (_SPOTLIGHT_FLOOR + (1.0 - _SPOTLIGHT_FLOOR) * heat)[..., None]
     elif style == "heat":
-        a = (_HEAT_ALPHA * heat)[..., None]  # (S, S, 1)
+        a = ((_HEAT_ALPHA if alpha is None else alpha) * heat)[..., None]  # (S, S, 1)
         out = img * (1.0 - a) + np.asarray(_HEAT_COLOR, dtype=np.float32) * a
     else:
+        a = _ORIGINAL_ALPHA if alpha is None else alpha
         gray = np.uint8(heat * 255.0).astype(np.float32)[..., None]  # (S, S, 1), truncated like the original
-        out = img * (1.0 - _ORIGINAL_ALPHA) + gray * _ORIGINAL_ALPHA
+        out = img * (1.0 - a) + gray * a
     return Image.fromarray(out.round().clip(0, 255).astype(np.uint8), mode="RGB")
 
 
@@ -367,7 +370,7 @@ def attention_figure(
     ``(1 + len(attention)) * (LABEL_HEIGHT + size)``. Row r + 1 shows the top-k words of attention stage r
     (Eq. 15), each map upsampled with ``upsample_map(..., sigma)`` and blended over the image that stage
     produced (image r + 1 when there is one more image than attention stages, as F_i^attn feeds G_i; else
-    the last image) in ``style`` ("spotlight", "heat" or "original", see ``_overlay``), labelled with the
+    the last image) in ``style`` ("spotlight", "heat" or "original", see :func:`overlay`), labelled with the
     word and its share of the stage's Eq. 15 mass. Cells of words beyond ``length`` stay white. With
     ``caption``, the sentence is written, word-wrapped, in a strip above all that (the figure grows by it).
     """
@@ -413,7 +416,7 @@ def attention_figure(
             word = tokens[i] if i < len(tokens) else f"<{i}>"
             label(f"{word} {score / total:.2f}", c * size, y)
             heat = upsample_map(beta_hat[i], size, sigma)  # (size, size) in [0, 1]
-            canvas.paste(_overlay(base, heat, style), (c * size, y + LABEL_HEIGHT))
+            canvas.paste(overlay(base, heat, style), (c * size, y + LABEL_HEIGHT))
     return canvas if caption is None else _with_title(canvas, caption)
 
 

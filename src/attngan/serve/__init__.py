@@ -10,16 +10,11 @@
         print(server.url)
 """
 
-from .app import (
-    IDLE_TIMEOUT,
-    MAX_BODY_BYTES,
-    MAX_SEED,
-    BackgroundServer,
-    BatchWorker,
-    create_app,
-    example_captions,
-    idle_closing_protocol,
-)
+from .app import create_app, example_captions
+from .batching import BatchWorker
+from .limits import MAX_BODY_BYTES
+from .schema import MAX_SEED
+from .server import IDLE_TIMEOUT, BackgroundServer, idle_closing_protocol
 
 __all__ = [
     "create_app", "BatchWorker", "BackgroundServer", "idle_closing_protocol", "IDLE_TIMEOUT", "example_captions",
