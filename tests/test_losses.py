@@ -1,4 +1,4 @@
-"""Eq. 2 and Eq. 4-14 against independent plain-loop computations.
+"""Eq. 2-14 against independent plain-loop computations.
 
 Every reference below loops over batch items, words and regions with scalar / vector maths and follows
 the paper's formulas (and, where they differ, the released code's choices described in
@@ -142,7 +142,7 @@ def test_legacy_tiled_mask_reproduces_original_repeat(seed):
     mask = _mask(lengths, t)
     h = torch.randn(3, 4, 2, 2, dtype=DT)  # Q = 4, not a multiple of B = 3
     e = torch.randn(3, 4, t, dtype=DT)
-    ctx, beta = word_attention(h, e, mask, legacy_mask_bug=True)
+    ctx, beta = word_attention(h, e, legacy_tiled_mask(mask, 4))
     ref_ctx, ref_beta = original_global_attention(h, e, mask)
     torch.testing.assert_close(ctx, ref_ctx, rtol=0, atol=1e-12)
     torch.testing.assert_close(beta, ref_beta, rtol=0, atol=1e-12)
@@ -155,7 +155,7 @@ def test_legacy_tiled_mask_reproduces_original_repeat(seed):
     assert (correct - ctx).abs().max() > 1e-3
     # ... and has no effect at batch size 1 or with equal lengths.
     for sub_mask, sub_h, sub_e in [(mask[:1], h[:1], e[:1]), (_mask([3, 3, 3], t), h, e)]:
-        a, _ = word_attention(sub_h, sub_e, sub_mask, legacy_mask_bug=True)
+        a, _ = word_attention(sub_h, sub_e, legacy_tiled_mask(sub_mask, 4))
         b_, _ = word_attention(sub_h, sub_e, sub_mask)
         torch.testing.assert_close(a, b_, rtol=0, atol=1e-12)
 
@@ -211,6 +211,20 @@ def test_region_context_eq7_to_9(seed):
     ref_c, ref_alpha = ref_region_context(words[1], regions[1].reshape(d, -1), 5.0)
     torch.testing.assert_close(c_all[1], ref_c, rtol=0, atol=1e-12)
     torch.testing.assert_close(alpha_all[1].reshape(t, -1), ref_alpha, rtol=0, atol=1e-12)
+
+
+def test_region_context_of_every_caption_against_every_image(seed):
+    """Leading dimensions broadcast: words (1, B_cap, D, T) against regions (B_img, 1, D, h, w)."""
+    lengths, t, d = [2, 5], 5, 4
+    words = torch.randn(2, d, t, dtype=DT)
+    regions = torch.randn(3, d, 2, 3, dtype=DT)
+    c, alpha = losses.region_context(words[None], regions[:, None], 4.0, mask=_mask(lengths, t)[None])
+    assert c.shape == (3, 2, d, t) and alpha.shape == (3, 2, t, 2, 3)
+    for j in range(3):
+        for i, n in enumerate(lengths):
+            ref_c, ref_alpha = ref_region_context(words[i, :, :n], regions[j].reshape(d, -1), 4.0)
+            torch.testing.assert_close(c[j, i, :, :n], ref_c, rtol=0, atol=1e-12)
+            torch.testing.assert_close(alpha[j, i, :n].reshape(n, -1), ref_alpha, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("inverse_gamma2", [False, True])
@@ -320,7 +334,21 @@ def test_damsm_loss_eq14(seed, class_ids):
 
 
 # ---------------------------------------------------------------------------------------------------
-# KL and the adversarial losses (Eq. 4-5 as the original combines them)
+# Eq. 3, KL and the adversarial losses (Eq. 4-5 as the original combines them)
+
+
+@pytest.mark.parametrize("kl_weight", [1.0, 2.0])
+def test_generator_objective_eq3(seed, kl_weight):
+    stages = [float(x) for x in torch.rand(3, dtype=DT)]  # L_{G_i} of three stages
+    damsm, kl = (float(x) for x in torch.rand(2, dtype=DT))
+    expected = sum(stages) + 5.0 * damsm + kl_weight * kl  # L_G + lambda L_DAMSM, plus the weighted KL term
+    got = losses.generator_objective(
+        torch.tensor(sum(stages), dtype=DT), torch.tensor(damsm, dtype=DT), torch.tensor(kl, dtype=DT),
+        damsm_lambda=5.0, kl_weight=kl_weight,
+    )  # fmt: skip
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=DT), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"the adversarial term must be a scalar"):
+        losses.generator_objective(torch.rand(3), torch.rand(()), torch.rand(()), damsm_lambda=5.0)
 
 
 def test_kl_loss_mean_over_elements(seed):

@@ -2,7 +2,8 @@
 
 DAMSM (Sec. 3.2): similarity (Eq. 7), word-normalised softmax (Eq. 8), region-context attention (Eq. 9),
 matching score (Eq. 10), posteriors (Eq. 11), L1w/L2w (Eq. 12-13), L1s/L2s and L_DAMSM (Eq. 14).
-GAN (Sec. 3.1): generator loss (Eq. 3-4), discriminator loss (Eq. 5), and the CA KL term.
+GAN (Sec. 3.1): the generator's objective (Eq. 3) of its stage losses (Eq. 4), the DAMSM term and the CA KL
+term; discriminator loss (Eq. 5).
 
 Where the released code and the paper differ, the default follows the code (it produced the released
 models and the paper's numbers) and the paper's form is an option:
@@ -50,29 +51,38 @@ def _lengths_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
 def region_context(
     words: torch.Tensor, regions: torch.Tensor, gamma1: float, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Region-context vectors c_i of one caption per image (Eq. 7-9).
+    """Region-context vectors c_i of each word of a caption against the regions of an image (Eq. 7-9).
+
+    The leading dimensions broadcast: words (B, D, T) against regions (B, D, h, w) pair caption b with image
+    b; words (1, B_cap, D, T) against regions (B_img, 1, D, h, w) pair every caption with every image
+    (:func:`word_scores`), without copying either.
 
     Args:
-        words: (B, D, T) word features e; regions: (B, D, h, w) region features v; mask: (B, T) bool,
-        True at padding words (excluded from the word softmax of Eq. 8).
+        words: (..., D, T) word features e; regions: (..., D, h, w) region features v; mask: (..., T) bool
+        with the words' leading dimensions, True at padding words (excluded from the word softmax of Eq. 8).
     Returns:
-        c (B, D, T) and alpha (B, T, h, w) (Eq. 9 weights over regions).
+        c (..., D, T) and alpha (..., T, h, w) (Eq. 9 weights over regions).
     """
-    _check_words_regions(words, regions)
-    b, d, t = words.shape
-    if regions.shape[0] != b:
-        raise _shape_error("regions", f"({b}, D, h, w): one image per caption", regions)
-    if mask is not None and tuple(mask.shape) != (b, t):
-        raise _shape_error("mask", f"({b}, {t}), one row per caption", mask)
-    h, w = regions.shape[2:]
-    v = regions.reshape(b, d, h * w)  # (B, D, N)
-    s = torch.bmm(words.transpose(1, 2), v)  # (B, T, N)  Eq. 7: s_{i,j} = e_i^T v_j
+    if words.dim() < 2:
+        raise _shape_error("words", "(..., D, T)", words)
+    lead, (d, t) = tuple(words.shape[:-2]), words.shape[-2:]
+    if regions.dim() != words.dim() + 1 or regions.shape[-3] != d:
+        raise _shape_error("regions", f"(..., D, h, w) with D = {d}, one dimension more than the words", regions)
+    try:
+        torch.broadcast_shapes(lead, regions.shape[:-3])
+    except RuntimeError:
+        expected = f"({', '.join(map(str, lead))}, D, h, w) or broadcastable to it"
+        raise _shape_error("regions", expected, regions) from None
+    if mask is not None and tuple(mask.shape) != (*lead, t):
+        raise _shape_error("mask", f"({', '.join(map(str, (*lead, t)))}), one row per caption", mask)
+    v = regions.flatten(-2)  # (..., D, N)
+    s = torch.einsum("...dt,...dn->...tn", words, v)  # (..., T, N)  Eq. 7: s_{i,j} = e_i^T v_j
     if mask is not None:
-        s = s.masked_fill(mask[:, :, None], float("-inf"))
-    s_bar = torch.softmax(s, dim=1)  # Eq. 8: normalised over words i for each region j
-    alpha = torch.softmax(gamma1 * s_bar, dim=2)  # Eq. 9: over regions j for each word i
-    c = torch.bmm(v, alpha.transpose(1, 2))  # (B, D, T): c_i = sum_j alpha_{i,j} v_j
-    return c, alpha.reshape(b, t, h, w)
+        s = s.masked_fill(mask[..., None], float("-inf"))
+    s_bar = torch.softmax(s, dim=-2)  # Eq. 8: normalised over words i for each region j
+    alpha = torch.softmax(gamma1 * s_bar, dim=-1)  # Eq. 9: over regions j for each word i
+    c = torch.einsum("...tn,...dn->...dt", alpha, v)  # (..., D, T): c_i = sum_j alpha_{i,j} v_j
+    return c, alpha.unflatten(-1, regions.shape[-2:])
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
@@ -97,18 +107,11 @@ def word_scores(
         (B_img, B_cap) scores.
     """
     _check_words_regions(words, regions)
-    bi, d, h, w = regions.shape
     bc, _, t = words.shape
     _check_lengths(lengths, bc, t)
-    v = regions.reshape(bi, d, h * w)  # (Bi, D, N)
     pad = _lengths_mask(lengths, t)  # (Bc, T)
-    s = torch.einsum("cdt,idn->ictn", words, v)  # (Bi, Bc, T, N)  Eq. 7
-    s = s.masked_fill(pad[None, :, :, None], float("-inf"))
-    s_bar = torch.softmax(s, dim=2)  # Eq. 8 over words
-    alpha = torch.softmax(gamma1 * s_bar, dim=3)  # Eq. 9 over regions
-    c = torch.einsum("ictn,idn->ictd", alpha, v)  # (Bi, Bc, T, D) region-context vectors
-    e = words.transpose(1, 2)[None]  # (1, Bc, T, D)
-    rel = _cosine(c, e, dim=3)  # (Bi, Bc, T): R(c_i, e_i)
+    c, _ = region_context(words[None], regions[:, None], gamma1, pad[None])  # (Bi, Bc, D, T)  Eq. 7-9
+    rel = _cosine(c, words[None], dim=2)  # (Bi, Bc, T): R(c_i, e_i)
     rel = rel.masked_fill(pad[None], float("-inf"))
     score = torch.logsumexp(gamma2 * rel, dim=2)  # log sum_i exp(gamma2 R(c_i, e_i))
     if inverse_gamma2:
@@ -217,6 +220,22 @@ def generator_stage_loss(disc, fake: torch.Tensor, sentence: torch.Tensor, uncon
     if uncond is not None:
         loss = loss + uncond_weight * _bce(uncond, 1.0)
     return loss
+
+
+def generator_objective(
+    adversarial: torch.Tensor, damsm: torch.Tensor, kl: torch.Tensor, *, damsm_lambda: float, kl_weight: float = 1.0
+) -> torch.Tensor:
+    """L = L_G + lambda L_DAMSM (Eq. 3), plus ``kl_weight`` times the KL term of conditioning augmentation
+    (the original's ``errG_total + KL_loss(mu, logvar)``).
+
+    Args:
+        adversarial: L_G = sum_i L_{G_i}, the stage losses of Eq. 4 (:func:`generator_stage_loss`) summed;
+        damsm: L_DAMSM (Eq. 14) of the last stage's images; kl: :func:`kl_loss`. All three are scalars.
+    """
+    for name, term in (("adversarial", adversarial), ("damsm", damsm), ("kl", kl)):
+        if term.dim() != 0:
+            raise _shape_error(f"the {name} term", "a scalar ()", term)
+    return adversarial + damsm_lambda * damsm + kl_weight * kl
 
 
 @dataclass

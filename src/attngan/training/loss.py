@@ -12,7 +12,7 @@ DDP sees exactly one forward per backward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +20,14 @@ from torch import nn
 
 from ..config import DAMSMLossConfig, GANLossConfig
 from ..data.base import Batch
-from ..losses import damsm_loss, discriminator_loss, generator_stage_loss, kl_loss
+from ..losses import (
+    DAMSMLossOutput,
+    damsm_loss,
+    discriminator_loss,
+    generator_objective,
+    generator_stage_loss,
+    kl_loss,
+)
 from ..nn import Discriminator, GeneratorOutput, ImageEncoder, TextEncoder
 
 __all__ = ["DAMSMObjective", "DAMSMLoss", "DiscriminatorObjective", "GANLoss", "TextFeatures"]
@@ -34,10 +41,11 @@ def _damsm_terms(
     lengths: torch.Tensor,
     class_ids: torch.Tensor | None,
     cfg: DAMSMLossConfig,
-):
+    damsm_fn: Callable[..., DAMSMLossOutput] = damsm_loss,
+) -> DAMSMLossOutput:
     # The matching scores are computed in float32 even under autocast: they go through exp/logsumexp.
     with torch.autocast(device_type=regions.device.type, enabled=False):
-        return damsm_loss(
+        return damsm_fn(
             regions.float(),
             image_vectors.float(),
             words.float(),
@@ -55,20 +63,31 @@ def _damsm_terms(
 
 
 class DAMSMObjective(nn.Module):
-    """Text encoder + image encoder -> L_DAMSM (Eq. 14) of a batch of matching pairs."""
+    """Text encoder + image encoder -> L_DAMSM (Eq. 14) of a batch of matching pairs.
 
-    def __init__(self, text_encoder: TextEncoder, image_encoder: ImageEncoder, cfg: DAMSMLossConfig) -> None:
+    ``damsm_fn`` computes Eq. 14: :func:`attngan.losses.damsm_loss`, or another computation with its
+    signature (the benchmarks' reference loop of the original code).
+    """
+
+    def __init__(
+        self,
+        text_encoder: TextEncoder,
+        image_encoder: ImageEncoder,
+        cfg: DAMSMLossConfig,
+        damsm_fn: Callable[..., DAMSMLossOutput] = damsm_loss,
+    ) -> None:
         super().__init__()
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
         self.cfg = cfg
+        self.damsm_fn = damsm_fn
 
     def forward(
         self, images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, class_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         words, sentence = self.text_encoder(captions, lengths)  # (B, D, T), (B, D)
         regions, image_vectors = self.image_encoder(images)  # (B, D, h, w), (B, D)
-        out = _damsm_terms(regions, image_vectors, words, sentence, lengths, class_ids, self.cfg)
+        out = _damsm_terms(regions, image_vectors, words, sentence, lengths, class_ids, self.cfg, self.damsm_fn)
         return out.total, out.word_1, out.word_2, out.sent_1, out.sent_2
 
 
@@ -123,7 +142,7 @@ class GANLoss:
     """AttnGAN's objective; phases ``D0 .. Dk`` then ``G``.
 
     ``generate`` runs G once per iteration (as the original): the D phases see its images detached and
-    the G phase back-propagates through them.
+    the G phase back-propagates through them (:meth:`generator_backward`).
     """
 
     def __init__(
@@ -138,6 +157,7 @@ class GANLoss:
         autocast,  # () -> context manager for mixed precision (nullcontext on CPU)
         scaler: torch.amp.GradScaler,
         need_attention: bool = True,  # False: G's word attention may use the fused kernel (no maps kept)
+        damsm_fn: Callable[..., DAMSMLossOutput] = damsm_loss,  # Eq. 14, or another computation with its signature
     ) -> None:
         self.generator = generator
         self.discriminators = list(discriminators)
@@ -148,6 +168,7 @@ class GANLoss:
         self.autocast = autocast
         self.scaler = scaler
         self.need_attention = need_attention
+        self.damsm_fn = damsm_fn
         self.phases = tuple(f"D{i}" for i in range(len(self.discriminators))) + ("G",)
 
     def generate(self, batch: Batch, text: TextFeatures, with_grad: bool) -> GeneratorOutput:
@@ -178,26 +199,41 @@ class GANLoss:
         for d in self.discriminators:
             d.requires_grad_(False)
         try:
-            with self.autocast():
-                # Eq. 4 per stage, summed (the original's generator_loss).
-                adv = sum(
-                    generator_stage_loss(d, img, text.sentence, self.gan_cfg.uncond_weight)
-                    for d, img in zip(self.discriminators, fake.images)
-                )
-                # Eq. 3's DAMSM term on the last stage, frozen image encoder, detached text features.
-                regions, image_vectors = self.image_encoder(fake.images[-1])  # (B, D, h, w), (B, D)
-            damsm = _damsm_terms(
-                regions, image_vectors, text.words, text.sentence, batch.lengths, batch.class_ids, self.damsm_cfg
-            )
-            kl = kl_loss(fake.mu.float(), fake.logvar.float())
-            total = adv + self.gan_cfg.damsm_lambda * damsm.total + self.gan_cfg.kl_weight * kl
-            self.scaler.scale(total).backward()
+            total, adv, damsm, kl = self.generator_backward(batch, text, fake)
         finally:
             for d in self.discriminators:
                 d.requires_grad_(True)
         return {
             "loss/G": total.detach(),
             "G/adv": adv.detach(),
-            "G/damsm": damsm.total.detach(),
+            "G/damsm": damsm.detach(),
             "G/kl": kl.detach(),
         }
+
+    def generator_backward(
+        self, batch: Batch, text: TextFeatures, fake: GeneratorOutput
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eq. 3 of G's images and its (scaled) backward, the discriminators frozen; returns L, L_G, L_DAMSM
+        and the KL term."""
+        with self.autocast():
+            # Eq. 4 per stage, summed (the original's generator_loss).
+            adv = sum(
+                generator_stage_loss(d, img, text.sentence, self.gan_cfg.uncond_weight)
+                for d, img in zip(self.discriminators, fake.images)
+            )
+            # Eq. 3's DAMSM term on the last stage, frozen image encoder, detached text features.
+            regions, image_vectors = self.image_encoder(fake.images[-1])  # (B, D, h, w), (B, D)
+        damsm = self.damsm_terms(regions, image_vectors, text, batch).total
+        kl = kl_loss(fake.mu.float(), fake.logvar.float())
+        total = generator_objective(
+            adv, damsm, kl, damsm_lambda=self.gan_cfg.damsm_lambda, kl_weight=self.gan_cfg.kl_weight
+        )
+        self.scaler.scale(total).backward()
+        return total, adv, damsm, kl
+
+    def damsm_terms(
+        self, regions: torch.Tensor, image_vectors: torch.Tensor, text: TextFeatures, batch: Batch
+    ) -> DAMSMLossOutput:
+        """L_DAMSM (Eq. 14) of the image features of G's last stage against the batch's captions."""
+        words, sentence, cfg = text.words, text.sentence, self.damsm_cfg
+        return _damsm_terms(regions, image_vectors, words, sentence, batch.lengths, batch.class_ids, cfg, self.damsm_fn)
