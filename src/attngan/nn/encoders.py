@@ -6,8 +6,7 @@ torchvision names, ``emb_features``, ``emb_cnn_code``) so that its state dicts l
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -73,27 +72,6 @@ class TextEncoder(nn.Module):
         return words, sentence
 
 
-def _resolve_inception_state(weights: Any) -> dict[str, torch.Tensor] | None:
-    """Turn ``None | "imagenet" | path | state dict | torchvision WeightsEnum`` into a state dict.
-
-    The training code and the loaders resolve names and files first (``attngan.checkpoint.
-    inception_weights_state``, with messages that say what to do); this covers direct use of the class.
-    """
-    if weights is None:
-        return None
-    if isinstance(weights, dict):
-        return weights
-    if isinstance(weights, (str, os.PathLike)):
-        if str(weights).lower() == "imagenet":
-            from torchvision.models import Inception_V3_Weights
-
-            return Inception_V3_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-        return torch.load(os.fspath(weights), map_location="cpu", weights_only=True)
-    if hasattr(weights, "get_state_dict"):  # a torchvision WeightsEnum member
-        return weights.get_state_dict(progress=True)
-    raise TypeError(f"unsupported backbone_weights: {type(weights).__name__}")
-
-
 class SmallBackbone(nn.Module):
     """A small strided CNN for small images: local grid (input/2**blocks) and a global vector."""
 
@@ -123,22 +101,29 @@ class ImageEncoder(nn.Module):
 
     Inception-v3 backbone: local features from Mixed_6e (768 x 17 x 17), global 2048-d average-pooled
     Mixed_7c; inputs in [-1, 1] are resized to 299 x 299 (bilinear, align_corners=True as the original,
-    no ``transform_input``). ``backbone_weights``: None (random init), ``"imagenet"`` (torchvision
-    ``Inception_V3_Weights.IMAGENET1K_V1``, downloaded to the torch cache if absent), a local file, a
-    state dict, or a torchvision weights enum. The backbone is frozen and kept in eval mode (unless
+    no ``transform_input``). ``backbone_weights``: None (random init) or a state dict of torchvision's
+    Inception-v3 (keys outside the blocks used here, such as ``fc.*``, are ignored); the caller resolves
+    names and files (``attngan.checkpoint.inception_weights_state``: ``"imagenet"``, a local file, a
+    torchvision weights enum). The backbone is frozen and kept in eval mode (unless
     ``backbone_batch_stats`` is set: then its BatchNorm follows the module's train/eval mode).
     """
 
-    def __init__(self, config: ImageEncoderConfig, backbone_weights: Any = None) -> None:
+    def __init__(
+        self, config: ImageEncoderConfig, backbone_weights: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         if config.backbone == "inception":
             from torchvision.models import inception_v3
 
             net = inception_v3(weights=None, aux_logits=False, init_weights=False)
-            state = _resolve_inception_state(backbone_weights)
-            if state is not None:
-                state = {k: v for k, v in state.items() if k.split(".")[0] in INCEPTION_BLOCKS}
+            if backbone_weights is not None:
+                if not isinstance(backbone_weights, Mapping):
+                    raise TypeError(
+                        f"backbone_weights must be a state dict, got {type(backbone_weights).__name__}; resolve "
+                        "names, files and weights enums with attngan.checkpoint.inception_weights_state"
+                    )
+                state = {k: v for k, v in backbone_weights.items() if k.split(".")[0] in INCEPTION_BLOCKS}
                 missing, unexpected = net.load_state_dict(state, strict=False)
                 missing = [k for k in missing if k.split(".")[0] in INCEPTION_BLOCKS]
                 if missing or unexpected:
