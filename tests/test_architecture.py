@@ -16,6 +16,7 @@ import attngan
 
 SRC = Path(attngan.__file__).parent
 LAYERS = {"config": 0, "text": 0, "errors": 0, "atomic": 0, "nn": 1, "losses": 2, "checkpoint": 2, "legacy": 2, "data": 2}
+LAYERS["model_dir"] = 2  # finds the model folder behind a user's path (file names only)
 LAYERS |= {"pipeline": 3, "metrics": 3, "viz": 3, "training": 4, "cli": 5, "serve": 5, "": 3.5, "__main__": 6}
 LAYERS["evaluation"] = 4  # like training: composes pipeline, data and metrics (evaluate command)
 ALLOWED = {

@@ -24,7 +24,7 @@ from attngan import legacy
 from attngan.checkpoint import load_component, save_component
 from attngan.config import DiscriminatorConfig, GeneratorConfig, ImageEncoderConfig, TextEncoderConfig
 from attngan.errors import CheckpointError, UserError
-from attngan.nn import Discriminator, Generator, ImageEncoder, TextEncoder
+from attngan.nn import Discriminator, Generator, ImageEncoder, TextEncoder, set_legacy_mask_bug
 
 REFERENCE_CANDIDATES = [
     os.environ.get("ATTNGAN_REFERENCE_DIR", ""),
@@ -449,8 +449,8 @@ def test_generator_reproduces_the_original_forward(tmp_path, dcgan):
 
     with torch.no_grad():
         ref = original_g_net(state, z, sentence, words, mask, eps, **args)
-        bug = G(z, sentence, words, mask, ca_noise=eps, legacy_mask_bug=True)
-        fixed = G(z, sentence, words, mask, ca_noise=eps, legacy_mask_bug=False)
+        bug = set_legacy_mask_bug(G)(z, sentence, words, mask, ca_noise=eps)
+        fixed = set_legacy_mask_bug(G, False)(z, sentence, words, mask, ca_noise=eps)
         assert _max_diff(bug, ref) < 1e-4
         # Correct masking differs from the original for unequal lengths in one batch...
         assert (fixed.images[-1] - ref[0][-1]).abs().max().item() > 1e-3

@@ -15,7 +15,7 @@ ids), ``loss.data[0]`` answered with the 0-dim loss, bilinear ``nn.Upsample`` wi
 
 Here: ``attngan.legacy.load_original`` and one step of ``GANLoss`` (phases D0, D1, G, each followed by its
 optimizer, as ``train_gan`` runs them) in float64, plain and fast (joint D batches, ``FlatAdam``, the fast
-kernels, channels-last), with ``legacy_mask_bug=True`` for the unequal lengths (docs/guide.md, "Differences from
+kernels, channels-last), with ``set_legacy_mask_bug`` for the unequal lengths (docs/guide.md, "Differences from
 the original code"); compared at float32 rounding.
 """
 
@@ -111,20 +111,14 @@ class _OriginalNoise(nn.Module):
     def __init__(
         self, generator: nn.Module, z: torch.Tensor, ca_noise: torch.Tensor, legacy_mask_bug: bool
     ) -> None:
+        from attngan.nn import set_legacy_mask_bug
+
         super().__init__()
-        self.generator, self.z, self.ca_noise, self.legacy_mask_bug = generator, z, ca_noise, legacy_mask_bug
+        self.generator, self.z, self.ca_noise = set_legacy_mask_bug(generator, legacy_mask_bug), z, ca_noise
 
     def forward(self, z, sentence, words, mask, **kwargs):
         assert z is None  # GANLoss.generate leaves the draws to G
-        return self.generator(
-            self.z,
-            sentence,
-            words,
-            mask,
-            ca_noise=self.ca_noise,
-            legacy_mask_bug=self.legacy_mask_bug,
-            **kwargs,
-        )
+        return self.generator(self.z, sentence, words, mask, ca_noise=self.ca_noise, **kwargs)
 
 
 def library_step(fx: dict, case: str, fast: bool):
@@ -136,7 +130,7 @@ def library_step(fx: dict, case: str, fast: bool):
     from attngan.training.gan import _fast_modules
     from attngan.training.loss import DiscriminatorObjective, GANLoss, TextFeatures
     from attngan.training.optim import FlatAdam
-    from attngan.training.runtime import make_grad_scaler
+    from attngan.training.devices import make_grad_scaler
 
     s, c, cpu, dtype = fx["settings"], fx[case], torch.device("cpu"), torch.float64
     initial = fx["initial"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ import torch
 from attngan.config import PRESETS
 from attngan.data.synthetic import shapes_vocabulary
 from attngan.errors import CheckpointError, UserError
-from attngan.nn import Generator, TextEncoder
+from attngan.legacy import sample_like_original
+from attngan.nn import Generator, TextEncoder, set_legacy_mask_bug
 from attngan.pipeline import AttnGANPipeline
 from tolerance import assert_close_to_scale
 
@@ -59,13 +61,14 @@ def test_images_do_not_depend_on_batch_size_or_neighbours(pipe):
 def test_legacy_mask_bug_draws_the_original_batches(pipe):
     """With the bug, an image depends on its batch: the pipeline must form the original's (gen_example)
     batch, every sentence in main.py's order np.argsort(cap_lens)[::-1] (equal lengths reversed), whatever
-    the prompt order and batch_size, and draw the noise as gen_example does: per batch, z of the batch, then
+    the prompt order, and draw the noise as gen_example does: per batch, z of the batch, then
     its CA noise, from one stream seeded once (torch.manual_seed(seed) in main.py)."""
     prompts = ["a yellow triangle", PROMPTS[1], "red", PROMPTS[0], "a blue circle"]  # 3, 9, 1, 8, 3 words
     m = 2
-    out = pipe(prompts, num_images_per_prompt=m, seed=20, batch_size=1, legacy_mask_bug=True, return_attention=False)
+    out = sample_like_original(pipe, prompts, num_images_per_prompt=m, seed=20, return_attention=False)
     assert out.seeds == [20] * len(prompts) * m
-    same = pipe(prompts, num_images_per_prompt=m, seed=np.int64(20), legacy_mask_bug=True, return_attention=False)
+    assert not any(getattr(x, "legacy_mask_bug", False) for x in pipe.generator.modules())  # switched back
+    same = sample_like_original(pipe, prompts, num_images_per_prompt=m, seed=np.int64(20), return_attention=False)
     assert same.seeds == out.seeds  # a numpy integer is one seed too (the original's noise order)
     assert all(torch.equal(a[-1], b[-1]) for a, b in zip(same.stage_tensors, out.stage_tensors))
     order = [1, 3, 4, 0, 2]  # the two 3-word captions in reverse order, as numpy's argsort reversed gives
@@ -74,6 +77,7 @@ def test_legacy_mask_bug_draws_the_original_batches(pipe):
     captions, lengths, mask = pipe._batch(encoded)
     cfg = pipe.generator.config
     torch.manual_seed(20)  # as main.py
+    legacy_g = set_legacy_mask_bug(deepcopy(pipe.generator))
     with torch.no_grad():
         pipe.generator.eval()
         pipe.text_encoder.eval()
@@ -81,7 +85,7 @@ def test_legacy_mask_bug_draws_the_original_batches(pipe):
         for j in range(m):
             z = torch.empty(len(order), cfg.z_dim).normal_(0, 1)  # gen_example: noise.data.normal_(0, 1)
             eps = torch.empty(len(order), cfg.condition_dim).normal_()  # CA_NET.reparametrize, inside netG
-            expected = pipe.generator(z, sentence, words, mask, ca_noise=eps, legacy_mask_bug=True)
+            expected = legacy_g(z, sentence, words, mask, ca_noise=eps)
             for row, i in enumerate(order):
                 k = i * m + j
                 assert_close_to_scale(out.stage_tensors[k][-1], expected.images[-1][row])
@@ -95,7 +99,7 @@ def test_legacy_mask_bug_draws_the_original_batches(pipe):
         words, sentence = pipe.text_encoder(captions, lengths)
         z, eps = torch.empty(5, cfg.z_dim).normal_(0, 1), torch.empty(5, cfg.condition_dim).normal_()
         same = [order.index(i) for i in stable]  # each caption's noise row in the original order
-        other = pipe.generator(z[same], sentence, words, mask, ca_noise=eps[same], legacy_mask_bug=True)
+        other = legacy_g(z[same], sentence, words, mask, ca_noise=eps[same])
     assert (other.images[-1][2] - out.stage_tensors[0 * m][-1]).abs().max() > 1e-3  # "a yellow triangle"
 
 

@@ -49,7 +49,8 @@ from .atomic import make_staging_dir
 from .checkpoint import load_component, load_state_dict_strict, safe_torch_load, save_component
 from .config import GeneratorConfig, ImageEncoderConfig, TextEncoderConfig
 from .errors import CheckpointError, DataError, UserError
-from .nn import Generator, ImageEncoder, TextEncoder
+from .model_dir import find_model, resolve_model_dir
+from .nn import Generator, ImageEncoder, TextEncoder, WordAttention
 from .nn.modes import eval_mode
 from .text import EncodedCaption, Vocabulary, encode_caption
 from .viz import to_pil_batch
@@ -124,101 +125,6 @@ class AttnGANOutput:
     seeds: list[int | None] = field(default_factory=list)  # None: drawn from a caller's generator
 
 
-_RUN_NAME = re.compile(r"^(\d{5})-")  # numbered run folders (runs/00001-shapes-attngan)
-_SEARCH_DEPTH = 3  # folders below a given path searched for models
-
-
-def _is_model_dir(d: Path) -> bool:
-    return (d / "generator").is_dir()
-
-
-def _gan_runs(folder: Path) -> list[Path]:
-    """Numbered run folders directly in ``folder`` whose ``model/`` holds a generator, oldest first."""
-    if not folder.is_dir():
-        return []
-    runs = [d for d in folder.iterdir() if _RUN_NAME.match(d.name) and _is_model_dir(d / "model")]
-    return sorted(runs, key=lambda d: (int(_RUN_NAME.match(d.name).group(1)), d.name))
-
-
-def _usable_below(folder: Path) -> list[Path]:
-    """Model folders and run folders with ``model/`` found up to ``_SEARCH_DEPTH`` levels below ``folder``."""
-    found: list[Path] = []
-    level = [folder]
-    for _ in range(_SEARCH_DEPTH):
-        below = []
-        for d in level:
-            try:
-                children = sorted(c for c in d.iterdir() if c.is_dir() and not c.name.startswith("."))
-            except OSError:
-                continue
-            for c in children:
-                if _is_model_dir(c / "model"):
-                    found.append(c)
-                elif _is_model_dir(c):
-                    found.append(c)
-                else:
-                    below.append(c)
-        level = below
-    return found
-
-
-def _training_state_model(path: Path) -> Path:
-    """The model folder of the run a ``checkpoints/state-*.pt`` file belongs to."""
-    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if _is_model_dir(run / "model"):
-        return run / "model"
-    if (run / "model" / "text_encoder").is_dir():
-        raise CheckpointError(
-            f"{path} is a checkpoint of a DAMSM pre-training run, which has no generator: train one with "
-            f"`attngan train --damsm {run}`, then pass that run"
-        )
-    raise CheckpointError(
-        f"{path} is a training checkpoint, but its run folder {run} has no model/ with the text encoder and "
-        "vocabulary it needs; pass the run folder of an `attngan train` run"
-    )
-
-
-def find_model(path: str | os.PathLike) -> tuple[Path, Path | None]:
-    """``(model folder, training state file or None)`` for what a user has in hand.
-
-    Accepted: a model folder (``generator/``, ``text_encoder/``, ``vocab.json``); a run folder (its
-    ``model/``) or its ``checkpoints/`` folder; a ``checkpoints/state-*.pt`` file of a GAN run (its EMA
-    generator, with the run's text encoder and vocabulary); a folder of numbered runs such as ``runs/`` or
-    the ``--out`` folder of ``attngan demo`` (the newest GAN run in it, named in a log line). Anything else
-    is a CheckpointError that lists the usable folders found under the path.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p} does not exist; pass a model folder or a run folder (runs/NNNNN-...)")
-    if p.is_file():
-        if p.suffix == ".pt":
-            return _training_state_model(p), p
-        hint = " (an original-release file: use --original-generator, or `attngan convert`)" if p.suffix == ".pth" else ""
-        raise CheckpointError(f"{p} is a file, not a model folder, run folder or checkpoints/state-*.pt{hint}")
-    for model in (p, p / "model", p.parent / "model" if p.name == "checkpoints" else None):
-        if model is not None and _is_model_dir(model):
-            return model, None
-    for runs in (p, p / "runs"):
-        found = _gan_runs(runs)
-        if found:
-            log.info("using %s, the newest AttnGAN run in %s", found[-1], p)
-            return found[-1] / "model", None
-    if (p / "text_encoder").is_dir() or (p / "model" / "text_encoder").is_dir():
-        raise CheckpointError(
-            f"{p} holds DAMSM encoders only (an `attngan pretrain-damsm` run), no generator: train one with "
-            f"`attngan train --damsm {p}`, then pass that run"
-        )
-    usable = _usable_below(p)
-    if usable:
-        shown = ", ".join(str(d) for d in usable[:5]) + (f" and {len(usable) - 5} more" if len(usable) > 5 else "")
-        raise CheckpointError(f"{p} is not a model or run folder; usable folders under it: {shown}")
-    raise CheckpointError(
-        f"{p} is neither a model folder (generator/, text_encoder/, vocab.json) nor a run folder with model/, "
-        "and holds none; train one with `attngan train` (or `attngan demo`) or convert the original release "
-        "with `attngan convert`"
-    )
-
-
 def _load_state_generator(generator: Generator, state_file: Path) -> None:
     """Put the EMA generator weights of a GAN training state file into ``generator``."""
     state = safe_torch_load(state_file)
@@ -229,11 +135,6 @@ def _load_state_generator(generator: Generator, state_file: Path) -> None:
         raise CheckpointError(f"{state_file} is {what}; pass a state-*.pt file of an `attngan train` run")
     load_state_dict_strict(generator, models["generator_ema"], str(state_file))
     log.info("generator weights of %s (step %s)", state_file, state.get("step", "?"))
-
-
-def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """The model folder behind ``path`` (see :func:`find_model`; for a state file, its run's ``model/``)."""
-    return find_model(path)[0]
 
 
 def _image_copies(batch: torch.Tensor, lengths: Sequence[int] | None = None) -> list[torch.Tensor]:
@@ -423,7 +324,8 @@ class AttnGANPipeline:
         transposed conv, im2col convs for tiny maps on CPU, channels-last) computes the same images up to
         float rounding, 1.3-1.6x faster on CPU (benchmarks/README.md). It is rebuilt whenever the
         generator's weights, device or dtype change (tracked by the tensors' version counters), so
-        ``pipe.generator.load_state_dict(...)`` or ``pipe.to(...)`` is picked up on the next call.
+        ``pipe.generator.load_state_dict(...)`` or ``pipe.to(...)`` is picked up on the next call; the
+        original's attention-mask switch (``attngan.nn.set_legacy_mask_bug``) is carried over on every call.
         """
         if not self.fast:
             return self.generator
@@ -440,7 +342,11 @@ class AttnGANPipeline:
                 if self.device.type != "mps":
                     copy.to(memory_format=torch.channels_last)
             self._fast_copy = (key, copy)
-        return self._fast_copy[1]
+        copy = self._fast_copy[1]
+        layers = [m for m in copy.modules() if isinstance(m, WordAttention)]
+        for own, layer in zip([m for m in self.generator.modules() if isinstance(m, WordAttention)], layers):
+            layer.legacy_mask_bug = own.legacy_mask_bug
+        return copy
 
     @property
     def device(self) -> torch.device:
@@ -526,22 +432,18 @@ class AttnGANPipeline:
             eps.append(torch.randn(cfg.condition_dim, generator=g, device=g.device).cpu())  # (c,)
         return seeds, torch.stack(z), torch.stack(eps)
 
-    def _batch_noise(self, batches: list[list[int]], seed: int) -> tuple[list[int | None], torch.Tensor, torch.Tensor]:
-        """The original gen_example's noise: per batch, z of all its images, then their CA noise (drawn
-        inside G), from one stream on the pipeline's device seeded once (main.py's torch.manual_seed)."""
-        cfg = self.generator.config
-        try:
-            g = torch.Generator(device=self.device).manual_seed(seed)
-        except RuntimeError:  # a device without its own generators
-            g = torch.Generator().manual_seed(seed)
-        n = sum(len(ks) for ks in batches)
-        z_all, eps_all = torch.empty(n, cfg.z_dim), torch.empty(n, cfg.condition_dim)
-        for ks in batches:
-            z_all[ks] = torch.randn(len(ks), cfg.z_dim, generator=g, device=g.device).cpu()
-            eps_all[ks] = torch.randn(len(ks), cfg.condition_dim, generator=g, device=g.device).cpu()
-        return [seed] * n, z_all, eps_all
-
     # ------------------------------------------------------------------------------------------ sampling
+    def _images(
+        self, prompts: str | Sequence[str], num_images_per_prompt: Any, max_words: int | None
+    ) -> list[tuple[str, EncodedCaption]]:
+        """(prompt, encoded caption) of every image, prompt-major; UserError for bad prompts or counts."""
+        prompts = _prompt_list(prompts)
+        if not prompts:
+            raise UserError("no sentence given: pass at least one prompt")
+        num_images_per_prompt = _count("num_images_per_prompt", num_images_per_prompt)
+        encoded = self.encode_prompts(prompts, max_words)
+        return [(p, e) for p, e in zip(prompts, encoded) for _ in range(num_images_per_prompt)]
+
     @torch.inference_mode()
     def __call__(
         self,
@@ -554,45 +456,33 @@ class AttnGANPipeline:
         return_attention: bool = True,  # False skips the maps (allows the fused attention kernel)
         progress: bool = False,  # tqdm bar over batches
         batch_size: int = 16,  # images per forward pass; does not change the images
-        legacy_mask_bug: bool = False,  # the original's attention-mask bug (parity only; see the docstring)
         max_words: int | None = None,  # keep the first max_words known words (None: the pipeline's setting)
     ) -> AttnGANOutput:
         """Draw ``num_images_per_prompt`` images per prompt; see :class:`AttnGANOutput`.
 
-        Image ``k`` does not depend on ``batch_size`` or on the other prompts, except with
-        ``legacy_mask_bug=True``: the bug lets a sample read the masks of the others in its batch, so then
-        the batches are the original's (``gen_example``): image ``j`` of every prompt in one batch, sorted by
-        caption length, longest first, whatever ``batch_size``, in the order of its
-        ``np.argsort(cap_lens)[::-1]`` with the numpy of its time (equal lengths in reverse order). With one ``seed`` (or none) the
-        noise is then drawn as ``gen_example`` draws it: per batch, z of all its images, then their CA
-        noise, from one stream on the pipeline's device seeded once with ``seed``; every image reports
-        that seed.
+        Image ``k`` does not depend on ``batch_size`` or on the other prompts. (The original's batches and
+        noise order, for its attention-mask bug: :func:`attngan.legacy.sample_like_original`.)
         """
-        prompts = _prompt_list(prompts)
-        if not prompts:
-            raise UserError("no sentence given: pass at least one prompt")
-        num_images_per_prompt = _count("num_images_per_prompt", num_images_per_prompt)
         batch_size = _count("batch_size", batch_size)
-        encoded = self.encode_prompts(prompts, max_words)  # errors before any work
-        per_image = [(p, e) for p, e in zip(prompts, encoded) for _ in range(num_images_per_prompt)]
+        per_image = self._images(prompts, num_images_per_prompt, max_words)  # errors before any work
         n = len(per_image)
         seeds, z_all, eps_all = self._noise(n, seed, generator)
+        batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+        return self._draw(per_image, batches, seeds, z_all, eps_all, ca_mean, return_attention, progress)
 
+    def _draw(
+        self,
+        per_image: Sequence[tuple[str, EncodedCaption]],  # (prompt, encoded caption) of each image
+        batches: Iterable[list[int]],  # the image indices of each forward pass
+        seeds: list[int | None],  # reported per image
+        z_all: torch.Tensor,  # (n, z_dim) on the CPU
+        eps_all: torch.Tensor,  # (n, condition_dim) CA noise on the CPU
+        ca_mean: bool,
+        return_attention: bool,
+        progress: bool,
+    ) -> AttnGANOutput:
+        """Text encoder and G over the given batches of the given noise (Eq. 1-2), in eval mode."""
         device, dtype = self.device, self.dtype
-        if legacy_mask_bug:
-            # The bug mixes the masks of a batch, so reproduce the original's batches (gen_example): image j
-            # of every sentence in one batch, in the original's order (main.py: np.argsort(cap_lens)[::-1]).
-            # Where a caption sits matters under the bug, equal lengths included: sample b reads the masks
-            # of the rows (b * Q + q) % B. The numpy of 2018 sorted up to 16 items by insertion, which is
-            # stable (equal lengths end up in reverse order); today's numpy uses SIMD sorts that are not.
-            order = [int(i) for i in np.argsort(np.array([e.length for e in encoded]), kind="stable")[::-1]]
-            m = num_images_per_prompt
-            batches: Any = [[i * m + j for i in order] for j in range(m)]
-            one_seed = seed is None or isinstance(seed, numbers.Integral) or getattr(seed, "ndim", None) == 0
-            if generator is None and one_seed:  # numpy and 0-d tensor integers count as one seed
-                seeds, z_all, eps_all = self._batch_noise(batches, seeds[0])
-        else:
-            batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
         out = AttnGANOutput(seeds=seeds)
         if progress:
             from tqdm.auto import tqdm
@@ -613,7 +503,6 @@ class AttnGANPipeline:
                     mask,
                     ca_noise=eps_all[ks].to(device=device, dtype=dtype),
                     ca_mean=ca_mean,
-                    legacy_mask_bug=legacy_mask_bug,
                     need_attention=return_attention,
                 )
                 # The host's share, in a number of torch ops that does not grow with the batch (on a busy

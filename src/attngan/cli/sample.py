@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -379,10 +380,16 @@ def _draw_and_write(
             raise UserError(f"--word-swap: no sentence contains the word {swap[0]!r}")
 
     # The CLI prints unknown words in its summary; silence the library's own warning meanwhile.
-    options = dict(ca_mean=ca_mean, legacy_mask_bug=legacy_mask_bug, batch_size=batch_size)
+    options = dict(ca_mean=ca_mean)
+    if legacy_mask_bug:  # the original's batches and noise order (its batches, not --batch-size)
+        from ..legacy import sample_like_original
+
+        draw: Any = functools.partial(sample_like_original, pipe)
+    else:
+        draw = functools.partial(pipe, batch_size=batch_size)
     swap_pairs: list[tuple[str, str, list[tuple[Any, Any]]]] = []  # (sentence, swapped, [(image, image)])
     with _quiet_logger("attngan.pipeline"):
-        result = pipe(
+        result = draw(
             prompts,
             num_images_per_prompt=num_images,
             seed=seed,
@@ -394,7 +401,7 @@ def _draw_and_write(
             # Fig. 5: the same seeds give the same z and CA noise; only the sentence changes.
             ks = range(i * num_images, (i + 1) * num_images)
             seeds = [result.seeds[k] for k in ks]
-            other = pipe(
+            other = draw(
                 swapped, num_images_per_prompt=num_images, seed=seeds, return_attention=False, **options
             )
             images = [(result.stage_tensors[k][-1], o[-1]) for k, o in zip(ks, other.stage_tensors)]

@@ -4,6 +4,10 @@ For every sub-region j of the hidden image features h (query) and every word i o
 ``s'_{j,i} = h_j^T e'_i`` with ``e' = U e`` (a 1x1 conv, no bias); ``beta_{j,i}`` is the softmax of
 ``s'`` **over words** (padding words excluded); the word-context vector is ``c_j = sum_i beta_{j,i} e'_i``.
 There is no 1/sqrt(d) scaling (as in the paper and the original code).
+
+:func:`set_legacy_mask_bug` switches the :class:`WordAttention` layers of a module to the original's
+mis-tiled mask (:func:`legacy_tiled_mask`), only to reproduce its outputs (``attngan.legacy``); like the
+switches of ``attngan.nn.fast`` it is a setting of the modules, not an argument of ``forward``.
 """
 
 from __future__ import annotations
@@ -27,19 +31,14 @@ def legacy_tiled_mask(mask: torch.Tensor, num_regions: int) -> torch.Tensor:
 
 
 def word_attention(
-    h: torch.Tensor,
-    words: torch.Tensor,
-    mask: torch.Tensor | None,
-    legacy_mask_bug: bool = False,
-    need_weights: bool = True,
+    h: torch.Tensor, words: torch.Tensor, mask: torch.Tensor | None, need_weights: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Eq. 2 on already projected words.
 
     Args:
         h: (B, C, H, W) image features (queries).
         words: (B, C, T) projected word features e' (keys and values).
-        mask: (B, T) bool, True at padding words (None: no padding).
-        legacy_mask_bug: reproduce the original's mis-tiled mask (only to match its outputs).
+        mask: (B, T) bool, True at padding words, or (B, H*W, T): one per sub-region j (None: no padding).
         need_weights: return beta; when False, PyTorch's fused attention may be used.
     Returns:
         context (B, C, H, W) and beta (B, T, H, W) (or None).
@@ -47,10 +46,7 @@ def word_attention(
     b, c, hh, ww = h.shape
     q = hh * ww
     query = h.reshape(b, c, q).transpose(1, 2)  # (B, Q, C)
-    if mask is not None:
-        full_mask = legacy_tiled_mask(mask, q) if legacy_mask_bug else mask[:, None, :].expand(b, q, mask.size(1))
-    else:
-        full_mask = None
+    full_mask = mask[:, None, :].expand(b, q, mask.size(1)) if mask is not None and mask.dim() == 2 else mask
     if not need_weights:
         # One head (B, 1, ., .): CUDA's fused kernels take 4-D inputs only (3-D falls back to the math kernel).
         attn_mask = None if full_mask is None else ~full_mask[:, None]  # SDPA: True = take part
@@ -68,19 +64,33 @@ def word_attention(
 
 
 class WordAttention(nn.Module):
-    """F^attn of Eq. 1-2: projects words with U (``conv_context``) and attends over them."""
+    """F^attn of Eq. 1-2: projects words with U (``conv_context``) and attends over them.
+
+    ``forward(h (B, C, H, W), words (B, D, T), mask (B, T) or None, need_weights)`` returns the word-context
+    features (B, C, H, W) and beta (B, T, H, W) (None unless ``need_weights``).
+    """
 
     def __init__(self, image_dim: int, word_dim: int) -> None:
         super().__init__()
         self.conv_context = conv1x1(word_dim, image_dim)  # U in R^{C x D}
+        self.legacy_mask_bug = False  # set_legacy_mask_bug: the original's mis-tiled mask
 
     def forward(
-        self,
-        h: torch.Tensor,
-        words: torch.Tensor,
-        mask: torch.Tensor | None,
-        legacy_mask_bug: bool = False,
-        need_weights: bool = True,
+        self, h: torch.Tensor, words: torch.Tensor, mask: torch.Tensor | None, need_weights: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         projected = self.conv_context(words.unsqueeze(3)).squeeze(3)  # (B, C, T)
-        return word_attention(h, projected, mask, legacy_mask_bug=legacy_mask_bug, need_weights=need_weights)
+        if mask is not None and self.legacy_mask_bug:
+            mask = legacy_tiled_mask(mask, h.size(2) * h.size(3))
+        return word_attention(h, projected, mask, need_weights)
+
+
+def set_legacy_mask_bug(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every :class:`WordAttention` inside ``module`` to (or back from) the original's mis-tiled mask.
+
+    Only to reproduce the original's outputs: a sample then reads the masks of other samples of its batch
+    (it matters only for captions of unequal lengths in one batch).
+    """
+    for m in module.modules():
+        if isinstance(m, WordAttention):
+            m.legacy_mask_bug = enabled
+    return module

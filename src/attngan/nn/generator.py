@@ -4,6 +4,7 @@
 
 Submodule names follow the original release (``ca_net``, ``h_net1``, ``img_net1``, ``h_net2``, ...)
 so that its state dicts load by identity. Any number of stages, widths and residual depths.
+The original's attention-mask bug is a switch of the modules (``attngan.nn.set_legacy_mask_bug``).
 """
 
 from __future__ import annotations
@@ -94,14 +95,9 @@ class NextStage(nn.Module):
         self.upsample = up_block(gf_dim * 2, gf_dim)
 
     def forward(
-        self,
-        h: torch.Tensor,
-        words: torch.Tensor,
-        mask: torch.Tensor | None,
-        legacy_mask_bug: bool = False,
-        need_weights: bool = True,
+        self, h: torch.Tensor, words: torch.Tensor, mask: torch.Tensor | None, need_weights: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        context, attn = self.att(h, words, mask, legacy_mask_bug=legacy_mask_bug, need_weights=need_weights)
+        context, attn = self.att(h, words, mask, need_weights)  # (B, C, H, W), (B, T, H, W) or None
         x = torch.cat((h, context), dim=1)  # (B, 2C, H, W)
         return self.upsample(self.residual(x)), attn
 
@@ -145,7 +141,6 @@ class Generator(nn.Module):
         ca_noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         ca_mean: bool = False,
-        legacy_mask_bug: bool = False,
         need_attention: bool = True,
     ) -> GeneratorOutput:
         """Args:
@@ -153,7 +148,6 @@ class Generator(nn.Module):
         sentence: (B, D) e-bar; words: (B, D, T) e; mask: (B, T) bool, True at padding words.
         ca_noise: (B, c) eps of the conditioning augmentation, or None to draw it from ``generator``.
         ca_mean: use c = mu (deterministic conditioning; the original always sampled, even in eval).
-        legacy_mask_bug: reproduce the original's attention-mask tiling bug (to match its outputs).
         need_attention: return the attention maps (False allows the fused attention kernel).
         """
         cfg = self.config
@@ -171,9 +165,7 @@ class Generator(nn.Module):
         if not cfg.dcgan:
             images.append(self.img_net1(h))
         for i in range(2, cfg.num_stages + 1):
-            h, attn = getattr(self, f"h_net{i}")(
-                h, words, mask, legacy_mask_bug=legacy_mask_bug, need_weights=need_attention
-            )
+            h, attn = getattr(self, f"h_net{i}")(h, words, mask, need_attention)
             if attn is not None:
                 attention.append(attn)
             if not cfg.dcgan:
