@@ -29,7 +29,8 @@ from attngan.metrics.features import (
     compute_feature_stats,
     prepare_images,
 )
-from attngan.metrics.fid import InceptionPoolFeatures, fid_inception_v3, frechet_distance
+from attngan.metrics.fid import frechet_distance
+from attngan.metrics.inception import InceptionPoolFeatures, fid_inception_v3
 from attngan.metrics.inception_score import inception_score, load_classifier
 from attngan.metrics.r_precision import draw_mismatches, encode_for_r_precision, r_precision
 from tolerance import assert_close_to_scale

@@ -55,7 +55,7 @@ from .metrics import inception_score as is_mod
 from .metrics import r_precision as rp_mod
 from .metrics.attributes import ATTRIBUTES, load_or_train_attribute_classifier
 from .metrics.features import default_cache_dir
-from .metrics.fid import FID_WEIGHTS_NAME, FID_WEIGHTS_URL
+from .metrics.inception import FID_WEIGHTS_NAME, FID_WEIGHTS_URL
 from .metrics.r_precision import encode_for_r_precision
 from .pipeline import AttnGANPipeline
 from .text import truncate_ids

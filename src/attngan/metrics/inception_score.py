@@ -41,6 +41,7 @@ from torch import nn
 
 from ..errors import UserError
 from .features import ImageInput, as_image_batches, prepare_images, resize_images
+from .inception import fid_inception_v3, torchvision_inception
 from .registry import register_metric
 
 __all__ = ["inception_score", "classifier_probabilities", "load_classifier", "inception_score_metric"]
@@ -125,24 +126,6 @@ class _SoftmaxClassifier(nn.Module):
         return F.softmax(logits.float(), dim=1)
 
 
-def _torchvision_inception(weights: Any, num_classes: int = 1000) -> nn.Module:
-    from torchvision.models import Inception_V3_Weights, inception_v3
-
-    net = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=num_classes)
-    if weights is None or weights == "imagenet":
-        state = Inception_V3_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-    elif isinstance(weights, dict):
-        state = weights
-    else:
-        from ..checkpoint import load_state_dict_file
-
-        state = load_state_dict_file(weights)
-    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
-    net.load_state_dict(state)
-    net.transform_input = False  # inputs are already in [-1, 1], the range the Google weights expect
-    return net.eval()
-
-
 def load_classifier(
     classifier: str | os.PathLike | nn.Module = "torchvision-imagenet",
     weights: str | os.PathLike | None = None,  # weights of a named classifier (None: torch hub cache)
@@ -153,13 +136,11 @@ def load_classifier(
         return _SoftmaxClassifier(classifier).to(device).eval(), f"user module {type(classifier).__name__}"
     name = os.fspath(classifier)
     if name == "torchvision-imagenet":
-        net = _torchvision_inception(weights)
+        net = torchvision_inception(weights)
         desc = "torchvision Inception-v3 IMAGENET1K_V1 (1000 classes)"
         desc = desc if weights is None else f"{desc} from {weights}"
         return _SoftmaxClassifier(net).to(device).eval(), desc
     if name == "fid-inception":
-        from .fid import fid_inception_v3
-
         net = fid_inception_v3(weights, with_fc=True)
         desc = "FID Inception (TF inception-2015-12-05, 1008 classes, unbiased logits as improved-gan)"
         return _SoftmaxClassifier(net, unbiased_fc=True).to(device).eval(), desc
@@ -184,7 +165,7 @@ def load_classifier(
             f"{path} is not a torchvision Inception-v3 state dict (no 'fc.weight'); pass a TorchScript file "
             "or an nn.Module instead"
         )
-    net = _torchvision_inception(state, num_classes=int(state["fc.weight"].shape[0]))
+    net = torchvision_inception(state, num_classes=int(state["fc.weight"].shape[0]))
     return _SoftmaxClassifier(net).to(device).eval(), f"Inception-v3 state dict {path.name}"
 
 
