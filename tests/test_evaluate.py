@@ -400,32 +400,33 @@ def test_real_statistics_key_follows_the_image_files(tmp_path, monkeypatch):
     from PIL import Image
 
     from attngan.data.folder import FolderDataset
-    from attngan.evaluation import _dataset_identity
+    from attngan.evaluation.reference import dataset_identity
 
     root = tmp_path / "photos"
     root.mkdir()
     for i in range(3):
         Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(root / f"p{i}.png")
         (root / f"p{i}.txt").write_text("a red circle\n")
-    ident = _dataset_identity(FolderDataset(root, "train", image_sizes=[8], test_fraction=0.0))
+    ident = dataset_identity(FolderDataset(root, "train", image_sizes=[8], test_fraction=0.0))
     other = tmp_path / "alt" / "photos"
     shutil.copytree(root, other)
     monkeypatch.chdir(tmp_path / "alt")  # the same relative path names another folder
-    assert _dataset_identity(FolderDataset("photos", "train", image_sizes=[8], test_fraction=0.0)) != ident
+    assert dataset_identity(FolderDataset("photos", "train", image_sizes=[8], test_fraction=0.0)) != ident
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.full((12, 12, 3), 255, np.uint8)).save(root / "p1.png")  # replaced in place
     os.utime(root / "p1.png", ns=(1, 1))
-    assert _dataset_identity(FolderDataset("photos", "train", image_sizes=[8], test_fraction=0.0)) != ident
+    assert dataset_identity(FolderDataset("photos", "train", image_sizes=[8], test_fraction=0.0)) != ident
 
 
 def test_a_wrong_metric_network_fails_before_generation_and_a_failing_metric_keeps_the_others(
     pipe, test_set, tmp_path, monkeypatch
 ):
-    import attngan.evaluation as ev
+    import attngan.evaluation.images as images_mod
+    import attngan.evaluation.model as model_mod
 
     generated = []
-    real_generate = ev._generate
-    monkeypatch.setattr(ev, "_generate", lambda *a, **k: (generated.append(1), real_generate(*a, **k))[1])
+    real_generate = model_mod.generate_images
+    monkeypatch.setattr(model_mod, "generate_images", lambda *a, **k: (generated.append(1), real_generate(*a, **k))[1])
     # A TorchScript "classifier" that returns (B,) instead of (B, C): refused before any image is drawn.
     scripted = tmp_path / "flat.pt"
     with warnings.catch_warnings():
@@ -446,8 +447,8 @@ def test_a_wrong_metric_network_fails_before_generation_and_a_failing_metric_kee
     assert "failed" in format_table(res)
     with pytest.raises(UserError, match="n_images must be at most"):
         evaluate_model(pipe, test_set, "r_precision", n_images=10**10, progress=False)
-    monkeypatch.setattr(ev, "_IN_MEMORY_LIMIT", 1000)  # 16 images of 32 px: kept on "disk"
-    monkeypatch.setattr(ev.shutil, "disk_usage", lambda path: type("U", (), {"free": 10})())
+    monkeypatch.setattr(images_mod, "IN_MEMORY_LIMIT", 1000)  # 16 images of 32 px: kept on "disk"
+    monkeypatch.setattr(images_mod.shutil, "disk_usage", lambda path: type("U", (), {"free": 10})())
     with pytest.raises(UserError, match=r"need .* GB in the temporary folder .*TMPDIR"):
         evaluate_model(pipe, test_set, "r_precision", n_images=16, progress=False)
 
@@ -456,7 +457,8 @@ def test_sigterm_during_evaluate_removes_the_temporary_images(pipe, tmp_path, ca
     import signal
     import tempfile
 
-    import attngan.evaluation as ev
+    import attngan.evaluation.images as images_mod
+    import attngan.evaluation.model as model_mod
 
     run = tmp_path / "00000-tiny"
     pipe.save_pretrained(run / "model")
@@ -464,13 +466,13 @@ def test_sigterm_during_evaluate_removes_the_temporary_images(pipe, tmp_path, ca
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    monkeypatch.setattr(ev, "_IN_MEMORY_LIMIT", 0)  # the images go to a temporary file, as 30,000 would
+    monkeypatch.setattr(images_mod, "IN_MEMORY_LIMIT", 0)  # the images go to a temporary file, as 30,000 would
 
     def killed(*args, **kwargs):
         assert list(scratch.iterdir())  # the temporary folder exists while generating
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(ev, "_generate", killed)
+    monkeypatch.setattr(model_mod, "generate_images", killed)
     before = signal.getsignal(signal.SIGTERM)
     code, _, err = run_main(["evaluate", "--checkpoint", str(run), "--n-images", "8", "--metrics", "r_precision",
                              "--device", "cpu", "--no-progress"], capsys)  # fmt: skip
