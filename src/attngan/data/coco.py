@@ -172,8 +172,8 @@ class COCODataset(ImageFileDataset):
 
     def __init__(
         self,
-        data_dir: str | os.PathLike,
-        split: str = "train",
+        data_dir: str | os.PathLike,  # the original layout or the official annotations (module docstring)
+        split: str = "train",  # "train" or "test" (official layout: train2014 or val2014)
         image_sizes: Sequence[int] = (64, 128, 256),
         words_num: int = 12,
         captions_per_image: int = 5,  # original layout: captions per text file / per image in the pickle
@@ -193,19 +193,6 @@ class COCODataset(ImageFileDataset):
         listing.class_ids = None  # no class masking on COCO
         if vocab is None:
             vocab = listing.vocab or coco_vocabulary(data_dir, captions_per_image, layout, listing)
-        elif listing.vocab is not None and listing.vocab != vocab:
-            listing.captions = [
-                [" ".join(listing.vocab.itos[i] for i in c) for c in caps] for caps in listing.captions
-            ]
         super().__init__(
-            listing,
-            name="coco",
-            vocab=vocab,
-            image_sizes=image_sizes,
-            words_num=words_num,
-            train=split == "train" if train is None else train,
-            truncate=truncate,
-            seed=seed,
-            cache_dir=cache_dir,
-            progress=progress,
+            listing, "coco", vocab, image_sizes, words_num, train, truncate, seed, cache_dir, progress
         )

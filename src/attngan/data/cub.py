@@ -195,8 +195,8 @@ class CUBDataset(ImageFileDataset):
 
     def __init__(
         self,
-        data_dir: str | os.PathLike,
-        split: str = "train",
+        data_dir: str | os.PathLike,  # the layout of the module docstring (CUB_200_2011/, train/, test/, ...)
+        split: str = "train",  # "train" or "test"
         image_sizes: Sequence[int] = (64, 128, 256),
         words_num: int = 18,
         captions_per_image: int = 10,  # captions read per text file; the count stored per image in captions.pickle
@@ -213,22 +213,8 @@ class CUBDataset(ImageFileDataset):
         self.boxes = boxes
         if vocab is None:
             vocab = listing.vocab or cub_vocabulary(data_dir, captions_per_image, listing)
-        elif listing.vocab is not None and listing.vocab != vocab:
-            # Word ids of captions.pickle mean nothing in another vocabulary: go through the words.
-            listing.captions = [
-                [" ".join(listing.vocab.itos[i] for i in c) for c in caps] for caps in listing.captions
-            ]
         super().__init__(
-            listing,
-            name="birds",
-            vocab=vocab,
-            image_sizes=image_sizes,
-            words_num=words_num,
-            train=split == "train" if train is None else train,
-            truncate=truncate,
-            seed=seed,
-            cache_dir=cache_dir,
-            progress=progress,
+            listing, "birds", vocab, image_sizes, words_num, train, truncate, seed, cache_dir, progress
         )
 
     def cache_extra(self) -> str:

@@ -191,20 +191,30 @@ def check_split(split: str) -> str:
     return split
 
 
+def captions_in(listing: Listing, vocab: Vocabulary) -> list[list[Any]]:
+    """The listing's captions for ``vocab``: word ids of another vocabulary (the listing's captions.pickle)
+    mean nothing in it, so those captions go through their words."""
+    if listing.vocab is None or listing.vocab == vocab:
+        return listing.captions
+    itos = listing.vocab.itos
+    return [[" ".join(itos[i] for i in c) for c in caps] for caps in listing.captions]
+
+
 class ImageFileDataset(TextImageDataset):
     """Images decoded from files, cropped by :meth:`crop`, through an optional uint8 cache.
 
-    Subclasses scan their layout into a :class:`Listing` and pass it here.
+    Subclasses scan their layout into a :class:`Listing` and pass it here with the arguments of their own
+    constructor, in this order.
     """
 
     def __init__(
         self,
         listing: Listing,
         name: str,  # dataset name for messages and cache files ("birds", "coco", "folder")
-        vocab: Vocabulary,
+        vocab: Vocabulary,  # the model's; word ids of the listing's own vocabulary are re-encoded by their words
         image_sizes: Sequence[int],
         words_num: int,
-        train: bool,
+        train: bool | None,  # random caption/crop/flip; None: True for the train split
         truncate: str = "first",
         seed: int = 0,
         cache_dir: str | os.PathLike | bool | None = None,  # None/False: no cache; True: default folder
@@ -221,14 +231,14 @@ class ImageFileDataset(TextImageDataset):
         self.name = name
         self.image_paths = list(listing.images)
         super().__init__(
-            captions=listing.captions,
+            captions=captions_in(listing, vocab),
             keys=listing.keys,
             vocab=vocab,
             words_num=words_num,
             image_sizes=image_sizes,
             class_ids=listing.class_ids,
             truncate=truncate,
-            train=train,
+            train=listing.split == "train" if train is None else train,
             seed=seed,
         )
         self.cache: ImageCache | None = None

@@ -357,8 +357,8 @@ class FolderDataset(ImageFileDataset):
 
     def __init__(
         self,
-        data_dir: str | os.PathLike,
-        split: str = "train",
+        data_dir: str | os.PathLike,  # a folder of images with captions, or a CSV/JSONL manifest
+        split: str = "train",  # "train" or "test" (a given split, else a hash of the image name)
         image_sizes: Sequence[int] = (64, 128, 256),
         words_num: int = 18,
         vocab: Vocabulary | None = None,  # None: built from every caption of both splits
@@ -377,16 +377,7 @@ class FolderDataset(ImageFileDataset):
         if vocab is None:
             vocab = build_vocabulary(e.captions for e in scan.entries)
         super().__init__(
-            listing,
-            name="folder",
-            vocab=vocab,
-            image_sizes=image_sizes,
-            words_num=words_num,
-            train=split == "train" if train is None else train,
-            truncate=truncate,
-            seed=seed,
-            cache_dir=cache_dir,
-            progress=progress,
+            listing, "folder", vocab, image_sizes, words_num, train, truncate, seed, cache_dir, progress
         )
 
     def load_image(self, index: int) -> Image.Image:
