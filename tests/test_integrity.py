@@ -327,7 +327,7 @@ def test_output_cut_short_by_the_reader_is_no_failure(tmp_path):
         import two_lines
         import attngan.cli as cli
         sys.modules["attngan.cli.two_lines"] = two_lines
-        cli.COMMANDS["two-lines"] = ("two_lines", "two_lines", "test")
+        cli.COMMANDS["two-lines"] = ("two_lines:two_lines", "test")
         cli.main(["two-lines"])
     """)
     writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

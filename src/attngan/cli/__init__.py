@@ -22,16 +22,16 @@ import click
 from ..errors import UserError, user_message
 from .options import torchrun_world
 
-# command name -> "module:attribute" (relative to attngan.cli)
+# command name -> ("module:attribute" relative to attngan.cli, short help)
 COMMANDS = {
-    "demo": ("train", "demo", "Run the whole pipeline on the built-in shapes dataset (CPU, minutes)."),
-    "pretrain-damsm": ("train", "pretrain_damsm", "Pre-train the DAMSM text and image encoders (Eq. 7-14)."),
-    "train": ("train", "train", "Train the AttnGAN generator and discriminators (Eq. 1-5)."),
-    "sample": ("sample", "sample", "Draw images and attention maps from sentences."),
-    "evaluate": ("evaluate", "evaluate", "R-precision, Inception Score, FID, attribute accuracy of a model."),
-    "convert": ("convert", "convert", "Convert the original release's .pth files to the native format and back."),
-    "data": ("data", "data", "Inspect and validate datasets (attngan data check)."),
-    "serve": ("serve", "serve", "Serve an HTTP API and a web page that draw images from sentences."),
+    "demo": ("train:demo", "Run the whole pipeline on the built-in shapes dataset (CPU, minutes)."),
+    "pretrain-damsm": ("train:pretrain_damsm", "Pre-train the DAMSM text and image encoders (Eq. 7-14)."),
+    "train": ("train:train", "Train the AttnGAN generator and discriminators (Eq. 1-5)."),
+    "sample": ("sample:sample", "Draw images and attention maps from sentences."),
+    "evaluate": ("evaluate:evaluate", "R-precision, Inception Score, FID, attribute accuracy of a model."),
+    "convert": ("convert:convert", "Convert the original release's .pth files to the native format and back."),
+    "data": ("data:data", "Inspect and validate datasets (attngan data check)."),
+    "serve": ("serve:serve", "Serve an HTTP API and a web page that draw images from sentences."),
 }
 
 
@@ -71,7 +71,8 @@ class LazyGroup(click.Group):
                 )
 
             return single_process
-        module_name, attr, help_text = COMMANDS[name]
+        target, help_text = COMMANDS[name]
+        module_name, attr = target.split(":")
         try:
             module = importlib.import_module(f"{__name__}.{module_name}")
             command = getattr(module, attr)

@@ -24,18 +24,10 @@ def data() -> None:
     "official annotations/captions_*2014.json), folder (images + same-named .txt, or a CSV/JSONL manifest), "
     "shapes (the built-in procedural dataset; nothing on disk).",
 )
-@click.option(
-    "--data-dir",
-    type=PathType(file_okay=True, dir_okay=True),
-    default=None,
-    help="Root of the dataset (a folder, or a CSV/JSONL manifest for folder); not needed for shapes.",
-)
-@click.option(
-    "--captions-per-image",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Original layouts only: captions per image in captions.pickle (default 10 for birds, 5 for coco).",
-)
+@click.option("--data-dir", type=PathType(file_okay=True, dir_okay=True), default=None,
+              help="Root of the dataset (a folder, or a CSV/JSONL manifest for folder); not needed for shapes.")
+@click.option("--captions-per-image", type=click.IntRange(min=1), default=None,
+              help="Original layouts only: captions per image in captions.pickle (default 10 for birds, 5 for coco).")
 @click.option("--no-decode", is_flag=True, help="Only check image headers (faster; misses truncated JPEGs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of text.")
 def check(dataset: str, data_dir: str | None, captions_per_image: int | None, no_decode: bool, as_json: bool) -> None:

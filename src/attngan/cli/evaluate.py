@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from .options import CHECKPOINT_HELP, DEVICE, PathType, setup_logging
+from . import options as opt
+from .options import CHECKPOINT_HELP, PathType, setup_logging
 
-_FILE = PathType(dir_okay=False, path_type=Path)
 DATASETS = ("shapes", "birds", "coco", "folder")
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,6 @@ def _run_folder(checkpoint: Path | None) -> Path | None:
             except (OSError, ValueError):
                 log.warning("ignoring unreadable %s", cfg)
     return None
-
-
-_NO_MODEL = (
-    "no model given: use --checkpoint RUN_OR_MODEL_DIR, or --original-generator G.pth "
-    "--original-text-encoder T.pth --original-image-encoder I.pth --captions-pickle captions.pickle"
-)
 
 
 def resolve_data_config(
@@ -77,48 +71,6 @@ def resolve_data_config(
     return dataclasses.replace(cfg, words_num=words_num)
 
 
-def load_eval_pipeline(
-    checkpoint: Path | None,
-    original_generator: Path | None,
-    original_text_encoder: Path | None,
-    original_image_encoder: Path | None,
-    captions_pickle: Path | None,
-    device: Any,
-) -> Any:
-    """The model: a model or run folder, or the original release's files (with its DAMSM image encoder)."""
-    from ..pipeline import AttnGANPipeline
-
-    originals = {
-        "--original-generator": original_generator,
-        "--original-text-encoder": original_text_encoder,
-        "--captions-pickle": captions_pickle,
-    }
-    if checkpoint is not None:
-        if any(originals.values()):
-            raise UserError(
-                "give either --checkpoint or the --original-* files with --captions-pickle, not both"
-            )
-        pipe = AttnGANPipeline.from_pretrained(checkpoint, device=device)
-        if original_image_encoder is not None:
-            from ..legacy import load_original
-
-            if not original_image_encoder.is_file():
-                raise UserError(f"--original-image-encoder {original_image_encoder} does not exist")
-            pipe.image_encoder = load_original(original_image_encoder, kind="image_encoder").to(device).eval()
-        return pipe
-    if not any(originals.values()):
-        raise UserError(_NO_MODEL)
-    missing = [name for name, v in originals.items() if v is None]
-    if missing:
-        raise UserError(f"the original release also needs {', '.join(missing)}")
-    for name, path in {**originals, "--original-image-encoder": original_image_encoder}.items():
-        if path is not None and not path.is_file():
-            raise UserError(f"{name} {path} does not exist")
-    return AttnGANPipeline.from_original(
-        original_generator, original_text_encoder, captions_pickle, original_image_encoder, device=device
-    )
-
-
 def load_clip(arch: str | None, pretrained: str | None) -> Any:
     """A :class:`~attngan.evaluation.ClipModel` from open_clip (``--clip-model``), or None."""
     from ..evaluation import ClipModel
@@ -140,37 +92,15 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
 
 
 @click.command(name="evaluate", context_settings={"show_default": True})
-@click.option(
-    "--checkpoint",
-    type=PathType(path_type=Path),
-    default=None,
-    help=CHECKPOINT_HELP + " A run's own data settings are used.",
-)
-@click.option(
-    "--original-generator",
-    type=_FILE,
-    default=None,
-    help="Instead of --checkpoint: the original G (bird_AttnGAN2.pth).",
-)
-@click.option(
-    "--original-text-encoder",
-    type=_FILE,
-    default=None,
-    help="The original DAMSM text encoder (text_encoder200.pth).",
-)
-@click.option(
+@opt.checkpoint_option(CHECKPOINT_HELP + " A run's own data settings are used.")
+@opt.file_option("--original-generator", "Instead of --checkpoint: the original G (bird_AttnGAN2.pth).")
+@opt.file_option("--original-text-encoder", "The original DAMSM text encoder (text_encoder200.pth).")
+@opt.file_option(
     "--original-image-encoder",
-    type=_FILE,
-    default=None,
-    help="The original DAMSM image encoder (image_encoder200.pth), for R-precision; with --checkpoint it "
+    "The original DAMSM image encoder (image_encoder200.pth), for R-precision; with --checkpoint it "
     "replaces the model folder's image_encoder/.",
 )
-@click.option(
-    "--captions-pickle",
-    type=_FILE,
-    default=None,
-    help="The dataset's captions.pickle (the original vocabulary).",
-)
+@opt.file_option("--captions-pickle", "The dataset's captions.pickle (the original vocabulary).")
 @click.option(
     "--dataset",
     type=click.Choice(DATASETS),
@@ -190,34 +120,14 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
     default=30_000,
     help="Images generated from random test captions (the paper: 30,000).",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 4096),
-    default=50,
-    help="Images per forward pass; does not change the numbers.",
+@opt.batch_size_option(4096, 50, "Images per forward pass; does not change the numbers.")
+@opt.seed_option("Draws the captions, the noise (image k: seed + k) and the mismatching captions.")
+@opt.device_option("Where to run; auto picks cuda (or cuda:N), then mps, then cpu.")
+@opt.file_option(
+    "--out", "Write every figure with its protocol to this JSON file (an existing file needs --overwrite)."
 )
-@click.option(
-    "--seed",
-    type=click.IntRange(0, 2**62),
-    default=0,
-    help="Draws the captions, the noise (image k: seed + k) and the mismatching captions.",
-)
-@click.option(
-    "--device",
-    type=DEVICE,
-    default="auto",
-    help="Where to run; auto picks cuda (or cuda:N), then mps, then cpu.",
-)
-@click.option(
-    "--out",
-    type=_FILE,
-    default=None,
-    help="Write every figure with its protocol to this JSON file (an existing file needs --overwrite).",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@click.option(
-    "--progress/--no-progress", default=True, help="Show a progress bar while generating (on a terminal)."
-)
+@opt.overwrite_option("Replace an existing --out file.")
+@opt.progress_option("Show a progress bar while generating (on a terminal).")
 @click.option(
     "--r-precision-other-classes",
     is_flag=True,
@@ -236,11 +146,9 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
     help="fid-inception: the standard FID weights; torchvision-imagenet: the DM-GAN/DF-GAN variant, "
     "labelled as not standard.",
 )
-@click.option(
+@opt.file_option(
     "--fid-weights",
-    type=_FILE,
-    default=None,
-    help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache, where pytorch-fid puts it); "
+    "pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache, where pytorch-fid puts it); "
     "also the weights of --is-classifier fid-inception.",
 )
 @click.option(
@@ -270,7 +178,7 @@ def load_clip(arch: str | None, pretrained: str | None) -> Any:
     "dropped, as the original; other data: the first words kept). "
     "Default: 25 for birds and 20 for coco (the original's evaluation settings), else the training setting.",
 )
-@click.option("--ca-mean", is_flag=True, help="Condition on the CA mean (no CA noise); the paper samples it.")
+@opt.ca_mean_option("Condition on the CA mean (no CA noise); the paper samples it.")
 def evaluate(
     checkpoint: Path | None,
     original_generator: Path | None,
@@ -323,7 +231,7 @@ def evaluate(
     from ..data.registry import build_dataset
     from ..evaluation import evaluate_model, format_table, parse_metrics
     from ..pipeline import resolve_model_dir
-    from .sample import resolve_device
+    from .sample import load_pipeline, no_model_message, resolve_device
 
     setup_logging()
     # SIGTERM unwinds like Ctrl-C (attngan.cli.main), so that the temporary file of the generated images
@@ -336,7 +244,7 @@ def evaluate(
     if checkpoint is not None:
         model_dir = resolve_model_dir(checkpoint)  # a missing or wrong folder is reported before anything else
     elif not (original_generator or original_text_encoder or original_image_encoder):
-        raise UserError(_NO_MODEL)
+        raise UserError(no_model_message(image_encoder=True))
     run_dir = _run_folder(model_dir)
     data_config = resolve_data_config(run_dir, dataset, data_dir, words_num)
     names = parse_metrics(metrics) if metrics is not None else ["r_precision", "is", "fid"]
@@ -344,9 +252,10 @@ def evaluate(
         names += ["attributes", "attention_grounding"]
     clip = load_clip(clip_model, clip_pretrained)
     dev = resolve_device(device)
-    pipe = load_eval_pipeline(
-        checkpoint, original_generator, original_text_encoder, original_image_encoder, captions_pickle, dev
-    )
+    pipe = load_pipeline(
+        checkpoint, original_generator, original_text_encoder, captions_pickle, dev, original_image_encoder,
+        no_model=no_model_message(image_encoder=True),
+    )  # fmt: skip
     size = pipe.generator.config.image_sizes[-1]
     test_set = build_dataset(data_config, "test", [size], vocab=pipe.vocab, train=False)
     result = evaluate_model(

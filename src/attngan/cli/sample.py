@@ -7,16 +7,15 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..errors import UserError
-from .options import CHECKPOINT_HELP, DEVICE, PathType, setup_logging
-
-_FILE = PathType(dir_okay=False, path_type=Path)
+from . import options as opt
+from .options import PathType, setup_logging
 
 
 def resolve_device(name: str) -> Any:
@@ -65,13 +64,25 @@ def parse_word_swap(value: str | None) -> tuple[str, str] | None:
     return pair[0][0], pair[1][0]
 
 
+def no_model_message(image_encoder: bool = False) -> str:
+    """The error for a command given no model (``image_encoder``: the command also takes the original's)."""
+    return (
+        "no model given: use --checkpoint RUN_OR_MODEL_DIR, or --original-generator G.pth "
+        "--original-text-encoder T.pth " + ("--original-image-encoder I.pth " if image_encoder else "")
+        + "--captions-pickle captions.pickle"
+    )
+
+
 def load_pipeline(
     checkpoint: Path | None,
     original_generator: Path | None,
     original_text_encoder: Path | None,
     captions_pickle: Path | None,
     device: Any,
+    original_image_encoder: Path | None = None,  # the original DAMSM image encoder (``attngan evaluate``)
+    no_model: str = no_model_message(),  # the error when no model is given
 ) -> Any:
+    """The model: a model or run folder, or the original release's files (with its DAMSM image encoder)."""
     from ..pipeline import AttnGANPipeline
 
     originals = {
@@ -84,20 +95,24 @@ def load_pipeline(
             raise UserError(
                 "give either --checkpoint or the --original-* files with --captions-pickle, not both"
             )
-        return AttnGANPipeline.from_pretrained(checkpoint, device=device)
+        pipe = AttnGANPipeline.from_pretrained(checkpoint, device=device)
+        if original_image_encoder is not None:
+            from ..legacy import load_original
+
+            if not original_image_encoder.is_file():
+                raise UserError(f"--original-image-encoder {original_image_encoder} does not exist")
+            pipe.image_encoder = load_original(original_image_encoder, kind="image_encoder").to(device).eval()
+        return pipe
     if not any(originals.values()):
-        raise UserError(
-            "no model given: use --checkpoint RUN_OR_MODEL_DIR, or --original-generator G.pth "
-            "--original-text-encoder T.pth --captions-pickle captions.pickle"
-        )
+        raise UserError(no_model)
     missing = [name for name, v in originals.items() if v is None]
     if missing:
         raise UserError(f"the original release also needs {', '.join(missing)}")
-    for name, path in originals.items():
-        if not path.is_file():
+    for name, path in {**originals, "--original-image-encoder": original_image_encoder}.items():
+        if path is not None and not path.is_file():
             raise UserError(f"{name} {path} does not exist")
     return AttnGANPipeline.from_original(
-        original_generator, original_text_encoder, captions_pickle, device=device
+        original_generator, original_text_encoder, captions_pickle, original_image_encoder, device=device
     )
 
 
@@ -184,36 +199,16 @@ def _quiet_logger(name: str) -> Iterator[None]:
 
 @click.command(name="sample", context_settings={"show_default": True})
 @click.argument("sentences", nargs=-1)
-@click.option(
-    "--checkpoint",
-    type=PathType(path_type=Path),
-    default=None,
-    help=CHECKPOINT_HELP,
+@opt.checkpoint_option()
+@opt.file_option("--original-generator", "Instead of --checkpoint: the original release's G (bird_AttnGAN2.pth).")
+@opt.file_option(
+    "--original-text-encoder", "With --original-generator: the original DAMSM text encoder (text_encoder200.pth)."
 )
-@click.option(
-    "--original-generator",
-    type=_FILE,
-    default=None,
-    help="Instead of --checkpoint: the original release's G (bird_AttnGAN2.pth).",
-)
-@click.option(
-    "--original-text-encoder",
-    type=_FILE,
-    default=None,
-    help="With --original-generator: the original DAMSM text encoder (text_encoder200.pth).",
-)
-@click.option(
+@opt.file_option(
     "--captions-pickle",
-    type=_FILE,
-    default=None,
-    help="With --original-generator: the dataset's captions.pickle (the vocabulary the release was trained with).",
+    "With --original-generator: the dataset's captions.pickle (the vocabulary the release was trained with).",
 )
-@click.option(
-    "--captions-file",
-    type=_FILE,
-    default=None,
-    help="Also read sentences from this UTF-8 file, one per line.",
-)
+@opt.file_option("--captions-file", "Also read sentences from this UTF-8 file, one per line.")
 @click.option(
     "--out",
     "out_dir",
@@ -226,18 +221,10 @@ def _quiet_logger(name: str) -> Iterator[None]:
     is_flag=True,
     help="Print the words the model knows (its vocabulary) and exit; captions may use only these.",
 )
-@click.option(
-    "--seed",
-    type=click.IntRange(0, 2**62),
-    default=0,
-    help="Seed of the first image; image k (sentence-major) uses seed + k, whatever the batch size.",
-)
+@opt.seed_option("Seed of the first image; image k (sentence-major) uses seed + k, whatever the batch size.")
 @click.option("--n", "num_images", type=click.IntRange(1, 64), default=1, help="Images per sentence.")
-@click.option(
-    "--device",
-    type=DEVICE,
-    default="auto",
-    help="Where to run; auto picks cuda (or cuda:N), then mps, then cpu. The images do not depend on it beyond rounding.",
+@opt.device_option(
+    "Where to run; auto picks cuda (or cuda:N), then mps, then cpu. The images do not depend on it beyond rounding."
 )
 @click.option(
     "--attention/--no-attention",
@@ -250,16 +237,9 @@ def _quiet_logger(name: str) -> Iterator[None]:
     metavar="OLD=NEW",
     help="Also draw every sentence containing OLD with OLD replaced by NEW, same z and noise, into word_swap.png (Fig. 5).",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 1024),
-    default=16,
-    help="Images per forward pass; does not change the images (ignored with --legacy-mask-bug).",
-)
-@click.option(
-    "--ca-mean",
-    is_flag=True,
-    help="Condition on the mean of the conditioning augmentation (no CA noise): less varied, often cleaner images.",
+@opt.batch_size_option(1024, 16, "Images per forward pass; does not change the images (ignored with --legacy-mask-bug).")
+@opt.ca_mean_option(
+    "Condition on the mean of the conditioning augmentation (no CA noise): less varied, often cleaner images."
 )
 @click.option(
     "--legacy-mask-bug",
@@ -283,14 +263,8 @@ def _quiet_logger(name: str) -> Iterator[None]:
     help="Make 8-bit pixels as the original code did, by truncation ((x + 1) * 127.5 cast to uint8); the "
     "default rounds, which is up to one grey level brighter.",
 )
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Write into a non-empty --out folder (files of the same name are replaced).",
-)
-@click.option(
-    "--progress/--no-progress", default=True, help="Show progress bars for many images (on a terminal)."
-)
+@opt.overwrite_option("Write into a non-empty --out folder (files of the same name are replaced).")
+@opt.progress_option("Show progress bars for many images (on a terminal).")
 def sample(
     sentences: tuple[str, ...],
     checkpoint: Path | None,
@@ -353,6 +327,51 @@ def sample(
             out_dir, prompts, swap, checkpoint, original_generator, original_text_encoder, captions_pickle, device,
             num_images, batch_size, seed, attention, ca_mean, legacy_mask_bug, exact, truncate_pixels, progress, t0,
         )  # fmt: skip
+
+
+def _write_images(
+    save: Callable[[Any, str], str],  # (PIL image, file name) -> the name, once written
+    result: Any,  # the pipeline's output
+    num_images: int,  # images per sentence
+    attention: bool,  # also write each image's attention figure
+    truncate_pixels: bool,  # 8-bit pixels by truncation, as the original code
+    progress: bool,  # a progress bar
+) -> list[dict[str, Any]]:
+    """Write every image's stages (and attention figure); the record of each image for prompts.json."""
+    from .. import viz
+
+    records = []
+    items: Any = range(len(result.stage_tensors))
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="writing", unit="image")
+    for k in items:
+        i, j = divmod(k, num_images)
+        stage_images = (
+            [viz.to_pil(x, original_truncation=True) for x in result.stage_tensors[k]]
+            if truncate_pixels
+            else result.images[k]
+        )
+        files = [save(im, f"{i:03d}_{j}_stage{s}.png") for s, im in enumerate(stage_images)]
+        if attention and result.attention_maps[k]:
+            fig = viz.attention_figure(
+                result.stage_tensors[k], result.attention_maps[k], result.tokens[k], len(result.tokens[k]),
+                caption=result.prompts[k],
+            )
+            files.append(save(fig, f"{i:03d}_{j}_attention.png"))
+        records.append(
+            {
+                "sentence_index": i,
+                "image_index": j,
+                "sentence": result.prompts[k],
+                "seed": result.seeds[k],
+                "tokens": result.tokens[k],
+                "unknown_words": result.unknown_words[k],
+                "files": files,
+            }
+        )
+    return records
 
 
 def _draw_and_write(
@@ -419,37 +438,7 @@ def _draw_and_write(
             written.append(name)
             return name
 
-        records = []
-        items: Any = range(n_images)
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            items = tqdm(items, desc="writing", unit="image")
-        for k in items:
-            i, j = divmod(k, num_images)
-            stage_images = (
-                [viz.to_pil(x, original_truncation=True) for x in result.stage_tensors[k]]
-                if truncate_pixels
-                else result.images[k]
-            )
-            files = [save(im, f"{i:03d}_{j}_stage{s}.png") for s, im in enumerate(stage_images)]
-            if attention and result.attention_maps[k]:
-                fig = viz.attention_figure(
-                    result.stage_tensors[k], result.attention_maps[k], result.tokens[k], len(result.tokens[k]),
-                    caption=result.prompts[k],
-                )
-                files.append(save(fig, f"{i:03d}_{j}_attention.png"))
-            records.append(
-                {
-                    "sentence_index": i,
-                    "image_index": j,
-                    "sentence": result.prompts[k],
-                    "seed": result.seeds[k],
-                    "tokens": result.tokens[k],
-                    "unknown_words": result.unknown_words[k],
-                    "files": files,
-                }
-            )
+        records = _write_images(save, result, num_images, attention, truncate_pixels, show_progress)
         last = [stages[-1] for stages in result.stage_tensors]  # (3, s, s) each
         cell = max(viz.FIGURE_CELL, last[0].shape[-1])  # small images are enlarged (nearest-neighbour)
         save(

@@ -20,7 +20,15 @@ import click
 from ..config import PRESETS, Preset, apply_overrides, check_preset, to_dict
 from ..errors import UserError, user_message
 from ..text import Vocabulary
-from .options import DEVICE, PathType, UserFailure, is_main_process, setup_logging
+from .options import (
+    PathType,
+    UserFailure,
+    device_option,
+    is_main_process,
+    option_group,
+    progress_option,
+    setup_logging,
+)
 
 _PATH = PathType(path_type=Path)
 _EXISTING = PathType(exists=True, path_type=Path)
@@ -91,6 +99,23 @@ def _base_preset(name: str | None, resume: Path | None, kind: str, dataset: str 
     if dataset in ("birds", "coco") and base.data.dataset != dataset:
         base = apply_overrides(base, {"data.captions_per_image": PRESETS[dataset].data.captions_per_image})
     return base
+
+
+def _training_preset(
+    kind: str, preset: str | None, config_file: Path | None, sets: tuple[str, ...], dataset: str | None,
+    data_dir: Path | None, resume: Path | None, reshard: bool, max_steps: int | None,
+) -> Preset:  # fmt: skip
+    """The resolved preset of ``pretrain-damsm`` (``kind`` "damsm") or ``train`` ("gan"): the base preset
+    (:func:`_base_preset`), then --config, --set and the dedicated options."""
+    if reshard and resume is None:
+        raise UserFailure("--reshard goes with --resume RUN (it continues a checkpoint of another number of processes)")
+    try:
+        base = _base_preset(preset, resume, kind, dataset)
+    except UserError as exc:
+        raise UserFailure(user_message(exc)) from None
+    data_dir_setting = str(data_dir.resolve()) if data_dir else None
+    extra = {"data.dataset": dataset, "data.data_dir": data_dir_setting, f"{kind}_train.max_steps": max_steps}
+    return resolve_preset(base, config_file, sets, extra)
 
 
 def _check_resume(resume: Path | None, resolved: Preset, kind: str, reshard: bool, settings: bool) -> None:
@@ -213,41 +238,55 @@ _TUNE_MALLOC = click.option(
 )  # fmt: skip
 
 
-def _common_options(func: Callable) -> Callable:
-    options = [
-        click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
-                     help="Settings to start from (birds/coco: the original release; shapes: the built-in CPU dataset; "
-                          "tiny: tests). Default: the checkpoint's with --resume, else that of --dataset birds|coco, "
-                          "else shapes."),
-        click.option("--config", "config_file", type=_FILE, default=None,
-                     help="YAML file of 'section: {key: value}' overrides, applied after --preset."),
-        click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
-                     help="Override one setting, e.g. --set generator.gf_dim=16 (repeatable; after --config)."),
-        click.option("--dataset", type=click.Choice(DATASETS), default=None, help="Dataset kind (sets data.dataset)."),
-        click.option("--data-dir", type=_PATH, default=None, help="Dataset root folder (sets data.data_dir)."),
-        click.option("--runs-dir", type=_PATH, default=Path("runs"), show_default=True,
-                     help="Parent folder of the numbered run folders (runs/00000-<desc>/)."),
-        click.option("--resume", type=_EXISTING, default=None,
-                     help="Continue a run: its folder or one of its checkpoints/state-*.pt files."),
-        click.option("--reshard", is_flag=True,
-                     help="With --resume: continue a checkpoint written by another number of processes (torchrun), "
-                          "optionally with another per-process batch size (--set ...batch_size). Weights, optimizer "
-                          "states and the step count carry over; the epoch goes on after the images already used, "
-                          "with new random streams (not an exact continuation)."),
-        click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."),
-        click.option("--max-steps", type=click.IntRange(min=1), default=None,
-                     help="Stop after this many steps in total (sets *_train.max_steps)."),
-        click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Stop after this many minutes of wall-clock time (a checkpoint is saved)."),
-        click.option("--keep", type=click.IntRange(min=0), default=3, show_default=True,
-                     help="Newest checkpoints kept in the run folder (0: keep all)."),
-        click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar (on a terminal)."),
-        _TUNE_MALLOC,
-        click.option("-n", "--dry-run", is_flag=True, help="Print the resolved configuration and exit."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+_DEVICE = device_option("auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
+
+
+_common_options = option_group(
+    click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+                 help="Settings to start from (birds/coco: the original release; shapes: the built-in CPU dataset; "
+                      "tiny: tests). Default: the checkpoint's with --resume, else that of --dataset birds|coco, "
+                      "else shapes."),
+    click.option("--config", "config_file", type=_FILE, default=None,
+                 help="YAML file of 'section: {key: value}' overrides, applied after --preset."),
+    click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                 help="Override one setting, e.g. --set generator.gf_dim=16 (repeatable; after --config)."),
+    click.option("--dataset", type=click.Choice(DATASETS), default=None, help="Dataset kind (sets data.dataset)."),
+    click.option("--data-dir", type=_PATH, default=None, help="Dataset root folder (sets data.data_dir)."),
+    click.option("--runs-dir", type=_PATH, default=Path("runs"), show_default=True,
+                 help="Parent folder of the numbered run folders (runs/00000-<desc>/)."),
+    click.option("--resume", type=_EXISTING, default=None,
+                 help="Continue a run: its folder or one of its checkpoints/state-*.pt files."),
+    click.option("--reshard", is_flag=True,
+                 help="With --resume: continue a checkpoint written by another number of processes (torchrun), "
+                      "optionally with another per-process batch size (--set ...batch_size). Weights, optimizer "
+                      "states and the step count carry over; the epoch goes on after the images already used, "
+                      "with new random streams (not an exact continuation)."),
+    _DEVICE,
+    click.option("--max-steps", type=click.IntRange(min=1), default=None,
+                 help="Stop after this many steps in total (sets *_train.max_steps)."),
+    click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Stop after this many minutes of wall-clock time (a checkpoint is saved)."),
+    click.option("--keep", type=click.IntRange(min=0), default=3, show_default=True,
+                 help="Newest checkpoints kept in the run folder (0: keep all)."),
+    progress_option("Show a progress bar (on a terminal)."),
+    _TUNE_MALLOC,
+    click.option("-n", "--dry-run", is_flag=True, help="Print the resolved configuration and exit."),
+)  # fmt: skip
+
+
+def _loop_options(
+    runs_dir: Path, resume: Path | None, reshard: bool, device: str, max_minutes: float | None, keep: int, progress: bool
+) -> dict[str, Any]:
+    """The keyword arguments that both training loops take from the common options."""
+    return {
+        "runs_dir": runs_dir,
+        "resume": resume,
+        "reshard": reshard,
+        "device": device,
+        "max_seconds": max_minutes * 60 if max_minutes else None,
+        "keep_checkpoints": keep,
+        "progress": progress,
+    }
 
 
 def _run(call: Callable[[], Any], tune_malloc: bool) -> Any:
@@ -285,14 +324,7 @@ def pretrain_damsm(
       attngan pretrain-damsm --resume runs/00000-shapes-damsm
     """
     setup_logging()
-    if reshard and resume is None:
-        raise UserFailure("--reshard goes with --resume RUN (it continues a checkpoint of another number of processes)")
-    try:
-        base = _base_preset(preset, resume, "damsm", dataset)
-    except UserError as exc:
-        raise UserFailure(user_message(exc)) from None
-    extra = {"data.dataset": dataset, "data.data_dir": str(data_dir.resolve()) if data_dir else None, "damsm_train.max_steps": max_steps}
-    resolved = resolve_preset(base, config_file, sets, extra)
+    resolved = _training_preset("damsm", preset, config_file, sets, dataset, data_dir, resume, reshard, max_steps)
     if dry_run:
         _check_resume(resume, resolved, "damsm", reshard, settings=preset is None)
         _print_config(resolved, command="pretrain-damsm", resume=resume, reshard=reshard, device=device,
@@ -300,20 +332,8 @@ def pretrain_damsm(
         return
     from ..training import train_damsm
 
-    result = _run(
-        lambda: train_damsm(
-            resolved,
-            runs_dir=runs_dir,
-            resume=resume,
-            reshard=reshard,
-            device=device,
-            max_seconds=max_minutes * 60 if max_minutes else None,
-            backbone_weights=inception_weights,
-            keep_checkpoints=keep,
-            progress=progress,
-        ),
-        tune_malloc,
-    )
+    loop = _loop_options(runs_dir, resume, reshard, device, max_minutes, keep, progress)
+    result = _run(lambda: train_damsm(resolved, backbone_weights=inception_weights, **loop), tune_malloc)
     if is_main_process():
         click.echo(f"DAMSM encoders: {result.model_dir}")
         # A resumed run names no --preset: the one its settings came from (their description says which).
@@ -371,14 +391,7 @@ def train(
         )
     if bool(original_text_encoder) != bool(original_image_encoder):
         raise click.UsageError("--original-text-encoder and --original-image-encoder go together")
-    if reshard and resume is None:
-        raise UserFailure("--reshard goes with --resume RUN (it continues a checkpoint of another number of processes)")
-    try:
-        base = _base_preset(preset, resume, "gan", dataset)
-    except UserError as exc:
-        raise UserFailure(user_message(exc)) from None
-    extra = {"data.dataset": dataset, "data.data_dir": str(data_dir.resolve()) if data_dir else None, "gan_train.max_steps": max_steps}
-    resolved = resolve_preset(base, config_file, sets, extra)
+    resolved = _training_preset("gan", preset, config_file, sets, dataset, data_dir, resume, reshard, max_steps)
     if dry_run:
         _check_resume(resume, resolved, "gan", reshard, settings=preset is None)
         _print_config(resolved, command="train", resume=resume, reshard=reshard, device=device, runs_dir=runs_dir,
@@ -387,19 +400,14 @@ def train(
         return
     from ..training import train_gan
 
+    loop = _loop_options(runs_dir, resume, reshard, device, max_minutes, keep, progress)
     result = _run(
         lambda: train_gan(
             resolved,
             damsm=damsm,
             original_text_encoder=original_text_encoder,
             original_image_encoder=original_image_encoder,
-            runs_dir=runs_dir,
-            resume=resume,
-            reshard=reshard,
-            device=device,
-            max_seconds=max_minutes * 60 if max_minutes else None,
-            keep_checkpoints=keep,
-            progress=progress,
+            **loop,
         ),
         tune_malloc,
     )
@@ -418,11 +426,11 @@ def train(
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help="Seed of the data, the networks and the samples.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a setting of the shapes preset, e.g. --set gan_loss.damsm_lambda=10 (repeatable).")
-@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
+@_DEVICE
 @click.option("--damsm-share", type=click.FloatRange(0.05, 0.9), default=0.3, show_default=True,
               help="Largest share of the training time given to DAMSM pre-training (it stops earlier at "
                    "damsm_train.max_steps); the GAN gets the rest.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars (on a terminal).")
+@progress_option("Show progress bars (on a terminal).")
 @_TUNE_MALLOC
 @click.option("-n", "--dry-run", is_flag=True,
               help="Print the time plan and the main settings, check that --out can be written, and exit.")
