@@ -6,7 +6,7 @@
 One step: text encoder (train mode) + image encoder (frozen Inception, trained projections), L_DAMSM
 (Eq. 14), backward, RNN gradient clipping, Adam. Plain: the per-caption word-loss loop of the original,
 float32, channels-first. Fast: the vectorised loss (losses.word_scores), channels-last, BatchNorm of the
-frozen Inception folded into its convs, fused Adam (see common.DAMSMTrainStep).
+frozen Inception folded into its convs, fused Adam (the library's DAMSMLoss: see reference.DAMSMTrainStep).
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import start_run, synchronize, time_calls  # noqa: E402
+from common import start_run  # noqa: E402
+from machine import synchronize, time_calls  # noqa: E402
 
 
 def workloads(device: torch.device, dtype: torch.dtype, batch: int, n: int = 2048, hw: int = 128):

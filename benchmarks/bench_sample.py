@@ -6,7 +6,7 @@
 ``B = 1`` is the latency of one sentence (``s/call``); larger ``B`` the throughput (``img/s``). Plain: the
 generator as trained (float32, eager, channels-first, upsample then conv, BatchNorm as a separate op).
 Fast: an inference copy with BatchNorm folded into the convs, the upsample+conv as one transposed conv,
-channels-last, im2col matmuls for the 8x8 and 4x4 layers (see common.Sampler). Both return the images of
+channels-last, im2col matmuls for the 8x8 and 4x4 layers (see reference.Sampler). Both return the images of
 every stage and the attention maps (explicit attention). Random weights and captions.
 
 ``--configs pipeline pipeline-plain`` measure what a user calls, ``attngan.AttnGANPipeline`` (tokenising,
