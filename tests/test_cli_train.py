@@ -376,7 +376,7 @@ def test_a_signal_while_an_error_is_reported_keeps_the_error(capsys, monkeypatch
     that another one ended, the signal must not replace that message with 'Aborted.'."""
     import attngan.cli as cli_mod
     from attngan.cli import main
-    from attngan.training.common import PeerProcessError
+    from attngan.training.outcomes import PeerProcessError
 
     def failing(*args, **kwargs):
         try:

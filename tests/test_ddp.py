@@ -63,7 +63,7 @@ def _worker(rank: int, world_size: int, port: int, damsm_dir: str, runs_dir: str
 
 
 def _peer_dies_worker(rank: int, world_size: int, port: int, damsm_dir: str, runs_dir: str, out_dir: str) -> None:
-    from attngan.training.common import PeerProcessError
+    from attngan.training.outcomes import PeerProcessError
 
     _as_torchrun_process(rank, world_size, port)
 

@@ -15,7 +15,7 @@ from attngan.config import PRESETS, apply_overrides, check_preset
 from attngan.errors import CheckpointError
 from attngan.training import NonFiniteLossError, TrainingInterrupted, train_damsm, train_gan
 from attngan.training.gan import update_ema
-from attngan.training.runtime import make_grad_scaler
+from attngan.training.devices import make_grad_scaler
 from attngan.training.state import latest_checkpoint, load_state
 from tolerance import assert_close_to_scale
 
@@ -779,7 +779,7 @@ def test_a_full_disk_names_the_newest_checkpoint_on_disk(tmp_path, damsm_run, mo
 
 def test_mixed_precision_auto_is_bf16_on_cuda_only(caplog):
     from attngan.errors import UserError
-    from attngan.training.runtime import check_mixed_precision
+    from attngan.training.devices import check_mixed_precision
 
     cpu = torch.device("cpu")
     with caplog.at_level("WARNING"):
@@ -795,7 +795,7 @@ def test_mixed_precision_auto_is_bf16_on_cuda_only(caplog):
 
 def test_mixed_precision_auto_leaves_emulated_bf16_alone(monkeypatch):
     # torch.cuda.is_bf16_supported() is True on a T4 / V100 (emulated bf16, slower than float32)
-    from attngan.training import runtime
+    from attngan.training import devices as runtime
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -806,7 +806,7 @@ def test_mixed_precision_auto_leaves_emulated_bf16_alone(monkeypatch):
 
 
 def test_cudnn_autotuner_is_on_during_training_only_unless_determinism_was_asked():
-    from attngan.training.runtime import cudnn_autotuner
+    from attngan.training.devices import cudnn_autotuner
 
     cudnn = torch.backends.cudnn
     before = (cudnn.benchmark, cudnn.deterministic)
@@ -840,7 +840,7 @@ def test_cuda_training_with_the_default_mixed_precision_learns_and_resumes(tmp_p
 
 def test_a_numbered_gpu_under_torchrun_is_refused(monkeypatch):
     from attngan.errors import UserError
-    from attngan.training.runtime import init_distributed
+    from attngan.training.distributed import init_distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -935,7 +935,7 @@ def test_a_data_error_in_a_loader_worker_leaves_no_worker_behind(tmp_path, damsm
 
 
 def test_thread_tuner_leaves_an_idle_machine_alone_and_drops_threads_under_contention():
-    from attngan.training.runtime import ThreadTuner
+    from attngan.training.cpu import ThreadTuner
 
     torch.set_num_threads(2)  # the fixture set 1; it restores its own value afterwards
     load = [0.0]  # cores busy with other work
@@ -1023,7 +1023,7 @@ def test_damsm_backbone_batch_stats_lets_the_frozen_inception_statistics_drift(t
 def test_an_interrupt_saves_between_steps_only_when_every_process_can(tmp_path, distributed):
     """Ctrl-C between steps saves the state; in a distributed run only when all processes agreed to stop
     (StopAgreed): a second signal on one process must not start a collective that the others never join."""
-    from attngan.training.common import StopAgreed, interruption
+    from attngan.training.outcomes import StopAgreed, interruption
 
     saved = []
 
@@ -1046,7 +1046,7 @@ def test_an_interrupt_saves_between_steps_only_when_every_process_can(tmp_path, 
 
 
 def test_peer_failure_is_recognised_only_for_collectives_of_a_distributed_run(tmp_path):
-    from attngan.training.common import PeerProcessError, peer_failure
+    from attngan.training.outcomes import PeerProcessError, peer_failure
 
     gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:16539: Connection reset by peer")
     failed = peer_failure(gloo, 9, tmp_path / "state-00000008.pt", "train", tmp_path, 2)

@@ -175,7 +175,7 @@ def _error_being_handled(exc: BaseException) -> BaseException | None:
     if any: torchrun stops the other processes of a job with SIGTERM when one fails, and that signal can land
     while a process reports its own error (another process ended); a second Ctrl-C can land while training
     reports the first. That message is the one to show."""
-    from ..training.common import TrainingInterrupted
+    from ..training.outcomes import TrainingInterrupted
 
     seen: set[int] = set()
     link: BaseException | None = exc.__cause__ or exc.__context__

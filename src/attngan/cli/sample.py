@@ -20,7 +20,7 @@ from .options import PathType, setup_logging
 
 def resolve_device(name: str) -> Any:
     """``auto`` -> cuda, else mps, else cpu; ``cuda:N`` too; an unavailable device is a user mistake."""
-    from ..training.runtime import resolve_device as resolve
+    from ..training.devices import resolve_device as resolve
 
     return resolve(name)
 

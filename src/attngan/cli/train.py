@@ -124,7 +124,7 @@ def _check_resume(resume: Path | None, resolved: Preset, kind: str, reshard: boo
     --preset the run first fills settings in from its encoders, so that check is left to the run)."""
     if resume is None:
         return
-    from ..training.common import resolve_vocab_size
+    from ..training.encoders import resolve_vocab_size
     from ..training.state import check_resumable, check_resume_config, load_state, preset_from_state
 
     try:
@@ -213,7 +213,7 @@ def _print_config(preset: Preset, **run: Any) -> None:
 def _on_this_machine(preset: Preset, device: str, command: str) -> dict[str, Any]:
     """What the ``auto`` settings become here: the device, the DataLoader workers, the precision."""
     from ..training.data import image_batch_bytes, loader_workers
-    from ..training.runtime import check_mixed_precision, resolve_device
+    from ..training.devices import check_mixed_precision, resolve_device
 
     try:
         dev = resolve_device(device)

@@ -17,10 +17,9 @@ statistics); here it stays in eval mode unless ``damsm_train.backbone_batch_stat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,57 +29,36 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..checkpoint import inception_weights_state
-from ..config import Preset, check_preset, to_dict
+from ..config import DAMSMTrainConfig, Preset, check_preset
 from ..data.registry import build_dataset
-from ..errors import CheckpointError, DataError, DiskFullError
+from ..errors import CheckpointError, DataError
 from ..nn import ImageEncoder, TextEncoder
+from ..nn.modes import eval_mode
 from ..text import Vocabulary
-from .common import (
-    NonFiniteLossError,
-    RunFolder,
-    StepInfo,
-    StopAgreed,
-    TrainingInterrupted,
-    TrainResult,
-    call_hook,
-    check_finite,
-    export_model,
-    failure_of_environment,
-    interruption,
-    resolve_vocab_size,
-)
-from .data import batches_per_epoch, epoch_loader, image_batch_bytes, iterate_batches, loader_workers
+from .data import batches_per_epoch, epoch_loader
+from .devices import seed_everything
+from .distributed import init_distributed
+from .encoders import resolve_vocab_size
+from .export import export_model
+from .harness import LoopNames, StepInfo, TrainingRun, planned_steps, state_to_resume
 from .loss import DAMSMLoss, DAMSMObjective
-from .runtime import (
-    InterruptGuard,
-    ThreadTuner,
-    all_reduce_mean,
-    broadcast_object,
-    eval_mode,
-    gather_rng_states,
-    init_distributed,
-    seed_everything,
-    shutdown_distributed,
-)
+from .outcomes import TrainResult
 from .state import (
-    check_resumable,
     check_resume_config,
-    load_state,
-    make_run_dir,
     preset_from_state,
     restore_position,
     run_dir_of,
     save_state,
-    truncate_stats,
     write_run_config,
 )
-from .stats import StatsSink
 
 __all__ = ["train_damsm", "evaluate_damsm"]
 
 log = logging.getLogger(__name__)
 
-_STOP, _TIME_UP = 1, 2  # bits of the stop flags shared between processes
+LOOP = LoopNames(
+    kind="damsm", title="DAMSM pre-training", resuming="DAMSM training", command="pretrain-damsm", label="damsm"
+)
 
 
 @torch.no_grad()
@@ -162,42 +140,141 @@ def train_damsm(
     """
     # Set up processes, device and the state to continue from.
     dist_info, dev = init_distributed(device)
-    state = load_state(resume, "damsm") if resume is not None else None
-    if state is not None:
-        check_resumable(state, dist_info.world_size, reshard)
+    state = state_to_resume(resume, "damsm", dist_info.world_size, reshard)
     if state is None and preset is None:
         raise ValueError("train_damsm needs a preset, or resume= to take the one of a checkpoint")
     if state is not None:
-        saved = preset_from_state(state)
-        vocab = Vocabulary(state["vocab"])
-        preset = saved if preset is None else check_resume_config(saved, resolve_vocab_size(preset, vocab), state["path"], reshard)
+        preset = _resumed_preset(preset, state, reshard)
         run_dir = Path(run_dir) if run_dir is not None else run_dir_of(Path(state["path"]))
     check_preset(preset)  # every setting in range, before any work
     cfg = preset.damsm_train
-    total_steps = max_steps if max_steps is not None else cfg.max_steps
     seed_everything(cfg.seed)
 
     # Load training data. DAMSM sees real images at the image encoder's input size (the original: 299).
-    # Captions are cut to damsm_train.words_num where it is set (the original's coco DAMSM: 15 words).
     image_sizes = [preset.image_encoder.input_size]
-    data_config = preset.data if cfg.words_num is None else dataclasses.replace(preset.data, words_num=cfg.words_num)
-    if train_set is None:
-        vocab_arg = Vocabulary(state["vocab"]) if state is not None else None
-        train_set = build_dataset(data_config, "train", image_sizes, vocab=vocab_arg, train=True, progress=progress)
+    train_set, val_set = _damsm_data(preset, state, train_set, val_set, image_sizes, progress)
     vocab = train_set.vocab
     preset = resolve_vocab_size(preset, vocab)
-    if val_set is None:
-        try:
-            val_set = build_dataset(data_config, "test", image_sizes, vocab=vocab, train=False, progress=progress)
-        except DataError as exc:
-            log.warning("no validation: the test split is not usable (%s)", exc)
-            val_set = False
     steps_per_epoch = batches_per_epoch(train_set, cfg.batch_size, dist_info.world_size)
-    if total_steps is None:
-        total_steps = cfg.epochs * steps_per_epoch
+    total_steps = planned_steps(max_steps, cfg, steps_per_epoch)
 
     # Build networks and the optimizer (created once: the original re-created it every epoch).
     torch.manual_seed(cfg.seed)
+    text_encoder, image_encoder = _damsm_encoders(preset, backbone_weights, dev)
+    objective = DAMSMObjective(text_encoder, image_encoder, preset.damsm_loss)
+    optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=cfg.lr, betas=tuple(cfg.betas))
+    if dist_info.distributed:  # same weights everywhere, but each process its own dropout masks
+        torch.manual_seed(cfg.seed + dist_info.rank)
+    position = (0, 0, 0)  # step, epoch, batch in the epoch
+    if state is not None:
+        text_encoder.load_state_dict(state["models"]["text_encoder"])
+        image_encoder.load_state_dict(state["models"]["image_encoder"])
+        optimizer.load_state_dict(state["optimizers"]["damsm"])
+        position = restore_position(state, dist_info.rank, dist_info.world_size, cfg.seed, cfg.batch_size)
+    if cfg.fast_kernels and image_encoder.frozen_backbone and not cfg.backbone_batch_stats:
+        objective.image_encoder = _folded_encoder(image_encoder)  # eval-mode BatchNorm only
+    trained: nn.Module = objective
+    if dist_info.distributed:
+        trained = nn.parallel.DistributedDataParallel(objective, device_ids=[dev] if dev.type == "cuda" else None)
+    loss = DAMSMLoss(trained)
+
+    # The run: its folder (rank 0 writes config.json), position, snapshots and how it ends.
+    until_epochs = max_steps is None and cfg.max_steps is None
+    run = TrainingRun(
+        LOOP, dist_info, dev, state, position, total_steps=total_steps, stopped_by="epochs" if until_epochs else "max_steps",
+        max_seconds=max_seconds, snapshot_every=cfg.snapshot_every, keep_checkpoints=keep_checkpoints,
+        nonfinite_hint="Lower damsm_train.lr, or check the data.", callback=callback, adapt_threads=adapt_threads,
+    )  # fmt: skip
+    run.save = lambda rngs: save_state(
+        run.run_dir,
+        run.state_record(
+            preset, vocab, rngs, models={"text_encoder": text_encoder.state_dict(), "image_encoder": image_encoder.state_dict()},
+            optimizers={"damsm": optimizer.state_dict()},
+        ),
+        keep_checkpoints,
+    )  # fmt: skip
+    with run.folder_setup(
+        run_dir, runs_dir, preset.data.dataset, subdirs=("checkpoints",), images_per_step=cfg.batch_size * dist_info.world_size,
+        steps_per_epoch=steps_per_epoch, setting=f" on {dev}", progress=progress, tensorboard=tensorboard,
+    ) as folder:  # fmt: skip
+        if folder is not None:
+            write_run_config(folder, preset, kind="damsm", device=str(dev), world_size=dist_info.world_size, max_steps=total_steps)
+
+    # Train.
+    modules = {"text_encoder": text_encoder, "image_encoder": image_encoder}
+    validate = functools.partial(_validate, run, objective, val_set, cfg.batch_size, val_batches)
+    with run:
+        with run.interruptible():
+            objective.train()
+            for batch in run.batches(
+                train_set, cfg.batch_size, cfg.seed, workers=preset.data.workers, image_sizes=image_sizes,
+                epochs=cfg.epochs if until_epochs else None, on_epoch_end=lambda epoch: _end_epoch(validate, optimizer, cfg, epoch),
+            ):  # fmt: skip
+                # Execute the training phase: L_DAMSM, clip the text encoder's gradients, step.
+                batch = batch.to(dev)
+                optimizer.zero_grad(set_to_none=True)
+                scalars = run.reduce_losses(loss.accumulate_gradients("DAMSM", batch))
+                torch.nn.utils.clip_grad_norm_(text_encoder.parameters(), cfg.rnn_grad_clip)
+                optimizer.step()
+                run.step_done()
+
+                # Report progress; save a snapshot when one is due.
+                scalars["lr"] = optimizer.param_groups[0]["lr"]
+                run.stats.update(run.step, scalars)
+                if run.step % cfg.log_every == 0 or run.step == run.total_steps:
+                    run.stats.tick(run.step, run.epoch)
+                run.end_step(scalars, modules)
+
+        # Save the final state, validate and export the model folder.
+        run.save_last_step()
+        val, model_dir = {}, None
+        if run.main:
+            val = validate("final validation")
+            model_dir = export_model(
+                run.run_dir / "model",
+                vocab,
+                [("text_encoder", text_encoder, preset.text_encoder), ("image_encoder", image_encoder, preset.image_encoder)],
+                step=run.step,
+            )
+            log.info("DAMSM pre-training done at step %d (%s); encoders in %s", run.step, run.stopped_by, model_dir)
+        return run.result(model_dir, val)
+
+
+def _resumed_preset(preset: Preset | None, state: dict[str, Any], reshard: bool) -> Preset:
+    """The settings of the state resumed from; given ones must match them (check_resume_config)."""
+    saved = preset_from_state(state)
+    if preset is None:
+        return saved
+    return check_resume_config(saved, resolve_vocab_size(preset, Vocabulary(state["vocab"])), state["path"], reshard)
+
+
+def _damsm_data(
+    preset: Preset,
+    state: dict[str, Any] | None,
+    train_set: Dataset | None,
+    val_set: Dataset | None | bool,
+    image_sizes: list[int],
+    progress: bool,
+) -> tuple[Dataset, Dataset | bool]:
+    """The training split (with the vocabulary of the state resumed from) and the validation split (False:
+    none). Captions are cut to damsm_train.words_num where it is set (the original's coco DAMSM: 15 words)."""
+    cfg = preset.damsm_train
+    data_config = preset.data if cfg.words_num is None else dataclasses.replace(preset.data, words_num=cfg.words_num)
+    if train_set is None:
+        vocab = Vocabulary(state["vocab"]) if state is not None else None
+        train_set = build_dataset(data_config, "train", image_sizes, vocab=vocab, train=True, progress=progress)
+    if val_set is None:
+        try:
+            val_set = build_dataset(data_config, "test", image_sizes, vocab=train_set.vocab, train=False, progress=progress)
+        except DataError as exc:
+            log.warning("no validation: the test split is not usable (%s)", exc)
+            val_set = False
+    return train_set, val_set
+
+
+def _damsm_encoders(preset: Preset, backbone_weights: Any, dev: torch.device) -> tuple[TextEncoder, ImageEncoder]:
+    """The text encoder and the image encoder to train (with Inception-v3 weights for its frozen backbone)."""
+    cfg = preset.damsm_train
     text_encoder = TextEncoder(preset.text_encoder).to(dev)
     weights = None
     if preset.image_encoder.backbone == "inception" and backbone_weights is not None:
@@ -213,214 +290,25 @@ def train_damsm(
             "damsm_train.backbone_batch_stats changes nothing here: it is for a frozen Inception backbone, and "
             "this image encoder's backbone trains (with batch statistics) anyway"
         )
-    objective = DAMSMObjective(text_encoder, image_encoder, preset.damsm_loss)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
-    if dist_info.distributed:  # same weights everywhere, but each process its own dropout masks
-        torch.manual_seed(cfg.seed + dist_info.rank)
+    return text_encoder, image_encoder
 
-    # Restore the state when resuming; otherwise create the run folder.
-    step = epoch = batch_in_epoch = 0
-    if state is not None:
-        text_encoder.load_state_dict(state["models"]["text_encoder"])
-        image_encoder.load_state_dict(state["models"]["image_encoder"])
-        optimizer.load_state_dict(state["optimizers"]["damsm"])
-        step, epoch, batch_in_epoch = restore_position(state, dist_info.rank, dist_info.world_size, cfg.seed, cfg.batch_size)
-    if cfg.fast_kernels and image_encoder.frozen_backbone and not cfg.backbone_batch_stats:
-        objective.image_encoder = _folded_encoder(image_encoder)  # eval-mode BatchNorm only
-    trained: nn.Module = objective
-    if dist_info.distributed:
-        trained = nn.parallel.DistributedDataParallel(objective, device_ids=[dev] if dev.type == "cuda" else None)
-    loss = DAMSMLoss(trained)
-    folder = RunFolder(created=dist_info.is_main and run_dir is None)  # a failed start removes a folder it made
-    try:
-        if dist_info.is_main:
-            if run_dir is None:
-                run_dir = make_run_dir(runs_dir, f"{preset.data.dataset}-damsm")
-            run_dir = folder.take(run_dir, resumed=state is not None)  # locked: one process per run folder
-            if state is not None:
-                log.info("resuming DAMSM training from %s (step %d, epoch %d)", state["path"], step, epoch)
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            if state is not None:
-                truncate_stats(run_dir, step)
-            write_run_config(run_dir, preset, kind="damsm", device=str(dev), world_size=dist_info.world_size, max_steps=total_steps)
-        run_dir = Path(broadcast_object(str(run_dir) if run_dir is not None else None, dist_info))
-        main = dist_info.is_main
-        stats = StatsSink(
-            run_dir if main else None,
-            total_steps,
-            start_step=step,
-            images_per_step=cfg.batch_size * dist_info.world_size,
-            progress=progress,
-            tensorboard=tensorboard,
-            name="damsm",
-        )
-        stats.restore(state.get("stats") if state is not None else None)
-    except BaseException:  # Ctrl-C or an error while setting up: no empty run folder is left behind
-        folder.release(failed_before_training=True)
-        raise
-    if main and step >= total_steps:
-        log.info(
-            "DAMSM pre-training in %s: already at step %d of %d, nothing to train; to go on, give a "
-            "larger --max-steps",
-            run_dir, step, total_steps,
-        )  # fmt: skip
-    elif main:
-        log.info(
-            "DAMSM pre-training in %s: steps %d to %d of %d images (%d steps per epoch) on %s",
-            run_dir, step + 1, total_steps, cfg.batch_size * dist_info.world_size, steps_per_epoch, dev,
-        )  # fmt: skip
 
-    saving = False  # True while a snapshot is written: an interrupt then keeps the last complete one
+def _validate(
+    run: TrainingRun, objective: DAMSMObjective, val_set: Dataset | bool, batch_size: int, val_batches: int, what: str
+) -> dict[str, float]:
+    """Rank 0: the validation losses, logged and recorded in stats.jsonl ({} without validation or elsewhere)."""
+    if val_set is False or not run.main:
+        return {}
+    val = evaluate_damsm(objective, val_set, batch_size, val_batches, run.device)
+    if val:
+        log.info("%s: %s", what, " ".join(f"{k} {v:.4g}" for k, v in val.items()))
+        run.stats.record(run.step, run.epoch, val)
+    return val
 
-    def snapshot() -> Path | None:
-        nonlocal saving
-        saving = True
-        rngs = gather_rng_states(dist_info)
-        if not main:
-            saving = False
-            return None
-        path = save_state(
-            run_dir,
-            {
-                "kind": "damsm",
-                "config": to_dict(preset),
-                "vocab": list(vocab.itos),
-                "step": step,
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "models": {"text_encoder": text_encoder.state_dict(), "image_encoder": image_encoder.state_dict()},
-                "optimizers": {"damsm": optimizer.state_dict()},
-                "rng": rngs,
-                "world_size": dist_info.world_size,
-                "stats": stats.pending(),  # the scalars of the log interval under way
-            },
-            keep_checkpoints,
-        )
-        saving = False
-        return path
 
-    # Train.
-    start_time = time.perf_counter()
-    last_checkpoint: Path | None = Path(state["path"]) if state is not None else None
-    saved_step = step if state is not None else -1
-    val: dict[str, float] = {}
-    stopped_by = "max_steps" if max_steps is not None or cfg.max_steps is not None else "epochs"
-    in_step = False
-    batch_bytes = image_batch_bytes(cfg.batch_size, image_sizes)
-    workers = loader_workers(preset.data.workers, dev, dist_info.world_size, batch_bytes)
-    batches = None  # the current epoch's batches: closed (its workers shut down) however training ends
-    tuner = ThreadTuner(enabled=adapt_threads and dev.type == "cpu" and dist_info.world_size == 1)
-    guard: InterruptGuard | None = None  # bound by the with below; read when an interrupt ends training
-    try:
-        with InterruptGuard() as guard:
-            objective.train()
-            done = step >= total_steps
-            while not done:
-                batches = iterate_batches(epoch_loader(
-                    train_set, cfg.batch_size, epoch, batch_in_epoch, seed=cfg.seed,
-                    rank=dist_info.rank, world_size=dist_info.world_size, workers=workers, pin_memory=dev.type == "cuda",
-                ))  # fmt: skip
-                for batch in batches:
-                    # Fetch training data.
-                    in_step = True
-                    step_started = time.perf_counter()
-                    batch = batch.to(dev)
-
-                    # Execute the training phase: L_DAMSM, clip the text encoder's gradients, step.
-                    optimizer.zero_grad(set_to_none=True)
-                    values = loss.accumulate_gradients("DAMSM", batch)
-                    time_up = max_seconds is not None and time.perf_counter() - start_time >= max_seconds
-                    flags = (_STOP if guard.requested else 0) | (_TIME_UP if time_up else 0)
-                    scalars, flags = all_reduce_mean(values, dist_info, flags)
-                    check_finite(scalars, step + 1, last_checkpoint, "Lower damsm_train.lr, or check the data.")
-                    torch.nn.utils.clip_grad_norm_(text_encoder.parameters(), cfg.rnn_grad_clip)
-                    optimizer.step()
-                    step += 1
-                    batch_in_epoch += 1
-                    in_step = False
-                    tuner.step(time.perf_counter() - step_started)
-
-                    # Report progress.
-                    scalars["lr"] = optimizer.param_groups[0]["lr"]
-                    stats.update(step, scalars)
-                    if step % cfg.log_every == 0 or step == total_steps:
-                        stats.tick(step, epoch)
-
-                    # Save a snapshot.
-                    if step % cfg.snapshot_every == 0:
-                        last_checkpoint = snapshot() or last_checkpoint
-                        saved_step = step
-                    call_hook(
-                        callback,
-                        StepInfo(step, epoch, scalars, {"text_encoder": text_encoder, "image_encoder": image_encoder}, run_dir, dist_info.rank),
-                    )
-                    if flags & _STOP:
-                        raise StopAgreed
-                    if step >= total_steps or flags & _TIME_UP:
-                        stopped_by = "time" if flags & _TIME_UP and step < total_steps else stopped_by
-                        done = True
-                        break
-                else:
-                    # End of the epoch: validation, then the original's decay (x0.98 while lr > lr0 / 10).
-                    if main and val_set is not False:
-                        val = evaluate_damsm(objective, val_set, cfg.batch_size, val_batches, dev)
-                        if val:
-                            log.info("epoch %d validation: %s", epoch, " ".join(f"{k} {v:.4g}" for k, v in val.items()))
-                            stats.record(step, epoch, val)
-                    for group in optimizer.param_groups:
-                        if group["lr"] > cfg.lr / 10:
-                            group["lr"] *= cfg.lr_decay
-                    epoch += 1
-                    batch_in_epoch = 0
-                    if epoch >= cfg.epochs and max_steps is None and cfg.max_steps is None:
-                        stopped_by = "epochs"
-                        done = True
-
-        # Save the final state, validate and export the model folder.
-        if saved_step != step:
-            last_checkpoint = snapshot() or last_checkpoint
-        model_dir = None
-        if main:
-            if val_set is not False:
-                val = evaluate_damsm(objective, val_set, cfg.batch_size, val_batches, dev)
-                if val:
-                    log.info("final validation: %s", " ".join(f"{k} {v:.4g}" for k, v in val.items()))
-                    stats.record(step, epoch, val)
-            model_dir = export_model(
-                run_dir / "model",
-                vocab,
-                [("text_encoder", text_encoder, preset.text_encoder), ("image_encoder", image_encoder, preset.image_encoder)],
-                step=step,
-            )
-            log.info("DAMSM pre-training done at step %d (%s); encoders in %s", step, stopped_by, model_dir)
-        return TrainResult(run_dir, step, epoch, stopped_by, last_checkpoint if main else None, model_dir, val, total_steps)
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, TrainingInterrupted):
-            raise
-        stopped = interruption(
-            exc, "DAMSM pre-training", "pretrain-damsm", in_step=in_step, saving=saving, step=step, saved_step=saved_step,
-            distributed=dist_info.distributed, snapshot=snapshot, last_checkpoint=last_checkpoint, run_dir=run_dir,
-            world_size=dist_info.world_size,
-        )  # fmt: skip
-        stopped.signum = guard.signum if guard is not None else None
-        if main:
-            log.warning(stopped.message)
-        raise stopped from None
-    except NonFiniteLossError:
-        if main:
-            log.error("stopped: a loss is not finite (see the error message)")
-        raise
-    except (OSError, DiskFullError, RuntimeError) as exc:  # a full disk, a lost process: where it stopped, how to go on
-        failed = failure_of_environment(exc, step, last_checkpoint, "pretrain-damsm", run_dir, dist_info.world_size)
-        if failed is None:
-            raise
-        stats.log_to_file(f"stopped: {failed}")
-        raise failed from exc
-    finally:
-        if batches is not None:
-            batches.close()
-        tuner.restore()
-        stats.close()
-        folder.release(failed_before_training=step == 0 and sys.exc_info()[0] is not None)
-        shutdown_distributed(dist_info)
+def _end_epoch(validate: Callable[[str], dict[str, float]], optimizer: torch.optim.Optimizer, cfg: DAMSMTrainConfig, epoch: int) -> None:
+    """End of an epoch: validation (rank 0), then the original's decay (x0.98 while lr > lr0 / 10)."""
+    validate(f"epoch {epoch} validation")
+    for group in optimizer.param_groups:
+        if group["lr"] > cfg.lr / 10:
+            group["lr"] *= cfg.lr_decay

@@ -34,7 +34,7 @@ from ..data.base import collate_batch
 from ..data.registry import build_dataset
 from ..errors import UserError
 from ..nn import Generator
-from .common import TrainingInterrupted
+from .outcomes import TrainingInterrupted
 from .damsm import train_damsm
 from .figures import attention_png, captioned_grid_png, real_vs_generated_png
 from .gan import discriminator_configs, load_encoders, train_gan
@@ -178,7 +178,7 @@ def _run_demo(
     # Prepare the attribute classifier first. It is trained once and then cached, so its training time on a
     # first run is not counted in the budget (otherwise a short --minutes could only work the second time).
     from ..metrics.attributes import load_or_train_attribute_classifier
-    from .runtime import resolve_device
+    from .devices import resolve_device
 
     dev = resolve_device(device)
     if classifier is None:

@@ -1,36 +1,21 @@
-"""Pieces shared by the DAMSM and GAN loops: results, errors, checks, model-folder export."""
+"""How a training call ends: its result, and the errors that stop it, each saying where and how to go on."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import logging
 import math
 import re
-import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..atomic import FolderLock
-from ..checkpoint import save_component
-from ..config import Preset
 from ..errors import DiskFullError, UserError
-from ..text import Vocabulary
-from .state import (
-    copy_tree_atomic,
-    latest_checkpoint,
-    remove_stale_temporaries,
-    replace_section,
-    resume_command,
-)
+from .state import latest_checkpoint, resume_command
 
 __all__ = [
-    "StepInfo",
     "TrainResult",
     "NonFiniteLossError",
     "TrainingInterrupted",
@@ -38,28 +23,11 @@ __all__ = [
     "PeerProcessError",
     "interruption",
     "peer_failure",
+    "disk_full",
     "failure_of_environment",
     "check_finite",
-    "resolve_vocab_size",
-    "export_model",
     "resume_hint",
-    "RunFolder",
-    "unwrap",
 ]
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepInfo:
-    """What a ``callback`` sees after every completed step (for tests, custom logging, fault injection)."""
-
-    step: int  # completed steps
-    epoch: int
-    losses: dict[str, float]  # this step's scalars, averaged over processes
-    modules: dict[str, nn.Module]  # the networks being trained (unwrapped), by name
-    run_dir: Path
-    rank: int
 
 
 @dataclass
@@ -203,133 +171,6 @@ def failure_of_environment(
     return None
 
 
-def check_finite(values: dict[str, float], step: int, last_checkpoint: Path | None, hint: str) -> None:
-    """Raise NonFiniteLossError naming the step and the loss if any value is NaN or infinite."""
-    for name, value in values.items():
-        if not math.isfinite(value):
-            where = (
-                f"the last checkpoint {last_checkpoint}, verified when it was written or read, is kept"
-                if last_checkpoint is not None
-                else "no checkpoint had been written yet"
-            )
-            raise NonFiniteLossError(
-                f"loss {name} became {value} at step {step}; training stopped and {where}. {hint}",
-                step,
-                name,
-                value,
-                last_checkpoint,
-            )
-
-
-def resolve_vocab_size(preset: Preset, vocab: Vocabulary) -> Preset:
-    """Fill ``text_encoder.vocab_size`` from the vocabulary (presets for built data leave it 0)."""
-    size = preset.text_encoder.vocab_size
-    if size == 0:
-        return replace_section(preset, "text_encoder", vocab_size=len(vocab))
-    if size != len(vocab):
-        raise UserError(
-            f"text_encoder.vocab_size is {size} but the dataset's vocabulary has {len(vocab)} words; "
-            f"use --set text_encoder.vocab_size={len(vocab)} (or 0 to take it from the data)"
-        )
-    return preset
-
-
-def check_caption_vocabulary(dataset: Any, source: str) -> None:
-    """Refuse training data whose captions are mostly unknown to the DAMSM encoders' vocabulary (a DAMSM
-    pre-trained on another dataset); warn when a notable share of their words is dropped."""
-    share = float(getattr(dataset, "unknown_word_share", 0.0))
-    examples = ", ".join(getattr(dataset, "unknown_word_examples", [])[:8])
-    if share > 0.5:
-        raise UserError(
-            f"{share:.0%} of the words of the training captions are not in the vocabulary of the DAMSM encoders "
-            f"({source}; e.g. {examples}): they were pre-trained on other data. Pass the dataset they were "
-            "trained on (--dataset/--data-dir), or pre-train a DAMSM on this one (attngan pretrain-damsm)"
-        )
-    if share > 0.05:
-        log.warning(
-            "%.0f%% of the words of the training captions are not in the vocabulary of the DAMSM encoders (%s) "
-            "and are dropped, e.g. %s", 100 * share, source, examples,
-        )  # fmt: skip
-
-
-def encoder_fingerprint(*modules: nn.Module) -> str:
-    """SHA-256 of the modules' state dicts (names and bytes, any memory layout): which encoders a run used."""
-    h = hashlib.sha256()
-    for module in modules:
-        for name, t in sorted(unwrap(module).state_dict().items()):
-            h.update(name.encode())
-            h.update(str(t.dtype).encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
-    while True:
-        if hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        elif isinstance(module, nn.parallel.DistributedDataParallel):
-            module = module.module
-        else:
-            return module
-
-
-def export_model(
-    model_dir: Path,
-    vocab: Vocabulary,
-    components: Iterable[tuple[str, nn.Module, Any]],  # (folder name, module, its config)
-    **extra: Any,  # written into every component's config.json (e.g. step)
-) -> Path:
-    """Write a model folder (components + ``vocab.json``), replacing ``model_dir`` as a whole."""
-    components = list(components)
-
-    def build(tmp: Path) -> None:
-        for name, module, config in components:
-            save_component(tmp / name, module, config, **extra)
-        vocab.save(tmp / "vocab.json")
-
-    copy_tree_atomic(build, model_dir)
-    return model_dir
-
-
-class RunFolder:
-    """The run folder of one training call: written by one process (a :class:`FolderLock` from the moment
-    it is known), cleaned on resume of what a killed process left (:func:`remove_stale_temporaries`), and
-    removed again when the call that created it fails before its first step."""
-
-    def __init__(self, created: bool) -> None:
-        self.created = created  # this call makes the folder (not a resume, not a given run_dir)
-        self.path: Path | None = None
-        self._lock: FolderLock | None = None
-
-    def take(self, path: Path, resumed: bool) -> Path:
-        self.path = Path(path)
-        self._lock = FolderLock(self.path, "run folder").__enter__()
-        if resumed:
-            remove_stale_temporaries(self.path)
-        return self.path
-
-    def release(self, failed_before_training: bool) -> None:
-        if failed_before_training and self.created:
-            discard_empty_run(self.path)
-        if self._lock is not None:
-            self._lock.__exit__(None, None, None)
-            self._lock = None
-
-
-def resume_hint(command: str, run_dir: Path | None, world_size: int = 1) -> str:
-    return f"continue with: {resume_command(command, run_dir, world_size)}" if run_dir else ""
-
-
-def discard_empty_run(run_dir: Path | None) -> None:
-    """Remove a run folder that a failed start left without any training (no checkpoint, no step): retries
-    would otherwise leave one such folder each. Called only for folders this call created."""
-    if run_dir is None or not Path(run_dir).is_dir() or any((Path(run_dir) / "checkpoints").glob("state-*.pt")):
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    log.info("removed %s: the run stopped before its first step", run_dir)
-
-
 def disk_full(
     exc: OSError | DiskFullError,
     step: int,
@@ -352,10 +193,23 @@ def disk_full(
     )
 
 
-def params_finite(modules: Iterable[nn.Module]) -> bool:
-    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
+def check_finite(values: dict[str, float], step: int, last_checkpoint: Path | None, hint: str) -> None:
+    """Raise NonFiniteLossError naming the step and the loss if any value is NaN or infinite."""
+    for name, value in values.items():
+        if not math.isfinite(value):
+            where = (
+                f"the last checkpoint {last_checkpoint}, verified when it was written or read, is kept"
+                if last_checkpoint is not None
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLossError(
+                f"loss {name} became {value} at step {step}; training stopped and {where}. {hint}",
+                step,
+                name,
+                value,
+                last_checkpoint,
+            )
 
 
-def call_hook(callback: Callable[[StepInfo], None] | None, info: StepInfo) -> None:
-    if callback is not None:
-        callback(info)
+def resume_hint(command: str, run_dir: Path | None, world_size: int = 1) -> str:
+    return f"continue with: {resume_command(command, run_dir, world_size)}" if run_dir else ""
