@@ -166,6 +166,15 @@ def test_inception_backbone_stays_in_eval_mode(inception_encoder):
         enc.eval()
 
 
+def test_inception_backbone_weights_are_a_state_dict(inception_encoder):
+    """nn/ does no I/O: the backbone comes as a state dict; names and files are resolved by the caller."""
+    state = {k: v + 1 for k, v in inception_encoder.state_dict().items() if not k.startswith("emb_")}
+    enc = ImageEncoder(ImageEncoderConfig(embed_dim=8), backbone_weights={**state, "fc.weight": torch.ones(1)})
+    assert torch.equal(enc.Mixed_6e.branch1x1.conv.weight, state["Mixed_6e.branch1x1.conv.weight"])
+    with pytest.raises(TypeError, match="inception_weights_state"):
+        ImageEncoder(ImageEncoderConfig(embed_dim=8), backbone_weights="imagenet")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Generator
 
@@ -253,6 +262,9 @@ def test_generator_fused_attention_and_legacy_mask(seed, tiny_generator_config):
     for a, b in zip(fused.images, explicit.images, strict=True):
         assert_close_to_scale(a, b)
     legacy = set_legacy_mask_bug(g)(z, sentence, words, mask, ca_mean=True)
+    assert g.h_net2.att.legacy_mask_bug and g.h_net3.att.legacy_mask_bug
+    fixed = set_legacy_mask_bug(g, False)(z, sentence, words, mask, ca_mean=True)
+    assert torch.equal(fixed.images[-1], explicit.images[-1])  # switched back
     assert not torch.allclose(legacy.images[-1], explicit.images[-1], atol=1e-6)
     torch.testing.assert_close(
         legacy.images[0], explicit.images[0], rtol=0, atol=0

@@ -31,10 +31,11 @@ logger = logging.getLogger(__name__)
 
 
 def build_module(kind: str, config: Any, backbone_weights: Any = None) -> nn.Module:
-    """A freshly initialised network of ``kind`` (what :func:`load_original` loads into)."""
+    """A freshly initialised network of ``kind`` (what :func:`load_original` loads into); an image encoder's
+    ``backbone_weights`` as :func:`attngan.checkpoint.inception_weights_state` takes them, or a state dict."""
     cls, _ = KINDS[kind]
     if kind == "image_encoder":
-        if backbone_weights is not None and not isinstance(backbone_weights, dict):
+        if backbone_weights is not None and not isinstance(backbone_weights, Mapping):
             backbone_weights = inception_weights_state(backbone_weights)  # errors that say what to do
         return cls(config, backbone_weights=backbone_weights)
     return cls(config)
@@ -83,8 +84,8 @@ def load_original(
         kind: ``"text_encoder" | "image_encoder" | "generator" | "discriminator"`` to insist on one;
             None detects it from the keys.
         backbone_weights: image encoder only, and only for files holding just ``emb_features`` /
-            ``emb_cnn_code`` without the Inception backbone: ``"imagenet"``, a path or a state dict
-            (see ``ImageEncoder``). The released ``image_encoder*.pth`` contain the backbone.
+            ``emb_cnn_code`` without the Inception backbone: ``"imagenet"``, a path, a torchvision weights
+            enum or a state dict (see :func:`build_module`). The released ``image_encoder*.pth`` contain the backbone.
     Returns:
         A ``TextEncoder``, ``ImageEncoder``, ``Generator`` or ``Discriminator`` with ``.config`` set.
     Raises:
