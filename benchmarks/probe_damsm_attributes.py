@@ -1,7 +1,8 @@
 """Which caption words does a DAMSM on the built-in shapes data tell apart? (a diagnostic for TUNING.md)
 
 For each of ``--n`` test images (caption 0 of each), the true caption is scored against copies of it with
-one attribute word swapped for each other value of that attribute (shape: 4 others, colour: 7, size: 1).
+one attribute word swapped for each other value of that attribute (shape: 4 others, colour: 7, size: 1,
+position: 8).
 It prints, per attribute, how often the true caption scores highest, by the word-level score of Eq. 10
 and by the sentence-level cosine, beside chance (1 / number of candidates). The generator learns an
 attribute from the DAMSM term only as far as the DAMSM tells its values apart.
@@ -13,18 +14,37 @@ attribute from the DAMSM term only as far as the DAMSM tells its values apart.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 
 import torch
 
 from attngan.data.registry import build_dataset
-from attngan.data.synthetic import COLORS, SHAPES
+from attngan.data.synthetic import COLORS, POSITIONS, SHAPES
 from attngan.losses import sentence_scores, word_scores
 from attngan.text import tokenize
 from attngan.training.gan import load_encoders
 
-GROUPS = {"shape": list(SHAPES), "colour": list(COLORS), "size": ["small", "large"]}
+GROUPS = {"shape": list(SHAPES), "colour": list(COLORS), "size": ["small", "large"], "position": list(POSITIONS)}
+# Position phrases name a grid cell in one or two words ("upper left", "middle"); a variant states another cell.
+_POSITION = re.compile(r"\b(?:(?:top|upper|bottom|lower) (?:left|right)|top|bottom|left|right|center|middle)\b")
+
+
+def _variants(tokens: list[str], name: str, values: list[str]) -> list[list[str]] | None:
+    """The caption's tokens and one copy per other value of attribute ``name`` (None: the caption omits it)."""
+    if name == "position":
+        text = " ".join(tokens)
+        found = _POSITION.search(text)
+        if found is None:
+            return None
+        said = found.group().replace("upper", "top").replace("lower", "bottom").replace("middle", "center")
+        swap = [text[: found.start()] + v + text[found.end() :] for v in values if v != said]
+        return [tokens] + [s.split() for s in swap]
+    at = next((j for j, t in enumerate(tokens) if t in values), None)
+    if at is None:
+        return None
+    return [tokens] + [tokens[:at] + [v] + tokens[at + 1 :] for v in values if v != tokens[at]]
 
 
 def _smoke_damsm(runs_dir: str) -> str:
@@ -76,10 +96,9 @@ def probe(args) -> int:
         with torch.no_grad():
             regions, image_vector = image_encoder(item["images"][-1][None])
         for name, values in GROUPS.items():
-            at = next((j for j, t in enumerate(tokens) if t in values), None)
-            if at is None:
+            variants = _variants(tokens, name, values)
+            if variants is None:
                 continue  # the caption does not state this attribute
-            variants = [tokens] + [tokens[:at] + [v] + tokens[at + 1 :] for v in values if v != tokens[at]]
             ids = [vocab.encode(v)[0] for v in variants]
             captions = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
             for r, x in enumerate(ids):

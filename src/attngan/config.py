@@ -97,6 +97,10 @@ class DiscriminatorConfig:
     embed_dim: int = 256  # condition = sentence vector of the text encoder
     image_size: int = 64  # input resolution of this discriminator
     unconditional: bool = True  # has an unconditional logit (False for the AttnDCGAN variant)
+    # Not in the paper: spectral normalisation of every conv weight (Miyato et al., ICLR 2018) in place of
+    # the discriminator's BatchNorm layers, which are removed. The weights' keys then differ from the
+    # original release's.
+    spectral_norm: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,7 @@ class Preset:
     damsm_train: DAMSMTrainConfig
     gan_train: GANTrainConfig
     description: str = ""
+    discriminator_spectral_norm: bool = False  # DiscriminatorConfig.spectral_norm of every scale (not in the paper)
 
 
 # Settings of the original release (reference/original-attngan.md section 1.2) and of the built-in data.

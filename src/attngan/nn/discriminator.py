@@ -23,6 +23,16 @@ from .layers import (
 )
 
 
+def _spectral_norm_instead_of_batchnorm(module: nn.Module) -> None:
+    """Spectral normalisation (Miyato et al., ICLR 2018) of every conv weight; BatchNorm layers removed."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(parent, name, nn.Identity())
+            elif isinstance(child, nn.Conv2d):
+                nn.utils.parametrizations.spectral_norm(child)
+
+
 class LogitHead(nn.Module):
     """Original D_GET_LOGITS: [features || tiled sentence] -> conv-BN-LReLU -> 4x4 conv -> logit."""
 
@@ -70,6 +80,8 @@ class Discriminator(nn.Module):
         self.UNCOND_DNET = LogitHead(df, config.embed_dim, conditional=False) if config.unconditional else None
         self.COND_DNET = LogitHead(df, config.embed_dim, conditional=True)
         init_weights_original(self)
+        if config.spectral_norm:
+            _spectral_norm_instead_of_batchnorm(self)
 
     def forward(self, images: torch.Tensor, groups: Sequence[int] | None = None) -> torch.Tensor:
         """Image features (B, 8*df, 4, 4). ``groups``: ``images`` is a concatenation of batches of these

@@ -81,7 +81,10 @@ def discriminator_configs(preset: Preset) -> list[DiscriminatorConfig]:
     g = preset.generator
     sizes = g.image_sizes[-1:] if g.dcgan else g.image_sizes
     return [
-        DiscriminatorConfig(df_dim=preset.discriminator_df_dim, embed_dim=g.embed_dim, image_size=s, unconditional=not g.dcgan)
+        DiscriminatorConfig(
+            df_dim=preset.discriminator_df_dim, embed_dim=g.embed_dim, image_size=s, unconditional=not g.dcgan,
+            spectral_norm=preset.discriminator_spectral_norm,
+        )
         for s in sizes
     ]
 
