@@ -38,11 +38,18 @@ from torch.utils.data import Dataset
 from ..config import Preset, to_dict
 from ..errors import DiskFullError
 from ..text import Vocabulary
-from . import outcomes
 from .cpu import ThreadTuner
 from .data import epoch_loader, image_batch_bytes, iterate_batches, loader_workers
 from .distributed import DistInfo, all_reduce_mean, broadcast_object, gather_rng_states, shutdown_distributed
-from .outcomes import NonFiniteLossError, StopAgreed, TrainingInterrupted, TrainResult
+from .outcomes import (
+    NonFiniteLossError,
+    StopAgreed,
+    TrainingInterrupted,
+    TrainResult,
+    check_finite,
+    failure_of_environment,
+    interruption,
+)
 from .run_folder import RunFolder
 from .signals import InterruptGuard
 from .state import check_resumable, load_state, make_run_dir, truncate_stats
@@ -251,7 +258,7 @@ class TrainingRun:
         time_up = self.max_seconds is not None and time.perf_counter() - self._start_time >= self.max_seconds
         flags = (_STOP if self.guard is not None and self.guard.requested else 0) | (_TIME_UP if time_up else 0)
         scalars, self._flags = all_reduce_mean(values, self.dist, flags)
-        outcomes.check_finite(scalars, self.step + 1, self.last_checkpoint, self.nonfinite_hint)
+        check_finite(scalars, self.step + 1, self.last_checkpoint, self.nonfinite_hint)
         return scalars
 
     def step_done(self) -> None:
@@ -329,7 +336,7 @@ class TrainingRun:
         let it go on as it is."""
         names, dist_info = self.names, self.dist
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
-            stopped = outcomes.interruption(
+            stopped = interruption(
                 exc, names.title, names.command, in_step=self.in_step, saving=self.saving, step=self.step,
                 saved_step=self.saved_step, distributed=dist_info.distributed, snapshot=self.snapshot,
                 last_checkpoint=self.last_checkpoint, run_dir=self.run_dir, world_size=dist_info.world_size,
@@ -342,7 +349,7 @@ class TrainingRun:
             if self.main:
                 log.error("stopped: a loss is not finite (see the error message)")
         elif isinstance(exc, (OSError, DiskFullError, RuntimeError)):  # a full disk, a lost process
-            failed = outcomes.failure_of_environment(
+            failed = failure_of_environment(
                 exc, self.step, self.last_checkpoint, names.command, self.run_dir, dist_info.world_size
             )
             if failed is not None:
