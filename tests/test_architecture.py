@@ -91,3 +91,42 @@ def test_import_direction():
                 if (src, dst) in FORBIDDEN or not (lower or (src, dst) in ALLOWED or src == "__main__"):
                     bad.append(f"{where} ({dst or 'attngan'}, layer {LAYERS[dst]})")
     assert not bad, "imports against the layer rules of docs/architecture.md:\n" + "\n".join(bad)
+
+
+def _module_level_imports(path: Path):
+    """Modules imported when ``path`` is imported: top-level statements only (not inside functions, not under
+    ``if TYPE_CHECKING``), relative imports resolved; ``from pkg import name`` counts ``pkg.name`` when that
+    is a module of the package, else ``pkg``."""
+    name, is_pkg = _module(path)
+    known = {_module(p)[0] for p in _files()}
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = name.split(".") if is_pkg else name.split(".")[:-1]
+                base = ".".join(pkg[: len(pkg) - node.level + 1] + ([node.module] if node.module else []))
+            for a in node.names:
+                yield f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+
+
+def test_no_import_cycle():
+    modules = {_module(p)[0]: p for p in _files()}
+    graph = {m: {t for t in _module_level_imports(p) if t in modules and t != m} for m, p in modules.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycles.append(path[path.index(t) :] + [t])
+            elif t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
