@@ -16,8 +16,15 @@ rendering the PNG data URLs); with one client that is what ``attngan serve`` add
 
     python benchmarks/bench_serve.py --preset birds --clients 1 --requests 30
 
+``--paired`` (own server only) measures that difference directly, on a machine shared with other work:
+each round calls ``AttnGANPipeline`` in this process and sends the same request (caption, seed, n) to the
+server, in alternating order, and the script prints the median of the per-round differences (wall time, and
+the process's CPU time, which other work on the machine disturbs less) and the ratio of the medians.
+
+    python benchmarks/bench_serve.py --preset birds --paired --requests 40
+
 Bounded: at most ``--requests`` requests (<= 10000) and ``--max-seconds`` of wall time. ``--smoke``: the tiny
-model, 1 client, 3 requests (the test suite runs it).
+model, 1 client, 3 requests, then 3 paired rounds (the test suite runs it).
 """
 
 from __future__ import annotations
@@ -155,6 +162,55 @@ def run_load(base: str, clients: int, requests: int, n: int, max_seconds: float,
     }
 
 
+def run_paired(
+    base: str, pipe, requests: int, n: int, max_batch: int, max_seconds: float, timeout: float
+) -> dict:
+    """Rounds of one direct pipeline call and one request of the same caption, seed and n (alternating which
+    goes first, so that a change of the machine's load hits both alike): the server's cost per request."""
+    with urllib.request.urlopen(base + "/health", timeout=timeout) as res:
+        captions = json.loads(res.read())["examples"] or ["a red circle"]
+    url = base + "/api/v1/generate"
+
+    def direct(caption: str, seed: int) -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
+        pipe([caption], num_images_per_prompt=n, seed=seed, return_attention=True, batch_size=max_batch)
+        return time.perf_counter() - start, time.process_time() - cpu
+
+    def served(caption: str, seed: int) -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
+        status, _ = post(url, {"caption": caption, "seed": seed, "n": n}, timeout)
+        if status != 200:
+            raise RuntimeError(f"the server answered {status}")
+        return time.perf_counter() - start, time.process_time() - cpu
+
+    for k in range(2):  # warm-up, not counted
+        direct(captions[k % len(captions)], k)
+        served(captions[k % len(captions)], k)
+    pipeline_s, request_s = [], []
+    deadline = time.monotonic() + max_seconds
+    for k in range(requests):
+        if time.monotonic() > deadline:
+            break
+        caption, seed = captions[k % len(captions)], 1000 + k
+        if k % 2:
+            request_s.append(served(caption, seed))
+            pipeline_s.append(direct(caption, seed))
+        else:
+            pipeline_s.append(direct(caption, seed))
+            request_s.append(served(caption, seed))
+    extra = [r - p for (r, _), (p, _) in zip(request_s, pipeline_s)]
+    extra_cpu = [r - p for (_, r), (_, p) in zip(request_s, pipeline_s)]  # the in-process client's CPU included
+    pipeline_p50, request_p50 = (statistics.median(t for t, _ in times) for times in (pipeline_s, request_s))
+    return {
+        "rounds": len(extra),
+        "pipeline_ms_p50": 1e3 * pipeline_p50,
+        "request_ms_p50": 1e3 * request_p50,
+        "extra_ms": {"p50": 1e3 * statistics.median(extra), "p95": 1e3 * percentile(extra, 95)},
+        "extra_cpu_ms_p50": 1e3 * statistics.median(extra_cpu),
+        "ratio": request_p50 / pipeline_p50,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -170,14 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop issuing requests after this")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request HTTP timeout, seconds")
     parser.add_argument("--preset", help="serve this preset's networks with random weights (e.g. birds)")
+    parser.add_argument("--paired", action="store_true", help="also: pipeline calls and requests in alternation")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--smoke", action="store_true", help="seconds: the tiny model, 1 client, 3 requests")
     args = parser.parse_args(argv)
     if args.smoke:
         args.clients, args.requests, args.checkpoint, args.preset, args.url = 1, 3, None, None, None
+        args.paired = True
     if not 1 <= args.clients <= 256 or not 1 <= args.requests <= 10000 or args.n < 1:
         parser.error("need 1 <= --clients <= 256, 1 <= --requests <= 10000 and --n >= 1")
 
+    if args.paired and args.url:
+        parser.error("--paired needs the script's own server (no --url): it calls the same pipeline directly")
     if args.url:
         host = urllib.parse.urlsplit(args.url).hostname or ""
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -204,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         with BackgroundServer(app) as server:
             result = run_load(server.url, args.clients, args.requests, args.n, args.max_seconds, args.timeout)
             result["batches_run"] = app.state.worker.batches_run
+            if args.paired:
+                result["paired"] = run_paired(
+                    server.url, pipe, args.requests, args.n, args.max_batch, args.max_seconds, args.timeout
+                )
         result["max_batch"] = args.max_batch
     result["torch_threads"] = torch.get_num_threads()
 
@@ -229,6 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     if result["mean_batch_images"] is not None:
         print(f"batching    {result['mean_batch_images']:.2f} images per model batch on average")
     print(f"errors      {result['errors']}  (statuses: {result['statuses']}; 0 = no HTTP answer)")
+    if "paired" in result:
+        pr = result["paired"]
+        print(
+            f"paired      {pr['rounds']} rounds: pipeline p50 {pr['pipeline_ms_p50']:.1f} ms, request p50 "
+            f"{pr['request_ms_p50']:.1f} ms; the server adds p50 {pr['extra_ms']['p50']:.1f} ms "
+            f"(p95 {pr['extra_ms']['p95']:.1f}) per request, x{pr['ratio']:.3f}; CPU time p50 "
+            f"{pr['extra_cpu_ms_p50']:.1f} ms more per request"
+        )
     return 0
 
 
