@@ -23,7 +23,7 @@ HEAT_ALPHA = 0.6  # opacity of the red tint of the overlays where a word's map i
 
 def data_url(image: Image.Image) -> str:
     """A PNG data URL. zlib level 1 with run-length matching only: after PNG's filters about as small as
-    Pillow's default (level 6) and several times faster (benchmarks/README.md, serving)."""
+    Pillow's default (level 6) and several times faster."""
     return "data:image/png;base64," + base64.b64encode(png_bytes(image, 1, run_length=True)).decode("ascii")
 
 
