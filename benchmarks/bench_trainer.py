@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 
 from attngan.config import PRESETS, apply_overrides
+from attngan.training.cpu import tune_cpu_allocator
 from attngan.training.damsm import train_damsm
 from attngan.training.gan import train_gan
-from attngan.training.cpu import tune_cpu_allocator
 
 CONFIGS = {
     "plain": ["gan_train.fast_kernels=false", "gan_train.channels_last=false", "gan_train.mixed_precision=no"],

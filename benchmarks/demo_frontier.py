@@ -109,13 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(report))
 
     # Measure every copy as the demo measured its final model.
-    from attngan.metrics.attributes import load_or_train_attribute_classifier
+    from attngan.metrics.attributes import AttributeTrainConfig, load_or_train_attribute_classifier
 
     model = Path(report["runs"]["gan"]) / "model"
     text_encoder, image_encoder, vocab = load_encoders(model)
     sizes = [c.image_size for c in discriminator_configs(preset)]
     if classifier is None:
-        classifier = load_or_train_attribute_classifier(image_size=sizes[-1])
+        scale = AttributeTrainConfig(object_scale=preset.data.object_scale)
+        classifier = load_or_train_attribute_classifier(image_size=sizes[-1], config=scale)
     test = build_dataset(preset.data, "test", sizes, vocab=vocab, train=False)
     dev = torch.device("cpu")
     rows = []

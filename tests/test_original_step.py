@@ -127,10 +127,10 @@ def library_step(fx: dict, case: str, fast: bool):
     from attngan.config import DAMSMLossConfig, GANLossConfig
     from attngan.data.base import Batch
     from attngan.legacy import load_original
+    from attngan.training.devices import make_grad_scaler
     from attngan.training.gan import _fast_modules
     from attngan.training.loss import DiscriminatorObjective, GANLoss, TextFeatures
     from attngan.training.optim import FlatAdam
-    from attngan.training.devices import make_grad_scaler
 
     s, c, cpu, dtype = fx["settings"], fx[case], torch.device("cpu"), torch.float64
     initial = fx["initial"]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attngan.training.state import load_state
 from attngan.config import PRESETS, DiscriminatorConfig, apply_overrides
 from attngan.nn import Discriminator
 from attngan.training.damsm import train_damsm
 from attngan.training.gan import discriminator_configs, train_gan
+from attngan.training.state import load_state
 
 
 def _largest_singular_values(d: nn.Module) -> list[float]:

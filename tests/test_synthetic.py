@@ -308,3 +308,42 @@ def _grown(mask: np.ndarray) -> np.ndarray:
         for dx in (-1, 0, 1):
             out |= np.roll(np.roll(mask, dy, 0), dx, 1)
     return out
+
+
+def test_object_scale_enlarges_shapes_inside_the_image_and_their_cell_keeps_the_centre():
+    from attngan.data.synthetic import object_mask
+
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    plain = [sample_scene(rng_a, 1) for _ in range(200)]
+    scaled = [sample_scene(rng_b, 1, object_scale=1.5) for _ in range(200)]
+    for [p], [s] in zip(plain, scaled):
+        # the same draws: same attributes, 1.5 times the half-width
+        assert (p["shape"], p["color"], p["size"], p["position"]) == (s["shape"], s["color"], s["size"], s["position"])
+        assert s["half_size"] == pytest.approx(1.5 * _HALF_SIZE[s["size"]])
+        x0, y0, x1, y1 = s["bbox"]
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, s  # inside the image
+        cx, cy = s["center"]
+        assert s["col"] / 3 <= cx <= (s["col"] + 1) / 3 and s["row"] / 3 <= cy <= (s["row"] + 1) / 3  # its cell
+        area = object_mask(s, 128).sum() / object_mask(p, 128).sum()
+        assert 1.9 < area < 2.6, (s, area)  # 1.5 ** 2 = 2.25, up to pixel rounding
+    # Scale 1 is the default data, draw for draw.
+    rng_c = np.random.default_rng(5)
+    assert [sample_scene(rng_c, 1, object_scale=1.0) for _ in range(200)] == plain
+    # The setting reaches the dataset (training scenes and their contrast groups) and is checked.
+    ds = ShapesDataset(num_images=8, image_sizes=(32,), contrast_group=4, object_scale=1.5)
+    assert all(o["half_size"] == pytest.approx(1.5 * _HALF_SIZE[o["size"]]) for sc in ds.scenes for o in sc)
+    with pytest.raises(DataError, match="object_scale"):
+        ShapesDataset(num_images=2, object_scale=2.5)
+
+
+def test_the_attribute_classifier_cache_key_is_unchanged_at_scale_one():
+    import dataclasses
+    import hashlib
+    import json
+
+    from attngan.metrics.attributes import CLASSIFIER_VERSION, AttributeTrainConfig, _cache_stem
+
+    before = {k: v for k, v in dataclasses.asdict(AttributeTrainConfig()).items() if k != "object_scale"}
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    assert _cache_stem(64, AttributeTrainConfig()) == f"attribute-classifier-64px-v{CLASSIFIER_VERSION}-{digest}"
+    assert _cache_stem(64, AttributeTrainConfig(object_scale=1.5)) != _cache_stem(64, AttributeTrainConfig())

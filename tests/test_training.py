@@ -14,8 +14,8 @@ import torch
 from attngan.config import PRESETS, apply_overrides, check_preset
 from attngan.errors import CheckpointError
 from attngan.training import NonFiniteLossError, TrainingInterrupted, train_damsm, train_gan
-from attngan.training.gan import update_ema
 from attngan.training.devices import make_grad_scaler
+from attngan.training.gan import update_ema
 from attngan.training.state import latest_checkpoint, load_state
 from tolerance import assert_close_to_scale
 

@@ -141,6 +141,9 @@ class DataConfig:
     # sees captions that differ in one word within a batch (hard negatives; not in the paper).
     contrast_group: int = 1
     texture: bool = True  # shapes only: backgrounds with a gradient and pixel noise (False: one flat tone each)
+    # shapes only: shapes are this many times their default sizes (1: each inside its grid cell; above 1 a
+    # shape may reach into the neighbouring cells, centred in its own and kept inside the image), at most 2.
+    object_scale: float = 1.0
     seed: int = 0  # shapes only
     workers: int = -1  # DataLoader workers; -1: auto (on CUDA min(8, CPU cores per process - 1), else 0)
     cache: bool = False  # build/use a decoded uint8 cache of resized images
@@ -446,6 +449,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("gan_train.ema_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
     *[(k, lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)") for k in ("damsm_train.betas", "gan_train.betas")],
     ("data.max_objects", lambda v: 1 <= v <= 3, "1, 2 or 3"),
+    ("data.object_scale", lambda v: 0 < v <= 2, "in (0, 2]"),
     ("image_encoder.backbone", lambda v: v in ("inception", "small"), "'inception' or 'small'"),
     ("data.dataset", lambda v: v in ("birds", "coco", "folder", "shapes"), "birds, coco, folder or shapes"),
     ("data.truncate", lambda v: v in ("first", "random"), "'first' or 'random'"),

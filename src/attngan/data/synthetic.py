@@ -87,6 +87,8 @@ BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
 _HALF_SIZE = {"small": 0.085, "large": 0.135}  # half-width of a shape, in units of the image side
 _EXTENT = 1.2  # no shape reaches further than _EXTENT * half-size from its centre
 _CELL = 1.0 / 3.0
+# The largest object scale: a large shape then spans 0.65 of the image side.
+MAX_OBJECT_SCALE = 2.0
 
 # ------------------------------------------------------------------------------------------ caption text
 
@@ -272,8 +274,9 @@ def class_id_of(attrs: Sequence[dict[str, Any]]) -> int:
     return list(COLORS).index(first["color"]) * len(SHAPES) + SHAPES.index(first["shape"])
 
 
-def sample_scene(rng: np.random.Generator, max_objects: int = 1) -> list[dict[str, Any]]:
-    """1..``max_objects`` objects in distinct grid cells with distinct colours.
+def sample_scene(rng: np.random.Generator, max_objects: int = 1, object_scale: float = 1.0) -> list[dict[str, Any]]:
+    """1..``max_objects`` objects in distinct grid cells with distinct colours, of the sizes of
+    :data:`SIZES` times ``object_scale`` (see :func:`_placed`).
 
     Each object: ``shape``, ``color``, ``size``, ``position`` (name), ``row``, ``col``, ``center`` (x, y)
     and ``half_size`` in units of the image side, ``bbox`` (x0, y0, x1, y1) in the same units.
@@ -288,7 +291,10 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 1) -> list[dict[st
     jitter = rng.uniform(-1.0, 1.0, size=(n, 2))
     color_names = list(COLORS)
     return [
-        _placed(SHAPES[int(shapes[k])], color_names[int(colors[k])], SIZES[int(sizes[k])], int(cells[k]), jitter[k])
+        _placed(
+            SHAPES[int(shapes[k])], color_names[int(colors[k])], SIZES[int(sizes[k])], int(cells[k]), jitter[k],
+            object_scale,
+        )
         for k in range(n)
     ]
 
@@ -298,7 +304,9 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 1) -> list[dict[st
 CONTRAST_WEIGHTS: dict[str, float] = {"shape": 0.4, "position": 0.3, "color": 0.15, "size": 0.15}
 
 
-def vary_scene(attrs: Sequence[dict[str, Any]], rng: np.random.Generator) -> list[dict[str, Any]]:
+def vary_scene(
+    attrs: Sequence[dict[str, Any]], rng: np.random.Generator, object_scale: float = 1.0
+) -> list[dict[str, Any]]:
     """A copy of a scene whose first object differs in exactly one attribute (drawn by
     :data:`CONTRAST_WEIGHTS`): another shape, colour, size or grid cell (a new jitter inside it). Colours and
     cells stay distinct between the objects."""
@@ -317,17 +325,23 @@ def vary_scene(attrs: Sequence[dict[str, Any]], rng: np.random.Generator) -> lis
     cell = 3 * first["row"] + first["col"]
     if attribute == "position":
         cell = int(rng.choice([c for c in range(len(POSITIONS)) if c not in cells]))
-    return [_placed(first["shape"], first["color"], first["size"], cell, rng.uniform(-1.0, 1.0, size=2)), *others]
+    jitter = rng.uniform(-1.0, 1.0, size=2)
+    return [_placed(first["shape"], first["color"], first["size"], cell, jitter, object_scale), *others]
 
 
-def _placed(shape: str, color: str, size: str, cell: int, jitter: np.ndarray) -> dict[str, Any]:
-    """An object of ``shape``, ``color`` and ``size`` in grid ``cell``, moved by ``jitter`` (in [-1, 1]^2) as
-    far as it stays inside its cell."""
+def _placed(
+    shape: str, color: str, size: str, cell: int, jitter: np.ndarray, object_scale: float = 1.0
+) -> dict[str, Any]:
+    """An object of ``shape``, ``color`` and ``size`` (half-width ``_HALF_SIZE[size] * object_scale``) in grid
+    ``cell``, moved by ``jitter`` (in [-1, 1]^2) as far as it stays inside its cell. A shape too large for its
+    cell (``object_scale`` > 1) stays centred in it, moved inwards only as far as needed to stay inside the
+    image; it may then reach into the neighbouring cells."""
     row, col = divmod(int(cell), 3)
-    half = _HALF_SIZE[size]
+    half = _HALF_SIZE[size] * object_scale
     room = max(0.0, _CELL / 2 - _EXTENT * half - 0.01)  # keep the shape inside its cell
-    cx = (col + 0.5) * _CELL + room * float(jitter[0])
-    cy = (row + 0.5) * _CELL + room * float(jitter[1])
+    reach = _EXTENT * half
+    cx = min(max((col + 0.5) * _CELL + room * float(jitter[0]), reach), 1.0 - reach)
+    cy = min(max((row + 0.5) * _CELL + room * float(jitter[1]), reach), 1.0 - reach)
     return {
         "shape": shape,
         "color": color,
@@ -442,6 +456,7 @@ class ShapesDataset(TextImageDataset):
         truncate: str = "first",
         contrast_group: int = 1,  # train split: groups of this many scenes, each one attribute from the last
         texture: bool = True,  # backgrounds with a gradient and noise (False: one flat tone)
+        object_scale: float = 1.0,  # shapes are this many times the sizes of SIZES (see sample_scene)
     ):
         if split not in _SPLITS:
             raise DataError(f"split must be 'train' or 'test', got {split!r}")
@@ -453,9 +468,12 @@ class ShapesDataset(TextImageDataset):
             raise DataError(f"max_objects must be 1, 2 or 3, got {max_objects}")
         if contrast_group < 1:
             raise DataError(f"contrast_group must be >= 1, got {contrast_group}")
+        if not 0 < object_scale <= MAX_OBJECT_SCALE:
+            raise DataError(f"object_scale must be in (0, {MAX_OBJECT_SCALE}], got {object_scale}")
         self.split = split
         self.texture = bool(texture)
         self.max_objects = int(max_objects)
+        self.object_scale = float(object_scale)
         self.data_seed = int(seed)
         # Training order keeps each group's images together (see attngan.training.data.epoch_loader).
         self.group_size = int(contrast_group) if split == "train" else 1
@@ -464,9 +482,9 @@ class ShapesDataset(TextImageDataset):
         for index in range(num_images):
             rng = np.random.default_rng([self.data_seed, _SPLITS[split], index, 0])
             if index % self.group_size == 0:
-                scene = sample_scene(rng, max_objects)
+                scene = sample_scene(rng, max_objects, object_scale)
             else:  # the group's previous scene with one attribute of its first object changed
-                scene = vary_scene(self.scenes[-1], rng)
+                scene = vary_scene(self.scenes[-1], rng, object_scale)
             self.scenes.append(scene)
             self.texts.append(make_captions(scene, rng, captions_per_image))
         super().__init__(
@@ -504,6 +522,7 @@ class ShapesDataset(TextImageDataset):
             truncate=data.truncate,
             contrast_group=data.contrast_group,
             texture=data.texture,
+            object_scale=data.object_scale,
         )
 
     def render(self, index: int, size: int | None = None) -> np.ndarray:

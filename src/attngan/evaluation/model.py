@@ -23,7 +23,7 @@ from ..metrics import fid as fid_mod
 from ..metrics import grounding as grounding_mod
 from ..metrics import inception_score as is_mod
 from ..metrics import r_precision as rp_mod
-from ..metrics.attributes import load_or_train_attribute_classifier
+from ..metrics.attributes import AttributeTrainConfig, load_or_train_attribute_classifier
 from ..metrics.features import default_cache_dir
 from ..metrics.r_precision import encode_for_r_precision
 from ..pipeline import AttnGANPipeline
@@ -383,7 +383,10 @@ def evaluate_model(
     _probe_networks(wanted, is_classifier, fid_extractor, fid_weights, size, device)
     if "attributes" in wanted and attribute_classifier is None:
         attribute_classifier = load_or_train_attribute_classifier(
-            cache / "attributes", ATTRIBUTE_CLASSIFIER_SIZE, device=device
+            cache / "attributes",
+            ATTRIBUTE_CLASSIFIER_SIZE,
+            AttributeTrainConfig(object_scale=getattr(dataset, "object_scale", 1.0)),
+            device=device,
         )
 
     # Generate the images.

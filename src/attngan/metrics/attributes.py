@@ -125,16 +125,17 @@ class AttributeTrainConfig:
     lr: float = 3e-3  # peak of the one-cycle schedule (Adam)
     seed: int = 0  # scenes, rendering and initialisation
     heldout: int = 1000  # held-out images for the stored accuracy
+    object_scale: float = 1.0  # the shapes' size factor of the data measured (DataConfig.object_scale)
 
 
 def render_attribute_batch(
-    image_size: int, indices: Sequence[int], seed: int, stream: int = _TRAIN_STREAM
+    image_size: int, indices: Sequence[int], seed: int, stream: int = _TRAIN_STREAM, object_scale: float = 1.0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Render single-object scenes ``indices`` of a stream: images (B, 3, S, S) in [-1, 1] and labels."""
     images, labels = [], {name: [] for name in ATTRIBUTES}
     for i in indices:
         rng = np.random.default_rng([seed, stream, int(i)])
-        obj = sample_scene(rng, 1)[0]
+        obj = sample_scene(rng, 1, object_scale)[0]
         images.append(render_scene([obj], image_size, rng))
         for name, classes in ATTRIBUTES.items():
             labels[name].append(classes.index(obj[name]))
@@ -144,7 +145,7 @@ def render_attribute_batch(
 
 @torch.no_grad()
 def evaluate_attribute_classifier(
-    classifier: AttributeClassifier, n: int = 1000, seed: int = 0, batch_size: int = 250
+    classifier: AttributeClassifier, n: int = 1000, seed: int = 0, batch_size: int = 250, object_scale: float = 1.0
 ) -> dict[str, float]:
     """Accuracy per attribute on ``n`` held-out rendered images (a stream the training never sees)."""
     mode = classifier.training
@@ -152,7 +153,7 @@ def evaluate_attribute_classifier(
     correct = dict.fromkeys(ATTRIBUTES, 0)
     for start in range(0, n, batch_size):
         x, y = render_attribute_batch(
-            classifier.image_size, range(start, min(n, start + batch_size)), seed, _HELDOUT_STREAM
+            classifier.image_size, range(start, min(n, start + batch_size)), seed, _HELDOUT_STREAM, object_scale
         )
         pred = classifier.predict(x.to(next(classifier.parameters()).device))
         for name in ATTRIBUTES:
@@ -174,7 +175,9 @@ def train_attribute_classifier(
     model.train()
     for step in range(config.steps):
         first = step * config.batch_size
-        x, y = render_attribute_batch(image_size, range(first, first + config.batch_size), config.seed)
+        x, y = render_attribute_batch(
+            image_size, range(first, first + config.batch_size), config.seed, object_scale=config.object_scale
+        )
         logits = model(x.to(device))
         loss = sum(F.cross_entropy(logits[name], y[name].to(device)) for name in ATTRIBUTES)
         opt.zero_grad(set_to_none=True)
@@ -186,7 +189,7 @@ def train_attribute_classifier(
                 "attribute classifier %dpx: step %d/%d loss %.4f", image_size, step, config.steps, loss.item()
             )
     model.eval()
-    acc = evaluate_attribute_classifier(model, config.heldout, config.seed)
+    acc = evaluate_attribute_classifier(model, config.heldout, config.seed, object_scale=config.object_scale)
     logger.info("attribute classifier %dpx held-out accuracy %s", image_size, acc)
     if min(acc.values()) < 0.95:
         logger.warning("attribute classifier reaches only %s on held-out images; train longer", acc)
@@ -194,7 +197,10 @@ def train_attribute_classifier(
 
 
 def _cache_stem(image_size: int, config: AttributeTrainConfig) -> str:
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    fields = dataclasses.asdict(config)
+    if fields["object_scale"] == 1.0:
+        del fields["object_scale"]  # the key of the classifiers cached before the setting existed
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     return f"attribute-classifier-{image_size}px-v{CLASSIFIER_VERSION}-{digest}"
 
 

@@ -34,10 +34,10 @@ from ..data.base import collate_batch
 from ..data.registry import build_dataset
 from ..errors import UserError
 from ..nn import Generator
-from .outcomes import TrainingInterrupted
 from .damsm import train_damsm
 from .figures import attention_png, captioned_grid_png, real_vs_generated_png
 from .gan import discriminator_configs, load_encoders, train_gan
+from .outcomes import TrainingInterrupted
 from .state import replace_section
 
 __all__ = [
@@ -177,13 +177,15 @@ def _run_demo(
 
     # Prepare the attribute classifier first. It is trained once and then cached, so its training time on a
     # first run is not counted in the budget (otherwise a short --minutes could only work the second time).
-    from ..metrics.attributes import load_or_train_attribute_classifier
+    from ..metrics.attributes import AttributeTrainConfig, load_or_train_attribute_classifier
     from .devices import resolve_device
 
     dev = resolve_device(device)
     if classifier is None:
         before = time.perf_counter()
-        classifier = load_or_train_attribute_classifier(image_size=sizes[-1], device=dev)
+        classifier = load_or_train_attribute_classifier(
+            image_size=sizes[-1], config=AttributeTrainConfig(object_scale=preset.data.object_scale), device=dev
+        )
         if time.perf_counter() - before > 5:
             log.info("demo: the attribute classifier took %.0f s (once: it is cached now); the budget starts now", time.perf_counter() - before)
             start = time.perf_counter()
