@@ -15,7 +15,7 @@ the per-image noise generators and the PIL images included), with its default in
 
 ``--overhead`` times that pipeline against the networks it runs alone (its text encoder and inference copy
 of G on the same words and noise, prepared beforehand), alternating call by call in one process, and prints
-the median of the ratios of neighbouring calls (issue 19's target: at most 1.15):
+the median of the ratios of neighbouring calls (the target: at most 1.15):
 
     python benchmarks/bench_sample.py --overhead --presets birds --batch-sizes 1 16 --reps 20
 
