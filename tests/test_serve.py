@@ -175,6 +175,23 @@ def test_generate_returns_the_pipeline_images_and_eq15_words(server, pipe):
     assert redo["images"][0]["stages"][1]["image"] == random_seed["images"][0]["stages"][1]["image"]
 
 
+def test_rendered_maps_are_viz_overlays_of_the_top_words(pipe):
+    """render_generate's batched maps: each the viz.overlay of viz.upsample_map of its word, pixel for pixel."""
+    from attngan.serve.render import HEAT_ALPHA, TOP_WORDS, render_generate
+    from attngan.viz import overlay, top_words, upsample_map
+
+    out = pipe("a small red circle at the top left", seed=3)
+    body = render_generate("a small red circle at the top left", out, 0.0, 1.0, 1)
+    stages, (attn,), tokens = out.images[0], out.attention_maps[0], out.tokens[0]
+    (rendered,) = body["images"][0]["attention"]
+    ranked = top_words(attn, attn.shape[0], k=TOP_WORDS)
+    assert [(w["index"], w["word"], w["score"]) for w in rendered["words"]] == [(j, tokens[j], s) for j, s in ranked]
+    base = np.asarray(stages[1].convert("RGB").resize((64, 64), Image.BILINEAR))
+    for (j, _), word in zip(ranked, rendered["words"]):
+        expected = np.asarray(overlay(base, upsample_map(attn[j], 64), "heat", alpha=HEAT_ALPHA))
+        np.testing.assert_array_equal(decode(word["map"]), expected)
+
+
 def test_original_bird_route(server):
     status, body, _ = request(server.url, "/api/v1.0/bird", {"caption": "a large blue square"})
     assert status == 201, body

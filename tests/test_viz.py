@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -13,10 +15,14 @@ from attngan.viz import (
     attention_figure,
     captioned_grid,
     image_grid,
+    overlay,
+    overlays,
+    png_from_array,
     suppress_attention,
     to_pil,
     top_words,
     upsample_map,
+    upsample_maps,
     word_swap_figure,
 )
 
@@ -123,6 +129,63 @@ def test_upsample_map_matches_skimage_pyramid_expand():
         ref = transform.pyramid_expand(m, upscale=size / h, sigma=sigma)
         ref = (ref - ref.min()) / (ref.max() - ref.min())
         assert np.allclose(upsample_map(m, size, sigma), ref, rtol=0, atol=1e-4)  # maps in [0, 1]
+
+
+def test_top_words_numpy_and_torch_inputs_agree():
+    rng = np.random.default_rng(1)
+    attn = rng.dirichlet(np.ones(7), size=64).T.reshape(7, 8, 8).astype(np.float32)  # (T, h, w)
+    for length in (1, 3, 7):
+        assert top_words(attn, length, k=7) == top_words(torch.from_numpy(attn), length, k=7)
+        kept = torch.where(torch.from_numpy(attn) > 1 / length, torch.from_numpy(attn), torch.zeros(()))
+        expected = kept[:length].reshape(length, -1).double().sum(dim=1)
+        assert [s for _, s in top_words(attn, length, k=7)] == pytest.approx(
+            sorted(expected.tolist(), reverse=True), rel=1e-12
+        )
+
+
+def test_upsample_maps_is_upsample_map_per_map():
+    rng = np.random.default_rng(0)
+    for (h, w), size, sigma in [((8, 8), 32, None), ((64, 64), 128, None), ((16, 16), 16, None),
+                                ((6, 10), 24, 0), ((17, 17), 64, 20.0), ((5, 5), 3, None)]:  # fmt: skip
+        maps = rng.random((4, h, w))
+        maps[1] = 0.25  # constant: zeros
+        maps[2, :, : w // 2] = 0.0
+        before = maps.copy()
+        batch = upsample_maps(maps, size, sigma)
+        assert batch.shape == (4, size, size) and batch.dtype == np.float32
+        assert np.array_equal(maps, before)  # the input is not modified
+        assert (batch[1] == 0).all()
+        for m, up in zip(maps, batch):
+            assert np.array_equal(up, upsample_map(m, size, sigma))
+    assert np.array_equal(upsample_maps(torch.ones(2, 4, 4), 8), np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(UserError):
+        upsample_maps(np.zeros((4, 4)), 8)
+
+
+def test_overlays_are_overlay_per_map():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
+    heats = rng.random((3, 12, 12)).astype(np.float32)
+    heats[0] = 0.0
+    for style, alpha in [("heat", None), ("heat", 0.6), ("spotlight", None), ("original", None), ("original", 0.3)]:
+        batch = overlays(base, heats, style, alpha)
+        assert batch.shape == (3, 12, 12, 3) and batch.dtype == np.uint8
+        for heat, pixels in zip(heats, batch):
+            assert np.array_equal(pixels, np.asarray(overlay(base, heat, style, alpha)))
+    assert np.array_equal(overlays(base, heats, "heat")[0], base)  # no attention: the plain image
+
+
+def test_png_from_array_is_lossless():
+    rng = np.random.default_rng(0)
+    smooth = np.broadcast_to(np.arange(40, dtype=np.uint8)[:, None, None] * 6, (40, 24, 3))
+    for pixels in (rng.integers(0, 256, size=(33, 17, 3), dtype=np.uint8), smooth, np.zeros((1, 1, 3), np.uint8)):
+        for level in (0, 1, 9):
+            image = Image.open(io.BytesIO(png_from_array(pixels, level)))
+            assert image.format == "PNG" and image.mode == "RGB" and image.size == pixels.shape[1::-1]
+            assert np.array_equal(np.asarray(image), pixels)
+    for bad in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3)), np.zeros((0, 4, 3), np.uint8)):
+        with pytest.raises(UserError):
+            png_from_array(bad)
 
 
 def test_to_pil_rounding_vs_truncation():
