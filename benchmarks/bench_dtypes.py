@@ -3,9 +3,9 @@
 Prints GFLOP/s of a 2048 x 2048 matmul and of the two kinds of convolution that carry most of a training
 step (forward + backward, channels-last): a 3x3 stride-1 conv as in the generator's residual and
 upsampling blocks, and a 4x4 stride-2 conv as in the discriminators' down-sampling, in float32, bfloat16
-and float16 (and TF32 on CUDA), with the ratio to float32. The fast path turns mixed precision on only
-where this says it pays (CUDA); on the CPUs measured so far bf16 and fp16 convolutions were slower than
-float32 (benchmarks/README.md).
+and float16 (and TF32 on CUDA), with the ratio to float32. On a CPU with AMX-BF16 the bf16 kernels run
+several times faster than float32; on CPUs without AMX they ran slower, and fp16 convolutions have no CPU
+kernel (benchmarks/README.md). ``gan_train.mixed_precision=auto`` is bf16 on CUDA only.
 
     python benchmarks/bench_dtypes.py                 # CPU
     python benchmarks/bench_dtypes.py --device cuda

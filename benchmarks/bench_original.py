@@ -31,11 +31,16 @@ outputs, max abs difference 0.0). Timed per call, after warm-up, with alternatin
   PyTorch, neither changing the work: ``class_ids=None`` (its same-class masks are ``uint8`` tensors, which
   ``masked_fill_`` no longer takes; the masking is a few element writes), and its log lines' ``x.data[0]``
   on 0-dim losses is answered with ``x`` while ``generator_loss`` runs.
-* ``plain`` and ``fast``: ``attngan.training.train_gan`` itself (``benchmarks/bench_trainer.py``), with the
-  built-in shapes data rendered at 64/128/256, data loading, statistics and EMA included; ``plain`` with
-  ``gan_train.fast_kernels=false gan_train.channels_last=false``, ``fast`` with the defaults.
+* ``plain``, ``fast`` and ``fast-bf16``: ``attngan.training.train_gan`` itself (``benchmarks/bench_trainer.py``),
+  with the built-in shapes data rendered at 64/128/256, data loading, statistics and EMA included; ``plain``
+  with ``gan_train.fast_kernels=false gan_train.channels_last=false``, ``fast`` with the defaults (float32 on
+  a CPU), ``fast-bf16`` the same loop with ``gan_train.mixed_precision=bf16`` and CPU bf16 autocast
+  (``bench_trainer.cpu_mixed_precision``). ``--rows`` picks them (default: original, plain, fast).
 
-The rows alternate in rounds; each round times ``--steps`` iterations after 2 warm-up ones.
+The rows alternate in rounds; each round times ``--steps`` iterations after 2 warm-up ones. ``peak MB`` is
+the process's RSS high-water mark from the start of a row's round to its end, highest over the rounds (the
+original's modules stay resident during every row; the library's rows build and free their own). A single
+row in its own process (``--rows original``) gives that row's peak alone.
 
 ``--smoke`` (seconds; the test suite runs it): one call per row, one step per training row. Without
 ``--original-code`` it skips the original's rows (a line says so) and runs the rest with the tiny preset:
@@ -84,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6, help="train: timed iterations per row and round")
     p.add_argument("--rounds", type=int, default=2, help="train: alternating rounds")
     p.add_argument("--tune-malloc", action="store_true", help="train: keep freed memory for reuse, every row")
+    p.add_argument(
+        "--rows", nargs="+", default=["original", "plain", "fast"], choices=["original", "plain", "fast", "fast-bf16"],
+        help="train: the rows, in this order within a round",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="seconds: one call per row; tiny networks without --original-code")
     a = p.parse_args(argv)
@@ -187,17 +196,22 @@ def bench_sample(a) -> None:
     )  # fmt: skip
 
 
-def _print_rows(header: str, times: dict[str, list[float]], unit_scale: float, unit: str, per_image: int = 0) -> None:
+def _print_rows(
+    header: str, times: dict[str, list[float]], unit_scale: float, unit: str, per_image: int = 0,
+    peaks: dict[str, float] | None = None,
+) -> None:  # fmt: skip
     ref = statistics.median(times["original" if "original" in times else next(iter(times))])
     print(header)
     extra = f"{'img/s':>8}" if per_image else ""
-    print(f"{'config':<16}{'median ' + unit:>12}{'p10 ' + unit:>10}{'p90 ' + unit:>10}{extra}{'x original':>12}")
+    memory = f"{'peak MB':>9}" if peaks else ""
+    print(f"{'config':<16}{'median ' + unit:>12}{'p10 ' + unit:>10}{'p90 ' + unit:>10}{extra}{'x original':>12}{memory}")
     for name, values in times.items():
         values = sorted(values)
         med = statistics.median(values)
         p10, p90 = values[len(values) // 10], values[(9 * len(values)) // 10]
         rate = f"{per_image / med:>8.2f}" if per_image else ""
-        print(f"{name:<16}{unit_scale * med:>12.3f}{unit_scale * p10:>10.3f}{unit_scale * p90:>10.3f}{rate}{ref / med:>12.2f}")
+        peak = f"{peaks[name]:>9.0f}" if peaks else ""
+        print(f"{name:<16}{unit_scale * med:>12.3f}{unit_scale * p10:>10.3f}{unit_scale * p90:>10.3f}{rate}{ref / med:>12.2f}{peak}")
 
 
 def _original_train_step(original, cfg, batch_size: int, n_words: int = 5450):
@@ -279,38 +293,47 @@ def _zero_dim_data_index():
 
 def bench_train(a) -> None:
     from bench_trainer import library_preset, loop_step_times, make_encoders
+    from machine import peak_memory_mb, reset_peak_memory
 
     from attngan.training import tune_cpu_allocator
 
     if a.tune_malloc:
         tune_cpu_allocator()
+    cpu = torch.device("cpu")
     step = None
-    if a.original_code is not None:
+    rows = list(a.rows)
+    if a.original_code is not None and "original" in rows:
         original, cfg = _original_birds(a.original_code)
         step = _original_train_step(original, cfg, a.batch_size)
-    base = library_preset("birds" if step else "tiny", a.batch_size, [])
-    times: dict[str, list[float]] = {"original": [], "plain": [], "fast": []} if step else {"plain": [], "fast": []}
+    elif "original" in rows:
+        rows.remove("original")
+    birds = a.original_code is not None
+    base = library_preset("birds" if birds else "tiny", a.batch_size, [])
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    peaks: dict[str, float] = {name: 0.0 for name in rows}
     with tempfile.TemporaryDirectory() as tmp:
         damsm_dir = make_encoders(base, tmp)
         for rnd in range(a.rounds):
-            if step is not None:
-                for _ in range(2):
-                    step()
-                for _ in range(a.steps):
-                    start = time.perf_counter()
-                    step()
-                    times["original"].append(time.perf_counter() - start)
-                print(f"  original round {rnd + 1}: {statistics.median(times['original'][-a.steps:]):.3f} s/step", flush=True)
-            for name in ("plain", "fast"):
-                # the first of the a.steps + 3 steps starts the loop, the next 2 warm up: a.steps are timed
-                times[name] += loop_step_times(base, name, damsm_dir, tmp, a.steps + 3, "cpu")
+            for name in rows:
+                reset_peak_memory(cpu)
+                if name == "original":
+                    for _ in range(2):
+                        step()
+                    for _ in range(a.steps):
+                        start = time.perf_counter()
+                        step()
+                        times[name].append(time.perf_counter() - start)
+                else:
+                    # the first of the a.steps + 3 steps starts the loop, the next 2 warm up: a.steps are timed
+                    times[name] += loop_step_times(base, name, damsm_dir, tmp, a.steps + 3, "cpu")
+                peaks[name] = max(peaks[name], peak_memory_mb(cpu))
                 print(f"  {name} round {rnd + 1}: {statistics.median(times[name][-a.steps:]):.3f} s/step", flush=True)
     _print_rows(
         f"# {time.strftime('%Y-%m-%d %H:%M')}  {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"load {os.getloadavg()[0]:.1f}, malloc {'tuned' if a.tune_malloc else 'default'}; "
-        f"{'birds settings' if step else 'tiny preset'}, batch "
+        f"{'birds settings' if birds else 'tiny preset'}, batch "
         f"{a.batch_size}, one training iteration (G, 3 D steps, G step, EMA)",
-        times, 1.0, "s", per_image=a.batch_size,
+        times, 1.0, "s", per_image=a.batch_size, peaks=peaks,
     )  # fmt: skip
 
 

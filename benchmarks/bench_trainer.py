@@ -14,15 +14,25 @@ does not depend on the weights). Rows, each run twice in interleaved rounds in t
   conv, explicit attention with maps, BatchNorm as separate ops, channels-first);
 * ``fast_kernels``: ``gan_train.fast_kernels=true gan_train.channels_last=false``;
 * ``fast`` (the default settings): ``fast_kernels`` and channels-last, and on a GPU bf16 autocast
-  (``gan_train.mixed_precision=auto``; the other rows are float32).
+  (``gan_train.mixed_precision=auto``; the other rows are float32);
+* ``fast-bf16``: ``fast`` with ``gan_train.mixed_precision=bf16``. On a CPU ``train_gan`` runs that setting
+  in float32 (mixed precision is for CUDA); this row lets it reach the CPU's bf16 autocast instead (as
+  ``tests/test_training.py`` does), so the same loop runs its networks in bf16 (weights, optimizer states
+  and DAMSM scores stay float32). It pays on CPUs with AMX (``benchmarks/README.md``).
 
 The median seconds per step of each run (after 2 warm-up steps) are printed, and images/s from their
-median. ``--smoke`` (seconds; the test suite runs it): the tiny preset, batch 2, one timed step per row.
+median. ``--profile`` runs each config once under ``torch.profiler`` (the steps after the 2 warm-up ones)
+and prints its top operators by self CPU time. ``--accuracy`` times nothing: it runs one step of each of
+``--configs`` from the same weights and batch and prints each loss and each optimizer's gradients (the
+first step's, captured before the update) against the first config: relative difference of the loss,
+``|g - g_ref| / |g_ref|`` over all of an optimizer's parameters, and their cosine. ``--smoke`` (seconds;
+the test suite runs it): the tiny preset, batch 2, one timed step per row.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -42,7 +52,26 @@ CONFIGS = {
     "plain": ["gan_train.fast_kernels=false", "gan_train.channels_last=false", "gan_train.mixed_precision=no"],
     "fast_kernels": ["gan_train.fast_kernels=true", "gan_train.channels_last=false", "gan_train.mixed_precision=no"],
     "fast": ["gan_train.fast_kernels=true", "gan_train.channels_last=true", "gan_train.mixed_precision=auto"],
+    "fast-bf16": ["gan_train.fast_kernels=true", "gan_train.channels_last=true", "gan_train.mixed_precision=bf16"],
 }
+
+
+@contextlib.contextmanager
+def cpu_mixed_precision(config: str, device: str):
+    """For ``config``'s ``mixed_precision=bf16`` on a CPU: ``train_gan`` keeps the mode and enters CPU bf16
+    autocast where it would enter CUDA's; nothing changes for other configs and devices."""
+    if "gan_train.mixed_precision=bf16" not in CONFIGS[config] or torch.device(device).type != "cpu":
+        yield
+        return
+    import attngan.training.gan as gan_module
+
+    saved = gan_module.check_mixed_precision, gan_module.autocast
+    gan_module.check_mixed_precision = lambda dev, mode: mode
+    gan_module.autocast = lambda dev, mode: torch.autocast("cpu", dtype=torch.bfloat16)
+    try:
+        yield
+    finally:
+        gan_module.check_mixed_precision, gan_module.autocast = saved
 
 
 def library_preset(preset: str, batch_size: int, sets: list[str], steps: int = 0):
@@ -76,15 +105,88 @@ def make_encoders(base, tmp: str) -> Path:
     return damsm.run_dir
 
 
+def run_loop(base, config: str, damsm_dir: Path, tmp: str, steps: int, device: str, callback) -> None:
+    """``train_gan`` for ``steps`` steps with the settings of ``CONFIGS[config]``, ``callback`` after each."""
+    with cpu_mixed_precision(config, device):
+        train_gan(
+            apply_overrides(base, CONFIGS[config]), damsm=damsm_dir, runs_dir=tmp, device=device, max_steps=steps,
+            progress=False, tensorboard=False, num_samples=0, keep_checkpoints=1, callback=callback,
+        )  # fmt: skip
+
+
 def loop_step_times(base, config: str, damsm_dir: Path, tmp: str, steps: int, device: str) -> list[float]:
     """Seconds per step of ``train_gan`` with the settings of ``CONFIGS[config]``, warm-up steps dropped."""
     stamps: list[float] = []
-    train_gan(
-        apply_overrides(base, CONFIGS[config]), damsm=damsm_dir, runs_dir=tmp, device=device, max_steps=steps,
-        progress=False, tensorboard=False, num_samples=0, keep_checkpoints=1,
-        callback=lambda info: stamps.append(time.perf_counter()),
-    )  # fmt: skip
+    run_loop(base, config, damsm_dir, tmp, steps, device, lambda info: stamps.append(time.perf_counter()))
     return [b - c for b, c in zip(stamps[1:], stamps[:-1])][2:]
+
+
+def print_profile(base, config: str, damsm_dir: Path, tmp: str, steps: int, rows: int = 15) -> None:
+    """``torch.profiler`` over the steps of a ``train_gan`` run after its first 3 (start and 2 warm-up), up
+    to its last (``steps`` > 3); the run's end (checkpoint, export) is left out."""
+    steps = max(steps, 4)
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    seen: list[float] = []
+
+    def callback(info) -> None:
+        seen.append(time.perf_counter())
+        if len(seen) == 3:
+            profiler.start()
+        elif len(seen) == steps:
+            profiler.stop()
+
+    run_loop(base, config, damsm_dir, tmp, steps, "cpu", callback)
+    print(f"# {config}: {len(seen) - 3} steps profiled, {(seen[-1] - seen[2]) / max(len(seen) - 3, 1):.3f} s/step")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def first_step(base, config: str, damsm_dir: Path, tmp: str) -> tuple[dict[str, float], list[torch.Tensor]]:
+    """One ``train_gan`` step with ``CONFIGS[config]``: its losses, and each optimizer's gradients (flattened,
+    float32, in the order the loop steps the optimizers) as they are when that optimizer first steps."""
+    losses: dict[str, float] = {}
+    grads: dict[int, torch.Tensor] = {}
+    steps = {cls: cls.step for cls in {torch.optim.Adam, *torch.optim.Adam.__subclasses__()}}
+
+    def capture(step_fn):
+        def step(self, *args, **kwargs):
+            if id(self) not in grads:
+                grads[id(self)] = torch.cat(
+                    [q.grad.detach().float().reshape(-1) for g in self.param_groups for q in g["params"] if q.grad is not None]
+                )
+            return step_fn(self, *args, **kwargs)
+
+        return step
+
+    for cls, step_fn in steps.items():
+        cls.step = capture(step_fn)
+    try:
+        run_loop(
+            base, config, damsm_dir, tmp, 1, "cpu", lambda info: losses.update({k: float(v) for k, v in info.losses.items()})
+        )
+    finally:
+        for cls, step_fn in steps.items():
+            cls.step = step_fn
+    return losses, list(grads.values())
+
+
+def print_accuracy(base, configs: list[str], damsm_dir: Path, tmp: str) -> None:
+    """Losses and gradients of one step of each config against the first (see the module docstring)."""
+    ref_losses, ref_grads = first_step(base, configs[0], damsm_dir, tmp)
+    for name in configs[1:]:
+        losses, grads = first_step(base, name, damsm_dir, tmp)
+        print(f"# {name} against {configs[0]}, one step, same weights and batch")
+        print(f"{'loss':<16}{configs[0]:>14}{name:>14}{'rel. diff':>12}")
+        for key, ref in ref_losses.items():
+            if key in losses:
+                rel = abs(losses[key] - ref) / max(abs(ref), 1e-12)
+                print(f"{key:<16}{ref:>14.6f}{losses[key]:>14.6f}{rel:>12.2e}")
+        print(f"{'gradients':<16}{'parameters':>14}{'|g-g_ref|/|g_ref|':>20}{'cosine':>10}")
+        labels = [f"D{i}" for i in range(len(grads) - 1)] + ["G"]  # the loop's phase order
+        for label, g_ref, g in zip(labels, ref_grads, grads):
+            g_ref, g = g_ref.double(), g.double()
+            rel = float((g - g_ref).norm() / g_ref.norm().clamp_min(1e-30))
+            cos = float(torch.nn.functional.cosine_similarity(g, g_ref, dim=0))
+            print(f"{label:<16}{g.numel():>14}{rel:>20.3e}{cos:>10.5f}")
 
 
 def device_name(device: str) -> str:
@@ -107,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         "--tune-malloc", action="store_true",
         help="keep freed memory for reuse in this process, for every row (as `attngan train` does by default)",
     )  # fmt: skip
+    p.add_argument("--profile", action="store_true", help="one run per config under torch.profiler: top operators")
+    p.add_argument("--accuracy", action="store_true", help="one step per config: losses and gradients against the first")
     p.add_argument("--smoke", action="store_true", help="seconds: tiny preset, batch 2, one timed step per row")
     a = p.parse_args(argv)
     if a.smoke:
@@ -118,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     base = library_preset(a.preset, a.batch_size, a.set, a.steps)
     with tempfile.TemporaryDirectory() as tmp:
         damsm_dir = make_encoders(base, tmp)
+        if a.accuracy:
+            print_accuracy(base, a.configs, damsm_dir, tmp)
+            return 0
+        if a.profile:
+            for name in a.configs:
+                print_profile(base, name, damsm_dir, tmp, a.steps)
+            return 0
         per_step: dict[str, list[float]] = {}
         for rnd in range(a.rounds):
             for name in a.configs:
