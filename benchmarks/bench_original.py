@@ -34,8 +34,8 @@ outputs, max abs difference 0.0). Timed per call, after warm-up, with alternatin
 * ``plain``, ``fast`` and ``fast-bf16``: ``attngan.training.train_gan`` itself (``benchmarks/bench_trainer.py``),
   with the built-in shapes data rendered at 64/128/256, data loading, statistics and EMA included; ``plain``
   with ``gan_train.fast_kernels=false gan_train.channels_last=false``, ``fast`` with the defaults (float32 on
-  a CPU), ``fast-bf16`` the same loop with ``gan_train.mixed_precision=bf16`` and CPU bf16 autocast
-  (``bench_trainer.cpu_mixed_precision``). ``--rows`` picks them (default: original, plain, fast).
+  a CPU), ``fast-bf16`` the same loop with ``gan_train.mixed_precision=bf16`` (bf16 autocast on a CPU with
+  AMX; float32, with a warning, without). ``--rows`` picks them (default: original, plain, fast).
 
 The rows alternate in rounds; each round times ``--steps`` iterations after 2 warm-up ones. ``peak MB`` is
 the process's RSS high-water mark from the start of a row's round to its end, highest over the rounds (the

@@ -32,7 +32,6 @@ the test suite runs it): the tiny preset, batch 2, one timed step per row.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import statistics
@@ -54,24 +53,6 @@ CONFIGS = {
     "fast": ["gan_train.fast_kernels=true", "gan_train.channels_last=true", "gan_train.mixed_precision=auto"],
     "fast-bf16": ["gan_train.fast_kernels=true", "gan_train.channels_last=true", "gan_train.mixed_precision=bf16"],
 }
-
-
-@contextlib.contextmanager
-def cpu_mixed_precision(config: str, device: str):
-    """For ``config``'s ``mixed_precision=bf16`` on a CPU: ``train_gan`` keeps the mode and enters CPU bf16
-    autocast where it would enter CUDA's; nothing changes for other configs and devices."""
-    if "gan_train.mixed_precision=bf16" not in CONFIGS[config] or torch.device(device).type != "cpu":
-        yield
-        return
-    import attngan.training.gan as gan_module
-
-    saved = gan_module.check_mixed_precision, gan_module.autocast
-    gan_module.check_mixed_precision = lambda dev, mode: mode
-    gan_module.autocast = lambda dev, mode: torch.autocast("cpu", dtype=torch.bfloat16)
-    try:
-        yield
-    finally:
-        gan_module.check_mixed_precision, gan_module.autocast = saved
 
 
 def library_preset(preset: str, batch_size: int, sets: list[str], steps: int = 0):
@@ -107,11 +88,10 @@ def make_encoders(base, tmp: str) -> Path:
 
 def run_loop(base, config: str, damsm_dir: Path, tmp: str, steps: int, device: str, callback) -> None:
     """``train_gan`` for ``steps`` steps with the settings of ``CONFIGS[config]``, ``callback`` after each."""
-    with cpu_mixed_precision(config, device):
-        train_gan(
-            apply_overrides(base, CONFIGS[config]), damsm=damsm_dir, runs_dir=tmp, device=device, max_steps=steps,
-            progress=False, tensorboard=False, num_samples=0, keep_checkpoints=1, callback=callback,
-        )  # fmt: skip
+    train_gan(
+        apply_overrides(base, CONFIGS[config]), damsm=damsm_dir, runs_dir=tmp, device=device, max_steps=steps,
+        progress=False, tensorboard=False, num_samples=0, keep_checkpoints=1, callback=callback,
+    )  # fmt: skip
 
 
 def loop_step_times(base, config: str, damsm_dir: Path, tmp: str, steps: int, device: str) -> list[float]:

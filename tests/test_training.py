@@ -777,15 +777,27 @@ def test_a_full_disk_names_the_newest_checkpoint_on_disk(tmp_path, damsm_run, mo
         run_gan(tmp_path, damsm_run, 10, "gan_train.snapshot_every=2")
 
 
-def test_mixed_precision_auto_is_bf16_on_cuda_only(caplog):
+def test_mixed_precision_auto_is_bf16_on_cuda_only(caplog, monkeypatch):
     from attngan.errors import UserError
     from attngan.training.devices import check_mixed_precision
+
+    from attngan.training import devices
 
     cpu = torch.device("cpu")
     with caplog.at_level("WARNING"):
         assert check_mixed_precision(cpu, "auto") == "no" and not caplog.records  # no warning for the default
-        assert check_mixed_precision(cpu, "bf16") == "no" and "needs CUDA" in caplog.text
+        assert check_mixed_precision(cpu, "fp16") == "no" and "needs CUDA" in caplog.text
     assert check_mixed_precision(cpu, "no") == "no"
+    # bf16 on a CPU: with AMX as asked, else float32 with a warning that says why.
+    monkeypatch.setattr(devices, "cpu_has_amx_bf16", lambda: True)
+    assert check_mixed_precision(cpu, "bf16") == "bf16" and check_mixed_precision(cpu, "auto") == "no"
+    with devices.autocast(cpu, "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(devices, "cpu_has_amx_bf16", lambda: False)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert check_mixed_precision(cpu, "bf16") == "no" and "needs AMX" in caplog.text
     with pytest.raises(UserError, match="auto, no, bf16, fp16"):
         check_mixed_precision(cpu, "fp8")
     if torch.cuda.is_available():

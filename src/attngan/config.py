@@ -189,7 +189,7 @@ class GANTrainConfig:
     sample_every: int = 1000
     log_every: int = 50
     seed: int = 0
-    mixed_precision: str = "auto"  # auto (bf16 on a CUDA GPU with bf16, else float32) | no | bf16 | fp16 (CUDA)
+    mixed_precision: str = "auto"  # auto (bf16 on a CUDA GPU with bf16, else float32) | no | bf16 (CUDA, or a CPU with AMX) | fp16 (CUDA)
     # torch.compile G and the D objectives (word features padded to data.words_num). On a 2-core CPU it was
     # slower than the eager fast path (birds, batch 4: 2.7-2.8 against 2.1 s per step); untested on GPUs.
     compile: bool = False
