@@ -232,6 +232,20 @@ def test_generator_reproducibility(seed, tiny_generator_config):
     assert not torch.allclose(m1, b)
 
 
+def test_generator_without_ca_sampling_conditions_on_mu(seed, tiny_generator_config):
+    """``ca_sample=False`` (not in the paper): c = mu whatever the CA noise, the same as ``ca_mean=True``."""
+    g = Generator(tiny_generator_config).eval()
+    plain = Generator(dataclasses.replace(tiny_generator_config, ca_sample=False)).eval()
+    plain.load_state_dict(g.state_dict())  # same parameters: the setting adds none
+    sentence, words, mask = _text_inputs([5, 3], 5, tiny_generator_config.embed_dim)
+    z = torch.randn(2, tiny_generator_config.z_dim)
+    eps1, eps2 = torch.randn(2, tiny_generator_config.condition_dim), torch.randn(2, tiny_generator_config.condition_dim)
+    a = plain(z, sentence, words, mask, ca_noise=eps1).images[-1]
+    assert torch.equal(a, plain(z, sentence, words, mask, ca_noise=eps2).images[-1])
+    assert torch.equal(a, g(z, sentence, words, mask, ca_mean=True).images[-1])
+    assert not torch.allclose(a, g(z, sentence, words, mask, ca_noise=eps1).images[-1])  # sampling differs
+
+
 def test_generator_conditioning_augmentation_and_input_order(seed, tiny_generator_config):
     """h_0 = F_0(z, F^ca(e-bar)): c = mu + eps * exp(logvar / 2), fed as cat(c, z) (the original's order)."""
     cfg = tiny_generator_config

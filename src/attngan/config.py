@@ -71,6 +71,9 @@ class GeneratorConfig:
     res_blocks: int = 2  # residual blocks per attention stage (R_NUM)
     base_size: int = 64  # resolution of the first stage (4 * 2**k); stage i is base_size * 2**i
     dcgan: bool = False  # AttnDCGAN: one image head at the last stage only
+    # Conditioning augmentation samples c = mu + sigma * eps (Sec. 3.1, after StackGAN). False (not in the
+    # paper): c = mu in training and sampling, so that the first stage hears the sentence without noise.
+    ca_sample: bool = True
 
     def __post_init__(self) -> None:
         n = self.base_size // 4

@@ -147,7 +147,8 @@ class Generator(nn.Module):
         z: (B, z_dim) noise, or None to draw it from ``generator`` (before the CA noise, as the original).
         sentence: (B, D) e-bar; words: (B, D, T) e; mask: (B, T) bool, True at padding words.
         ca_noise: (B, c) eps of the conditioning augmentation, or None to draw it from ``generator``.
-        ca_mean: use c = mu (deterministic conditioning; the original always sampled, even in eval).
+        ca_mean: use c = mu (deterministic conditioning; the original always sampled, even in eval); always
+            so with ``config.ca_sample=False``.
         need_attention: return the attention maps (False allows the fused attention kernel).
         """
         cfg = self.config
@@ -158,7 +159,8 @@ class Generator(nn.Module):
             raise ValueError(f"mask must be (B, T) = {(b, words.size(2))}, got {tuple(mask.shape)}")
         if z is None:
             z = torch.randn(b, cfg.z_dim, generator=generator, device=sentence.device, dtype=sentence.dtype)
-        c_code, mu, logvar = self.ca_net(sentence, noise=ca_noise, generator=generator, use_mean=ca_mean)
+        use_mean = ca_mean or not cfg.ca_sample
+        c_code, mu, logvar = self.ca_net(sentence, noise=ca_noise, generator=generator, use_mean=use_mean)
         h = self.h_net1(c_code, z)
         images: list[torch.Tensor] = []
         attention: list[torch.Tensor] = []
