@@ -779,9 +779,8 @@ def test_a_full_disk_names_the_newest_checkpoint_on_disk(tmp_path, damsm_run, mo
 
 def test_mixed_precision_auto_is_bf16_on_cuda_only(caplog, monkeypatch):
     from attngan.errors import UserError
-    from attngan.training.devices import check_mixed_precision
-
     from attngan.training import devices
+    from attngan.training.devices import check_mixed_precision
 
     cpu = torch.device("cpu")
     with caplog.at_level("WARNING"):
