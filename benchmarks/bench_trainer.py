@@ -94,10 +94,20 @@ def run_loop(base, config: str, damsm_dir: Path, tmp: str, steps: int, device: s
     )  # fmt: skip
 
 
-def loop_step_times(base, config: str, damsm_dir: Path, tmp: str, steps: int, device: str) -> list[float]:
-    """Seconds per step of ``train_gan`` with the settings of ``CONFIGS[config]``, warm-up steps dropped."""
+def loop_step_times(
+    base, config: str, damsm_dir: Path, tmp: str, steps: int, device: str, after_first_step=None
+) -> list[float]:
+    """Seconds per step of ``train_gan`` with the settings of ``CONFIGS[config]``, warm-up steps dropped.
+    ``after_first_step``: called once when the first step has ended (the loop is built, the optimizers hold
+    their states), e.g. to start a memory window there."""
     stamps: list[float] = []
-    run_loop(base, config, damsm_dir, tmp, steps, device, lambda info: stamps.append(time.perf_counter()))
+
+    def callback(info) -> None:
+        stamps.append(time.perf_counter())
+        if len(stamps) == 1 and after_first_step is not None:
+            after_first_step()
+
+    run_loop(base, config, damsm_dir, tmp, steps, device, callback)
     return [b - c for b, c in zip(stamps[1:], stamps[:-1])][2:]
 
 
