@@ -192,26 +192,6 @@ def test_rendered_maps_are_viz_overlays_of_the_top_words(pipe):
         np.testing.assert_array_equal(decode(word["map"]), expected)
 
 
-def test_a_body_rendered_on_threads_equals_the_serial_one(pipe):
-    """render_generate on an executor's threads (as the server runs it) gives the serial body, for a
-    request of several images, each stage and map in its place."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from attngan.serve.render import render_generate
-
-    out = pipe(["a small red circle at the top left"] * 3, seed=5)
-    serial = render_generate("a small red circle at the top left", out, 0.0, 1.0, 3)
-    with ThreadPoolExecutor(3) as pool:
-        threaded = render_generate("a small red circle at the top left", out, 0.0, 1.0, 3, pool.map)
-    assert threaded == serial
-    assert [im["seed"] for im in serial["images"]] == [5, 6, 7]
-    for im, stages in zip(serial["images"], out.images):
-        assert [s["stage"] for s in im["stages"]] == list(range(len(stages)))
-        for s, stage in zip(im["stages"], stages):
-            np.testing.assert_array_equal(decode(s["image"]), np.asarray(stage.convert("RGB")))
-        assert [a["stage"] for a in im["attention"]] == list(range(1, len(stages)))
-
-
 def test_original_bird_route(server):
     status, body, _ = request(server.url, "/api/v1.0/bird", {"caption": "a large blue square"})
     assert status == 201, body

@@ -31,12 +31,10 @@ References: Xu et al., "AttnGAN", CVPR 2018 (Fig. 1, Eq. 15); taoxugit/AttnGAN `
 import asyncio
 import contextlib
 import logging
-import os
 import queue
 import secrets
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor, ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
@@ -116,19 +114,11 @@ class _Generation:
     """What the generating routes do: check the caption, queue a job for the worker, wait for it within
     ``queue_timeout`` (errors as HTTP errors), render the result."""
 
-    def __init__(
-        self,
-        pipeline: Any,
-        worker: BatchWorker,
-        queue_timeout: float,
-        caption_check: Any,
-        renderers: Executor,
-    ) -> None:
+    def __init__(self, pipeline: Any, worker: BatchWorker, queue_timeout: float, caption_check: Any) -> None:
         self.pipeline = pipeline
         self.worker = worker
         self.queue_timeout = queue_timeout
         self.caption_check = caption_check
-        self.renderers = renderers  # threads that draw and encode a response's images
 
     def check_caption(self, caption: str) -> None:
         if not caption.strip():
@@ -200,9 +190,8 @@ class _Generation:
         start = time.perf_counter()
         result = await self.run(caption, seed, n)
         body = await run_in_threadpool(
-            render_generate, caption, result.output, result.queue_ms, result.compute_ms, result.batch_images,
-            self.renderers.map,
-        )  # fmt: skip
+            render_generate, caption, result.output, result.queue_ms, result.compute_ms, result.batch_images
+        )
         body["warnings"] = self.caption_check(caption) if self.caption_check is not None else []
         body["time_ms"] = (time.perf_counter() - start) * 1e3
         return body
@@ -231,11 +220,6 @@ def create_app(
         )
     worker = BatchWorker(pipeline, max_batch=max_batch, max_queue=max_queue)
     max_body = max_body_bytes(max_caption_chars)
-    # A response's images are drawn and PNG-encoded on a few threads: after the model's batch the cores
-    # are idle, and zlib and numpy release the GIL.
-    renderers = ThreadPoolExecutor(
-        max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="attngan-render"
-    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -244,7 +228,6 @@ def create_app(
             yield
         finally:
             await run_in_threadpool(worker.stop)
-            renderers.shutdown(wait=False)
 
     app = FastAPI(
         title="AttnGAN",
@@ -276,7 +259,7 @@ def create_app(
     _add_page_routes(app, _read_page(), health, worker)
     _add_generate_routes(
         app,
-        _Generation(pipeline, worker, queue_timeout, caption_check, renderers),
+        _Generation(pipeline, worker, queue_timeout, caption_check),
         *request_models(max_caption_chars, max_images),
     )
     return app

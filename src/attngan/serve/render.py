@@ -2,13 +2,11 @@
 
 Drawing is :mod:`attngan.viz`'s (``top_words``, ``upsample_maps``, ``overlays``, ``attention_figure``,
 ``png_from_array``); this module picks what a response shows and lays it out as JSON-ready dicts. A stage's
-top words are upsampled and tinted in one batch, and every image is encoded from its numpy pixels. The
-stages' images and attention stages are independent jobs: given an executor's ``map``, they run on its
-threads (zlib and numpy release the GIL, so a response renders on several cores).
+top words are upsampled and tinted in one batch, and every image is encoded from its numpy pixels.
 """
 
 import base64
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,27 +35,28 @@ def _map_size(image_size: int) -> int:
     return max(lo, min(hi, image_size))
 
 
-def _attention_stage(k: int, stages: Sequence[Image.Image], attn: Any, tokens: Sequence[str]) -> dict:
-    """Attention stage k (which drew image k + 1): its top words (Eq. 15) and their overlaid maps."""
-    attn = torch.as_tensor(attn).detach().cpu().float().numpy()  # (T, h, w); no copy for CPU float32
-    length = attn.shape[0]
-    target = stages[min(k + 1, len(stages) - 1)]
-    size = _map_size(target.size[0])
-    base = np.asarray(target.convert("RGB").resize((size, size), Image.BILINEAR))  # (s, s, 3)
-    ranked = top_words(attn, length, k=length)  # every word, best first
-    total = sum(score for _, score in ranked) or 1.0
-    shown = ranked[:TOP_WORDS]
-    heats = upsample_maps(attn[[j for j, _ in shown]], size)  # (K, s, s) in [0, 1]
-    tinted = overlays(base, heats, "heat", alpha=HEAT_ALPHA)  # (K, s, s, 3) uint8
-    words = [
-        {"word": tokens[j], "index": j, "score": score, "share": score / total, "map": data_url(pixels)}
-        for (j, score), pixels in zip(shown, tinted)
-    ]
-    return {"stage": k + 1, "size": int(attn.shape[-1]), "words": words}
-
-
-def _run(job: Callable[[], Any]) -> Any:
-    return job()
+def _attention_stages(
+    stages: Sequence[Image.Image], maps: Sequence[Any], tokens: Sequence[str]
+) -> list[dict]:
+    """Per attention stage k (which drew image k + 1): its top words (Eq. 15) and their overlaid maps."""
+    out = []
+    for k, attn in enumerate(maps):  # (T, h, w)
+        attn = torch.as_tensor(attn).detach().cpu().float().numpy()  # no copy for a CPU float32 tensor
+        length = attn.shape[0]
+        target = stages[min(k + 1, len(stages) - 1)]
+        size = _map_size(target.size[0])
+        base = np.asarray(target.convert("RGB").resize((size, size), Image.BILINEAR))  # (s, s, 3)
+        ranked = top_words(attn, length, k=length)  # every word, best first
+        total = sum(score for _, score in ranked) or 1.0
+        shown = ranked[:TOP_WORDS]
+        heats = upsample_maps(attn[[j for j, _ in shown]], size)  # (K, s, s) in [0, 1]
+        tinted = overlays(base, heats, "heat", alpha=HEAT_ALPHA)  # (K, s, s, 3) uint8
+        words = [
+            {"word": tokens[j], "index": j, "score": score, "share": score / total, "map": data_url(pixels)}
+            for (j, score), pixels in zip(shown, tinted)
+        ]
+        out.append({"stage": k + 1, "size": int(attn.shape[-1]), "words": words})
+    return out
 
 
 def render_generate(
@@ -66,27 +65,20 @@ def render_generate(
     queue_ms: float,  # time the request waited for the model
     compute_ms: float,  # time of the model's batch
     batch_images: int,  # images in that batch
-    map_fn: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]] = map,  # e.g. an executor's map
 ) -> dict[str, Any]:
     """The body of ``POST /api/v1/generate`` (:class:`~attngan.serve.schema.GenerateResponse`) without
-    ``warnings`` and ``time_ms``, which the route adds. Each stage image and each attention stage is one job
-    of ``map_fn`` (the attention stages, the larger jobs, first); the body is the same whatever runs them."""
-    jobs: list[Callable[[], Any]] = []
-    for stages, maps, tokens in zip(out.images, out.attention_maps, out.tokens):
-        jobs += [
-            lambda k=k, st=stages, a=attn, t=tokens: _attention_stage(k, st, a, t)
-            for k, attn in enumerate(maps)
-        ]
-    for stages in out.images:
-        jobs += [
-            lambda s=s, im=im: {"stage": s, "size": im.size[0], "image": data_url(im)}
-            for s, im in enumerate(stages)
-        ]
-    results = iter(list(map_fn(_run, jobs)))
-    attention = [[next(results) for _ in maps] for maps in out.attention_maps]
+    ``warnings`` and ``time_ms``, which the route adds."""
     images = []
-    for stages, stage_attention, seed in zip(out.images, attention, out.seeds):
-        images.append({"seed": seed, "stages": [next(results) for _ in stages], "attention": stage_attention})
+    for stages, maps, tokens, seed in zip(out.images, out.attention_maps, out.tokens, out.seeds):
+        images.append(
+            {
+                "seed": seed,
+                "stages": [
+                    {"stage": s, "size": im.size[0], "image": data_url(im)} for s, im in enumerate(stages)
+                ],
+                "attention": _attention_stages(stages, maps, tokens),
+            }
+        )
     return {
         "caption": caption,
         "tokens": out.tokens[0],
