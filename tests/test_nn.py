@@ -124,6 +124,25 @@ def test_small_image_encoder_shapes_and_resize(seed, tiny_image_config):
     assert all(p.requires_grad for p in enc.parameters()), "the small backbone is trained"
 
 
+def test_small_image_encoder_depth_adds_stride_one_convs_and_keeps_the_grid(seed, tiny_image_config):
+    """small_depth: each stride-2 block is followed by depth - 1 stride-1 3x3 convs; the region grid, the
+    output widths and (at depth 1) the state dict's keys stay those of the plain backbone."""
+    import dataclasses
+
+    from attngan.nn.encoders import SmallBackbone
+
+    cfg = tiny_image_config
+    plain, deep = ImageEncoder(cfg), ImageEncoder(dataclasses.replace(cfg, small_depth=3))
+    assert list(ImageEncoder(dataclasses.replace(cfg, small_depth=1)).state_dict()) == list(plain.state_dict())
+    convs = [m for m in deep.small.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size, c.stride) for c in convs] == [((4, 4), (2, 2)), ((3, 3), (1, 1)), ((3, 3), (1, 1))] * cfg.small_blocks
+    grid = cfg.input_size // 2**cfg.small_blocks
+    regions, glob = deep.eval()(torch.rand(2, 3, cfg.input_size, cfg.input_size) * 2 - 1)
+    assert regions.shape == (2, cfg.embed_dim, grid, grid) and glob.shape == (2, cfg.embed_dim)
+    with pytest.raises(ValueError, match="depth"):
+        SmallBackbone(8, 2, depth=0)
+
+
 @pytest.fixture(scope="module")
 def inception_encoder() -> ImageEncoder:
     torch.manual_seed(0)

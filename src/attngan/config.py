@@ -56,6 +56,7 @@ class ImageEncoderConfig:
     input_size: int = 299  # images are resized to this square size before the backbone
     small_width: int = 32  # width of the first conv of the small backbone (doubles per block)
     small_blocks: int = 3  # stride-2 blocks of the small backbone; grid = input_size / 2**blocks
+    small_depth: int = 1  # convs per block of the small backbone: one stride-2 4x4, then depth-1 stride-1 3x3
     freeze_backbone: bool = True  # Sec. 3.2: Inception parameters are fixed
 
 

@@ -73,15 +73,22 @@ class TextEncoder(nn.Module):
 
 
 class SmallBackbone(nn.Module):
-    """A small strided CNN for small images: local grid (input/2**blocks) and a global vector."""
+    """A small strided CNN for small images: local grid (input/2**blocks) and a global vector.
 
-    def __init__(self, width: int, blocks: int) -> None:
+    Each block is a stride-2 4x4 conv followed by ``depth - 1`` stride-1 3x3 convs (BatchNorm, LeakyReLU).
+    """
+
+    def __init__(self, width: int, blocks: int, depth: int = 1) -> None:
         super().__init__()
+        if depth < 1:
+            raise ValueError(f"small backbone depth must be >= 1, got {depth}")
         layers: list[nn.Module] = []
         ch_in = 3
         for i in range(blocks):
             ch = width * 2**i
             layers += [nn.Conv2d(ch_in, ch, 4, 2, 1, bias=False), nn.BatchNorm2d(ch), nn.LeakyReLU(0.2, inplace=True)]
+            for _ in range(depth - 1):
+                layers += [nn.Conv2d(ch, ch, 3, 1, 1, bias=False), nn.BatchNorm2d(ch), nn.LeakyReLU(0.2, inplace=True)]
             ch_in = ch
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
@@ -133,7 +140,7 @@ class ImageEncoder(nn.Module):
             local_dim, global_dim = 768, 2048
             self.small = None
         elif config.backbone == "small":
-            self.small = SmallBackbone(config.small_width, config.small_blocks)
+            self.small = SmallBackbone(config.small_width, config.small_blocks, config.small_depth)
             local_dim, global_dim = self.small.local_dim, self.small.global_dim
         else:
             raise ValueError(f"unknown backbone {config.backbone!r}: use 'inception' or 'small'")
