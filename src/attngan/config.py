@@ -269,15 +269,9 @@ PRESETS: dict[str, Preset] = {
         data=DataConfig(dataset="shapes", words_num=12, captions_per_image=5, num_images=4000, max_objects=1, contrast_group=4),
         damsm_train=DAMSMTrainConfig(batch_size=32, epochs=1000, max_steps=1500, lr=2e-3, snapshot_every=500),
         gan_train=GANTrainConfig(
-            batch_size=32,
-            epochs=1000,
-            max_steps=3000,
-            snapshot_every=1000,
-            sample_every=1000,
-            ema_decay=0.99,
-            g_lr=3.2e-3,
-            d_lr=1e-4,
-        ),
+            batch_size=32, epochs=1000, max_steps=3000, snapshot_every=1000, sample_every=1000, ema_decay=0.99,
+            g_lr=3.2e-3, d_lr=1e-4
+        ),  # fmt: skip
     ),
     "tiny": Preset(
         description="for tests: widths 4-8, 2 stages 16-32",
