@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write_bytes, atomic_write_text, checked_digest, with_digest
+from .atomic import atomic_write, atomic_write_bytes, atomic_write_text, checked_digest, with_digest
 from .config import from_dict, to_dict
 from .errors import CheckpointError, DamagedFileError
 
@@ -45,10 +45,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file, then rename (the object must be weights_only-loadable)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    """``torch.save`` to a temporary file, then rename (the object must be weights_only-loadable). The
+    tensors stream to the file one record at a time: no copy of the whole object is held in memory."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -82,18 +81,62 @@ def atomic_write_with_digest(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def safetensors_with_digest(state: dict[str, torch.Tensor]) -> bytes:
-    """``safetensors.torch.save(state)`` with the SHA-256 of its tensor data in the header's metadata."""
-    from safetensors.torch import save as st_save
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
 
-    raw = st_save(state)
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + n])
-    data = memoryview(raw)[8 + n :]
-    header["__metadata__"] = {**(header.get("__metadata__") or {}), DIGEST_KEY: hashlib.sha256(data).hexdigest()}
+
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """The bytes of a CPU tensor in C order, little-endian as stored (a view: nothing is copied for a
+    contiguous CPU tensor)."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _safetensors_header(state: dict[str, torch.Tensor]) -> tuple[bytes, list[str]]:
+    """The safetensors header (length prefix included) with the SHA-256 of the tensor data in its metadata,
+    and the names in the order of their data (sorted). One tensor's bytes at a time are made and hashed, so
+    that a state of non-contiguous (e.g. channels_last) tensors is never copied whole."""
+    header: dict[str, Any] = {}
+    digest = hashlib.sha256()
+    offset = 0
+    names = sorted(state)
+    for name in names:
+        tensor = state[name]
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"cannot write {name} of dtype {tensor.dtype} to safetensors")
+        raw = _raw_bytes(tensor)
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + raw.nbytes],
+        }  # fmt: skip
+        digest.update(raw)
+        offset += raw.nbytes
+    header["__metadata__"] = {DIGEST_KEY: digest.hexdigest()}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the tensor data starts 8-byte aligned, as safetensors writes it
-    return b"".join([len(text).to_bytes(8, "little"), text, data])
+    return len(text).to_bytes(8, "little") + text, names
+
+
+def safetensors_with_digest(state: dict[str, torch.Tensor]) -> bytes:
+    """The bytes of a safetensors file of ``state`` with the SHA-256 of its tensor data in the header's
+    metadata (:func:`write_safetensors_with_digest` writes the same bytes without holding them)."""
+    head, names = _safetensors_header(state)
+    return b"".join([head, *(_raw_bytes(state[n]) for n in names)])
+
+
+def write_safetensors_with_digest(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> Path:
+    """Write ``state`` atomically as a safetensors file with the SHA-256 of its tensor data in the header's
+    metadata, one tensor at a time (no copy of the whole state is held in memory)."""
+    head, names = _safetensors_header(state)
+
+    def write(f: Any) -> None:
+        f.write(head)
+        for name in names:
+            f.write(_raw_bytes(state[name]))
+
+    return atomic_write(path, write)
 
 
 def _verify_safetensors(path: Path) -> bool:
@@ -269,7 +312,7 @@ def save_component(directory: str | os.PathLike, module: torch.nn.Module, config
     into ``directory``."""
     directory = Path(directory)
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    atomic_write_bytes(directory / "model.safetensors", safetensors_with_digest(state))
+    write_safetensors_with_digest(directory / "model.safetensors", state)
     meta = {
         "format": FORMAT_VERSION,
         "class": type(module).__name__,
@@ -412,6 +455,7 @@ __all__ = [
     "digest_sidecar",
     "atomic_write_with_digest",
     "safetensors_with_digest",
+    "write_safetensors_with_digest",
     "save_component",
     "load_component",
     "read_component_config",
