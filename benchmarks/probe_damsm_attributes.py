@@ -14,12 +14,15 @@ attribute from the DAMSM term only as far as the DAMSM tells its values apart.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import tempfile
+from pathlib import Path
 
 import torch
 
+from attngan.config import PRESETS, DataConfig, from_dict
 from attngan.data.registry import build_dataset
 from attngan.data.synthetic import COLORS, POSITIONS, SHAPES
 from attngan.losses import sentence_scores, word_scores
@@ -49,7 +52,7 @@ def _variants(tokens: list[str], name: str, values: list[str]) -> list[list[str]
 
 def _smoke_damsm(runs_dir: str) -> str:
     """A DAMSM run folder from one training step of tiny encoders on the shapes data (untrained: a smoke test)."""
-    from attngan.config import PRESETS, apply_overrides
+    from attngan.config import apply_overrides
     from attngan.training.damsm import train_damsm
 
     tiny = PRESETS["tiny"]
@@ -63,6 +66,18 @@ def _smoke_damsm(runs_dir: str) -> str:
         tensorboard=False,
     )  # fmt: skip
     return str(run.run_dir)
+
+
+def _run_data_config(damsm: str) -> DataConfig:
+    """The data settings the DAMSM was trained on (its run's config.json: object scale, texture, ...), else
+    the shapes preset's; the test images are rendered with them."""
+    for folder in (Path(damsm), Path(damsm).parent):
+        path = folder / "config.json"
+        if path.is_file():
+            data = json.loads(path.read_text()).get("preset", {}).get("data")
+            if isinstance(data, dict):
+                return from_dict(DataConfig, data)
+    return PRESETS["shapes"].data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def probe(args) -> int:
     text_encoder, image_encoder, vocab = load_encoders(args.damsm)
-    from attngan.config import PRESETS
-
-    data = PRESETS["shapes"].data
+    data = _run_data_config(args.damsm)
     dataset = build_dataset(data, "test", [image_encoder.config.input_size], vocab=vocab, train=False)
     hits = {k: {"word": 0, "sentence": 0, "n": 0, "candidates": len(v)} for k, v in GROUPS.items()}
     for i in range(min(args.n, len(dataset))):

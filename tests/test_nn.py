@@ -144,6 +144,30 @@ def test_small_image_encoder_depth_adds_stride_one_convs_and_keeps_the_grid(seed
         SmallBackbone(8, 2, depth=0)
 
 
+def test_small_image_encoder_resize_antialias_reads_images_as_pil_shrinks_them(seed, tiny_image_config):
+    """resize_antialias: an image twice input_size is shrunk as PIL's bilinear resize (the dataset's own) does,
+    averaging every pixel; without it, the original's align_corners=True bilinear sampling."""
+    import numpy as np
+    from PIL import Image
+
+    cfg = tiny_image_config
+    size = cfg.input_size
+    aa = ImageEncoder(dataclasses.replace(cfg, resize_antialias=True)).eval()
+    plain = ImageEncoder(dataclasses.replace(cfg, resize_antialias=False)).eval()
+    plain.load_state_dict(aa.state_dict())
+    x = torch.rand(2, 3, 2 * size, 2 * size) * 2 - 1
+    # Independent reference: PIL's bilinear resize (float 'F' images, one channel at a time).
+    shrunk = torch.tensor(
+        np.stack([
+            np.stack([np.asarray(Image.fromarray(c.numpy(), mode="F").resize((size, size), Image.BILINEAR)) for c in img])
+            for img in x
+        ])
+    )  # fmt: skip
+    with torch.no_grad():
+        assert_close_to_scale(aa(x), aa(shrunk))
+        # The original's resize is another image: its features differ by far more than rounding.
+        assert (plain(x)[0] - aa(x)[0]).abs().max() > 100 * (aa(x)[0].abs().max() * 1.2e-4)
+
 @pytest.fixture(scope="module")
 def inception_encoder() -> ImageEncoder:
     torch.manual_seed(0)

@@ -58,6 +58,11 @@ class ImageEncoderConfig:
     small_blocks: int = 3  # stride-2 blocks of the small backbone; grid = input_size / 2**blocks
     small_depth: int = 1  # convs per block of the small backbone: one stride-2 4x4, then depth-1 stride-1 3x3
     freeze_backbone: bool = True  # Sec. 3.2: Inception parameters are fixed
+    # How images of another size are resized to input_size. False: bilinear with align_corners=True (the
+    # original's). True: bilinear with antialiasing (align_corners=False), as PIL resizes the dataset's images
+    # (not in the paper): a 64 px generated image shrunk to 32 px then averages every pixel instead of
+    # sampling some of them, so the DAMSM term of Eq. 3 cannot be met by pixel patterns it never saw in training.
+    resize_antialias: bool = False
 
 
 @dataclass(frozen=True)

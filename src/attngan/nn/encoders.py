@@ -178,8 +178,11 @@ class ImageEncoder(nn.Module):
         if images.dim() != 4 or images.size(1) != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         size = self.config.input_size
-        if tuple(images.shape[-2:]) != (size, size):  # at equal size align_corners=True is the identity
-            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=True)
+        if tuple(images.shape[-2:]) != (size, size):  # at equal size either resize is the identity
+            if self.config.resize_antialias:
+                images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            else:
+                images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=True)
         if self.small is not None:
             local, glob = self.small(images)
         else:
