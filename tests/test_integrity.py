@@ -366,3 +366,21 @@ def test_checkpoints_stream_to_disk_without_a_copy_of_the_whole_state(tmp_path):
     again = torch.load(tmp_path / "state.pt", weights_only=True)["weights"]
     for name, tensor in state.items():
         assert torch.equal(back[name], tensor) and torch.equal(again[name], tensor)
+
+
+def test_safetensors_bytes_are_little_endian_on_any_machine(monkeypatch):
+    """The tensor data of a model file is little-endian (safetensors' format) also where the machine is not:
+    on a big-endian machine each tensor's bytes are swapped, one tensor at a time."""
+    import numpy as np
+
+    from attngan import checkpoint
+
+    t = torch.tensor([1.0, -2.5, 3.25], dtype=torch.float32)
+    h = torch.tensor([1.5, -0.25], dtype=torch.bfloat16)
+    little = np.asarray([1.0, -2.5, 3.25], dtype="<f4").tobytes()
+    assert bytes(checkpoint._raw_bytes(t)) == little
+    # Told it runs big-endian, it swaps: this machine's little-endian memory then comes out big-endian, as a
+    # big-endian machine's memory comes out little-endian.
+    monkeypatch.setattr(checkpoint.sys, "byteorder", "big")
+    assert bytes(checkpoint._raw_bytes(t)) == np.asarray([1.0, -2.5, 3.25], dtype=">f4").tobytes()
+    assert bytes(checkpoint._raw_bytes(h)) == h.view(torch.int16).numpy().astype(">i2").tobytes()

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import pickletools
+import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -87,10 +88,15 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
+_INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def _raw_bytes(tensor: torch.Tensor) -> memoryview:
-    """The bytes of a CPU tensor in C order, little-endian as stored (a view: nothing is copied for a
-    contiguous CPU tensor)."""
+    """The bytes of a tensor in C order and little-endian, as safetensors stores them (a view of the tensor's
+    memory for a contiguous CPU tensor on a little-endian machine; otherwise a copy of this tensor only)."""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if sys.byteorder != "little" and flat.element_size() > 1:
+        return memoryview(flat.view(_INT_OF_SIZE[flat.element_size()]).numpy().byteswap()).cast("B")
     return memoryview(flat.view(torch.uint8).numpy())
 
 
@@ -311,8 +317,7 @@ def save_component(directory: str | os.PathLike, module: torch.nn.Module, config
     """Write ``config.json`` and ``model.safetensors`` (with the SHA-256 of its tensor data) of one network
     into ``directory``."""
     directory = Path(directory)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    write_safetensors_with_digest(directory / "model.safetensors", state)
+    write_safetensors_with_digest(directory / "model.safetensors", module.state_dict())  # one tensor at a time
     meta = {
         "format": FORMAT_VERSION,
         "class": type(module).__name__,
