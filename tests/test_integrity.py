@@ -384,3 +384,50 @@ def test_safetensors_bytes_are_little_endian_on_any_machine(monkeypatch):
     monkeypatch.setattr(checkpoint.sys, "byteorder", "big")
     assert bytes(checkpoint._raw_bytes(t)) == np.asarray([1.0, -2.5, 3.25], dtype=">f4").tobytes()
     assert bytes(checkpoint._raw_bytes(h)) == h.view(torch.int16).numpy().astype(">i2").tobytes()
+
+
+@pytest.mark.parametrize("error", ["full disk", "ctrl-c"])
+def test_a_state_file_cut_short_while_streaming_keeps_the_previous_one(tmp_path, monkeypatch, error):
+    """Training states stream to disk through torch's zip writer, which turns a failing write into a
+    RuntimeError: a full disk is still reported as one (DiskFullError) and Ctrl-C still stops, and the
+    previous state file is intact with nothing left beside it."""
+    import builtins
+    import errno
+
+    from attngan import atomic
+
+    path = tmp_path / "state.pt"
+    atomic_torch_save({"w": torch.zeros(3)}, path)
+    before = path.read_bytes()
+
+    class FillsUp:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 4096:
+                if error == "full disk":
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                raise KeyboardInterrupt
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(file, mode="r", **kwargs):
+        f = builtins.open(file, mode, **kwargs)
+        return FillsUp(f) if "w" in mode else f
+
+    monkeypatch.setattr(atomic, "open", fake_open, raising=False)
+    expected = DiskFullError if error == "full disk" else KeyboardInterrupt
+    with pytest.raises(expected):
+        atomic_torch_save({"w": torch.randn(100_000)}, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]

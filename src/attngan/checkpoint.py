@@ -45,10 +45,39 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+class _KeepsWriteErrors:
+    """A binary file for ``torch.save`` that remembers what its ``write`` raised: torch's zip writer turns an
+    exception of the file (a full disk, Ctrl-C) into a RuntimeError, which is re-raised as the original."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: BaseException | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file, then rename (the object must be weights_only-loadable). The
     tensors stream to the file one record at a time: no copy of the whole object is held in memory."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
+
+    def write(f: Any) -> None:
+        out = _KeepsWriteErrors(f)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None  # e.g. OSError(ENOSPC): atomic_write reports a full disk
+            raise
+
+    return atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------------------------------
