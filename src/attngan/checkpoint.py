@@ -154,13 +154,6 @@ def _safetensors_header(state: dict[str, torch.Tensor]) -> tuple[bytes, list[str
     return len(text).to_bytes(8, "little") + text, names
 
 
-def safetensors_with_digest(state: dict[str, torch.Tensor]) -> bytes:
-    """The bytes of a safetensors file of ``state`` with the SHA-256 of its tensor data in the header's
-    metadata (:func:`write_safetensors_with_digest` writes the same bytes without holding them)."""
-    head, names = _safetensors_header(state)
-    return b"".join([head, *(_raw_bytes(state[n]) for n in names)])
-
-
 def write_safetensors_with_digest(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> Path:
     """Write ``state`` atomically as a safetensors file with the SHA-256 of its tensor data in the header's
     metadata, one tensor at a time (no copy of the whole state is held in memory)."""
@@ -488,7 +481,6 @@ __all__ = [
     "check_finite_weights",
     "digest_sidecar",
     "atomic_write_with_digest",
-    "safetensors_with_digest",
     "write_safetensors_with_digest",
     "save_component",
     "load_component",
