@@ -83,6 +83,22 @@ def test_bench_dtypes_shapes_and_probe_smoke(capsys):
     assert "word top-1" in capsys.readouterr().out
 
 
+
+def test_probe_renders_its_test_images_with_the_data_settings_the_damsm_was_trained_on(tmp_path):
+    """A DAMSM trained on larger shapes is probed on images of that scale (read from its run's config.json,
+    given the run folder or its model/); without a config.json, the shapes preset's data settings."""
+    from attngan.config import PRESETS, apply_overrides, to_dict
+
+    probe = _script("probe_damsm_attributes")
+    run = tmp_path / "00000-shapes-damsm"
+    (run / "model").mkdir(parents=True)
+    trained = apply_overrides(PRESETS["shapes"], {"data.object_scale": 1.25, "data.texture": False})
+    (run / "config.json").write_text(json.dumps({"preset": to_dict(trained), "kind": "damsm"}))
+    for given in (run, run / "model"):
+        data = probe._run_data_config(str(given))
+        assert (data.object_scale, data.texture) == (1.25, False)
+    assert probe._run_data_config(str(tmp_path / "elsewhere")) == PRESETS["shapes"].data
+
 def test_gpu_check_names_existing_scripts_and_options():
     """gpu_check.sh runs without a GPU nowhere, so its command lines are checked against the scripts here."""
     text = (BENCHMARKS / "gpu_check.sh").read_text()
