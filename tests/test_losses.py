@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from attngan import losses
-from attngan.nn.attention import WordAttention, legacy_tiled_mask, word_attention
+from attngan.nn.attention import SENTINEL_LOGIT_INIT, WordAttention, legacy_tiled_mask, word_attention
 from tolerance import assert_close_to_scale
 
 DT = torch.float64
@@ -118,6 +118,67 @@ def test_word_attention_module_projects_words_with_u(seed):
     ref_ctx, ref_beta = ref_word_attention(h, e_proj, lengths)
     torch.testing.assert_close(ctx, ref_ctx, rtol=0, atol=1e-12)
     torch.testing.assert_close(beta, ref_beta, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("lengths", [[3, 5, 1], [4]])
+def test_word_attention_sentinel_is_one_more_key_and_value(seed, lengths):
+    """generator.attention_sentinel: softmax over the caption's words and a learned vector s (key and value,
+    its logit h_j^T s + b with a learned bias b); the maps returned are the words' rows. Reference: a loop over
+    regions with s as word T+1."""
+    t, c, d = 5, 4, 6
+    att = WordAttention(c, d, sentinel=True).to(DT)
+    with torch.no_grad():
+        att.sentinel.copy_(torch.randn(c, dtype=DT))
+        att.sentinel_logit.fill_(0.7)
+    h = torch.randn(len(lengths), c, 3, 2, dtype=DT)
+    words = torch.randn(len(lengths), d, t, dtype=DT)
+    u = att.conv_context.weight[:, :, 0, 0].detach()
+    s = att.sentinel.detach()
+    bias = [0.0] * t + [0.7]
+    ref_ctx = torch.zeros(len(lengths), c, 3, 2, dtype=DT)
+    ref_beta = torch.zeros(len(lengths), t, 3, 2, dtype=DT)
+    for b, n in enumerate(lengths):
+        keys = [[_dot(u[r], words[b, :, i]) for r in range(c)] for i in range(n)] + [s.tolist()]
+        for y in range(3):
+            for x in range(2):
+                logits = [sum(h[b, r, y, x].item() * k[r] for r in range(c)) + bias[i if i < n else t] for i, k in enumerate(keys)]
+                denom = sum(math.exp(v) for v in logits)
+                for i, k in enumerate(keys):
+                    weight = math.exp(logits[i]) / denom
+                    if i < n:
+                        ref_beta[b, i, y, x] = weight
+                    ref_ctx[b, :, y, x] += weight * torch.tensor(k, dtype=DT)
+    ctx, beta = att(h, words, _mask(lengths, t))
+    torch.testing.assert_close(beta, ref_beta, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ctx, ref_ctx, rtol=0, atol=1e-12)
+    assert torch.all(beta.sum(1) < 1), "the sentinel takes part of every region's attention"
+    fused, none = att(h, words, _mask(lengths, t), need_weights=False)
+    assert none is None
+    assert_close_to_scale(fused, ctx)
+    # The bias learns: the loss reaches it through both paths.
+    for need_weights in (True, False):
+        att.zero_grad()
+        att(h, words, _mask(lengths, t), need_weights=need_weights)[0].square().sum().backward()
+        assert att.sentinel_logit.grad is not None and att.sentinel_logit.grad.abs() > 0
+
+
+def test_word_attention_sentinel_starts_as_no_context_and_is_a_parameter_only_when_asked():
+    plain, with_sentinel = WordAttention(4, 6), WordAttention(4, 6, sentinel=True)
+    assert set(dict(plain.named_parameters())) == {"conv_context.weight"}
+    assert set(dict(with_sentinel.named_parameters())) == {"conv_context.weight", "sentinel", "sentinel_logit"}
+    assert torch.equal(with_sentinel.sentinel.detach(), torch.zeros(4))
+    b0 = float(with_sentinel.sentinel_logit.detach())
+    assert b0 == SENTINEL_LOGIT_INIT
+    h, words = torch.randn(2, 4, 3, 3), torch.randn(2, 6, 3)
+    with_sentinel.conv_context.load_state_dict(plain.conv_context.state_dict())
+    ctx, beta = with_sentinel(h, words, None)
+    ctx_plain, beta_plain = plain(h, words, None)
+    # At first the sentinel's logit is b0 and its value 0: each region's words keep their odds and lose the
+    # sentinel's share exp(b0) / (exp(b0) + sum exp).
+    logits = torch.einsum("bchw,bct->bthw", h, with_sentinel.conv_context(words[..., None])[..., 0])
+    scale = math.exp(b0) / (math.exp(b0) + torch.exp(logits).sum(1))
+    assert_close_to_scale(beta, beta_plain * (1 - scale)[:, None])
+    assert_close_to_scale(ctx, ctx_plain * (1 - scale)[:, None])
 
 
 @pytest.mark.parametrize("lengths", [[3, 5, 1], [2], None])

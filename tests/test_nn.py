@@ -247,6 +247,45 @@ def test_generator_shapes_and_attention(seed, tiny_generator_config, num_stages,
     assert out.mu.shape == out.logvar.shape == (3, cfg.condition_dim)
 
 
+def test_generator_attention_sentinel_setting(seed, tiny_generator_config):
+    """generator.attention_sentinel: one learned vector per attention stage; the words' maps then sum to less
+    than 1 at every region (the rest went to the sentinel); padded words still get 0."""
+    cfg = dataclasses.replace(tiny_generator_config, num_stages=3, attention_sentinel=True)
+    g = Generator(cfg)
+    assert sorted(k for k in g.state_dict() if "sentinel" in k) == [
+        "h_net2.att.sentinel", "h_net2.att.sentinel_logit", "h_net3.att.sentinel", "h_net3.att.sentinel_logit"
+    ]
+    assert not [k for k in Generator(tiny_generator_config).state_dict() if "sentinel" in k]
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if name.endswith("sentinel"):
+                p.normal_()
+    lengths, t = [5, 2], 5
+    sentence, words, mask = _text_inputs(lengths, t, cfg.embed_dim)
+    out = g(None, sentence, words, mask, generator=torch.Generator().manual_seed(0))
+    for a in out.attention:
+        for b, n in enumerate(lengths):
+            assert torch.all(a[b, :n].sum(0) < 1) and torch.all(a[b, :n].sum(0) > 0)
+            assert torch.all(a[b, n:] == 0)
+    fused = g(None, sentence, words, mask, generator=torch.Generator().manual_seed(0), need_attention=False)
+    assert_close_to_scale(fused.images[-1], out.images[-1])
+
+
+def test_generator_init_dim_sets_the_width_of_the_first_stage(seed, tiny_generator_config):
+    """generator.init_dim: F_0's 4 x 4 map has that many channels, each up-block halves them and the last one
+    maps to gf_dim; 0 keeps the original's gf_dim * 2**k (ngf * 16 for birds)."""
+    assert Generator(GeneratorConfig(gf_dim=32, base_size=64)).h_net1.in_dim == 512
+    cfg = dataclasses.replace(tiny_generator_config, base_size=32, init_dim=96)  # 3 up-blocks: 96 -> 48 -> 24 -> gf
+    g = Generator(cfg)
+    widths = [(m[1].in_channels, m[1].out_channels // 2) for m in (g.h_net1.upsample1, g.h_net1.upsample2, g.h_net1.upsample3)]
+    assert widths == [(96, 48), (48, 24), (24, cfg.gf_dim)]
+    sentence, words, mask = _text_inputs([3, 2], 3, cfg.embed_dim)
+    out = g(None, sentence, words, mask, generator=torch.Generator().manual_seed(0))
+    assert [tuple(x.shape[-2:]) for x in out.images] == [(32, 32), (64, 64)]
+    with pytest.raises(ValueError, match="init_dim"):
+        dataclasses.replace(tiny_generator_config, init_dim=-1)
+
+
 def test_generator_reproducibility(seed, tiny_generator_config):
     cfg = tiny_generator_config
     g = Generator(cfg).eval()

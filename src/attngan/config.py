@@ -80,6 +80,13 @@ class GeneratorConfig:
     # Conditioning augmentation samples c = mu + sigma * eps (Sec. 3.1, after StackGAN). False (not in the
     # paper): c = mu in training and sampling, so that the first stage hears the sentence without noise.
     ca_sample: bool = True
+    # Not in the paper: each word attention (Eq. 2) also offers a learned "no word" key and value (a sentinel,
+    # after Lu et al., CVPR 2017), so that a region that needs no word need not attend to one.
+    attention_sentinel: bool = False
+    # Channels of F_0's 4 x 4 map (halved by each up-block, the last one mapping to gf_dim). 0: gf_dim * 2**k for
+    # k up-blocks, as the original (ngf * 16 with its 4). With a small base_size F_0 has few up-blocks, so it
+    # starts narrow: 64 channels for gf_dim 16 and base_size 16.
+    init_dim: int = 0
 
     def __post_init__(self) -> None:
         n = self.base_size // 4
@@ -87,6 +94,8 @@ class GeneratorConfig:
             raise ValueError(f"base_size must be 4 * 2**k with k >= 1, got {self.base_size}")
         if self.num_stages < 1:
             raise ValueError("num_stages must be >= 1")
+        if self.init_dim < 0 or (self.init_dim and self.init_dim < 2 ** (self.init_upsamples - 1)):
+            raise ValueError(f"init_dim must be 0 (the original's width) or at least {2 ** (self.init_upsamples - 1)}, got {self.init_dim}")
 
     @property
     def image_sizes(self) -> list[int]:

@@ -62,17 +62,21 @@ class ConditioningAugmentation(nn.Module):
 class InitStage(nn.Module):
     """F_0: (c, z) -> fc -> 4 x 4 -> k up-blocks -> h_0 with ``gf_dim`` channels (original INIT_STAGE_G)."""
 
-    def __init__(self, gf_dim: int, z_dim: int, condition_dim: int, num_upsamples: int) -> None:
+    def __init__(self, gf_dim: int, z_dim: int, condition_dim: int, num_upsamples: int, in_dim: int = 0) -> None:
         super().__init__()
-        self.in_dim = gf_dim * 2**num_upsamples  # ngf*16 in the original (4 up-blocks)
+        # Channels of the 4 x 4 map: ngf*16 in the original (4 up-blocks), i.e. gf_dim * 2**num_upsamples, each
+        # up-block halving them down to gf_dim. ``in_dim`` > 0 (GeneratorConfig.init_dim) sets them; the
+        # up-blocks still halve them, and the last one maps to gf_dim.
+        self.in_dim = in_dim or gf_dim * 2**num_upsamples
         self.fc = nn.Sequential(
             nn.Linear(condition_dim + z_dim, self.in_dim * 4 * 4 * 2, bias=False),
             nn.BatchNorm1d(self.in_dim * 4 * 4 * 2),
             GLU(),
         )
         self.num_upsamples = num_upsamples
+        widths = [self.in_dim // 2**i for i in range(num_upsamples)] + [gf_dim]
         for i in range(num_upsamples):
-            self.add_module(f"upsample{i + 1}", up_block(self.in_dim // 2**i, self.in_dim // 2 ** (i + 1)))
+            self.add_module(f"upsample{i + 1}", up_block(widths[i], widths[i + 1]))
 
     def forward(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         x = self.fc(torch.cat((c, z), dim=1))  # c first, then z (original order)
@@ -88,9 +92,9 @@ class NextStage(nn.Module):
     As in the original, stages i >= 1 see the caption only through the word attention.
     """
 
-    def __init__(self, gf_dim: int, embed_dim: int, res_blocks: int) -> None:
+    def __init__(self, gf_dim: int, embed_dim: int, res_blocks: int, sentinel: bool = False) -> None:
         super().__init__()
-        self.att = WordAttention(gf_dim, embed_dim)
+        self.att = WordAttention(gf_dim, embed_dim, sentinel=sentinel)
         self.residual = nn.Sequential(*[ResBlock(gf_dim * 2) for _ in range(res_blocks)])
         self.upsample = up_block(gf_dim * 2, gf_dim)
 
@@ -121,9 +125,9 @@ class Generator(nn.Module):
         self.config = config
         c = config
         self.ca_net = ConditioningAugmentation(c.embed_dim, c.condition_dim)
-        self.h_net1 = InitStage(c.gf_dim, c.z_dim, c.condition_dim, c.init_upsamples)
+        self.h_net1 = InitStage(c.gf_dim, c.z_dim, c.condition_dim, c.init_upsamples, c.init_dim)
         for i in range(2, c.num_stages + 1):
-            self.add_module(f"h_net{i}", NextStage(c.gf_dim, c.embed_dim, c.res_blocks))
+            self.add_module(f"h_net{i}", NextStage(c.gf_dim, c.embed_dim, c.res_blocks, c.attention_sentinel))
         if c.dcgan:
             self.img_net = ImageHead(c.gf_dim)
         else:
