@@ -65,13 +65,16 @@ class DemoPlan:
     overhead_seconds: float = 10.0  # per training phase: data, model building, export (outside its clock)
 
     @classmethod
-    def from_minutes(cls, minutes: float, damsm_share: float | None = None, eval_share: float = 0.06) -> DemoPlan:
+    def from_minutes(cls, minutes: float, damsm_share: float | None = None, eval_share: float = 0.02) -> DemoPlan:
+        # The reserves are a few times what the 10-minute demo used on an idle 2-core CPU (2026-12-06): about
+        # 2.5 s to sample and measure 500 test captions and write the figures, 1-2 s per training phase to
+        # build its data and models and export them. Whatever a reserve leaves unused is training time lost.
         total = 60.0 * minutes
         return cls(
             total_seconds=total,
             damsm_share=0.3 if damsm_share is None else damsm_share,
-            eval_seconds=max(15.0, eval_share * total),
-            overhead_seconds=min(10.0, 0.03 * total),
+            eval_seconds=max(8.0, eval_share * total),
+            overhead_seconds=min(4.0, 0.01 * total),
         )
 
     def as_dict(self) -> dict[str, float]:
