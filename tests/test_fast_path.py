@@ -222,11 +222,16 @@ def _gen_inputs(cfg, b=3, t=6):
     )
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_generator_fast_layout_equals_plain(seed, tiny_generator_config, train):
-    """channels_last + transposed-conv upsampling: same images, and in train mode the same gradients."""
-    g = Generator(tiny_generator_config).train(train)
+@pytest.mark.parametrize(("train", "sentinel"), [(False, False), (True, False), (True, True)])
+def test_generator_fast_layout_equals_plain(seed, tiny_generator_config, train, sentinel):
+    """channels_last + transposed-conv upsampling: same images, and in train mode the same gradients (also
+    with the attention sentinel, generator.attention_sentinel)."""
+    g = Generator(dataclasses.replace(tiny_generator_config, attention_sentinel=sentinel)).train(train)
     _randomize_bn(g)
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if "sentinel" in name:
+                p.normal_()
     fast = set_fast_upsample(copy.deepcopy(g)).to(memory_format=torch.channels_last)
     kw = _gen_inputs(tiny_generator_config)
     a = g(kw["z"], kw["sentence"], kw["words"], kw["mask"], ca_noise=kw["ca_noise"])
@@ -255,9 +260,14 @@ def test_fast_upsample_kernel_cache_follows_weight_updates(seed, tiny_generator_
                 m.h_net2.upsample[1].weight.mul_(-1.5)
 
 
-def test_generator_folded_bn_equals_plain_in_eval(seed, tiny_generator_config):
-    g = Generator(tiny_generator_config).eval()
+@pytest.mark.parametrize("sentinel", [False, True])
+def test_generator_folded_bn_equals_plain_in_eval(seed, tiny_generator_config, sentinel):
+    g = Generator(dataclasses.replace(tiny_generator_config, attention_sentinel=sentinel)).eval()
     _randomize_bn(g)
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if "sentinel" in name:
+                p.normal_()
     folded = set_fast_upsample(fold_batchnorm(g))
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
     assert any(
