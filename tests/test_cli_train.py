@@ -197,6 +197,19 @@ def test_demo_dry_run_shows_the_shapes_preset_and_the_time_plan():
     assert plan["total_seconds"] == 600 and 0 < plan["damsm_share"] < 1 and plan["eval_seconds"] < 600
 
 
+def test_demo_plan_leaves_the_budget_to_training():
+    """The 10-minute demo measured 2.5 s of evaluation and 1-2 s per phase of set-up and export; its reserves
+    are a few times that, not a tenth of the budget (36 s + 2 x 10 s before), and still enough for it."""
+    from attngan.training.demo import DemoPlan
+
+    plan = DemoPlan.from_minutes(10)
+    reserved = plan.eval_seconds + 2 * plan.overhead_seconds
+    assert 5.0 <= plan.eval_seconds and 1.5 <= plan.overhead_seconds
+    assert reserved <= 0.05 * plan.total_seconds
+    short = DemoPlan.from_minutes(0.5)  # the shortest --minutes: training time is left
+    assert short.total_seconds - short.eval_seconds - 2 * short.overhead_seconds >= 10
+
+
 def test_demo_writes_figures_and_metrics_with_chance_levels(tmp_path):
     from attngan.config import PRESETS, apply_overrides
     from attngan.metrics.attributes import AttributeTrainConfig, train_attribute_classifier
