@@ -203,12 +203,19 @@ class GANTrainConfig:
     d_lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     ema_decay: float = 0.999  # EMA of G's parameters, used for samples and checkpoints
+    # Learning-rate annealing (not in the paper, whose rates are constant: 1.0 keeps them so): from this
+    # fraction of the run on, G's and the Ds' rates fall linearly to lr_decay_to x their value at its end. The
+    # fraction is that of the steps (max_steps or the epochs), or of the time limit (max_seconds) if further.
+    lr_decay_from: float = 1.0
+    lr_decay_to: float = 0.0
     d_steps: int = 1  # discriminator steps per generator step
     snapshot_every: int = 2000
     sample_every: int = 1000
     log_every: int = 50
     seed: int = 0
-    mixed_precision: str = "auto"  # auto (bf16 on a CUDA GPU with bf16, else float32) | no | bf16 (CUDA, or a CPU with AMX) | fp16 (CUDA)
+    # auto (bf16 on a CUDA GPU with bf16, else float32) | no | bf16 (CUDA, or a CPU with AMX) | fp16 (CUDA) |
+    # fast (bf16 wherever it is native: a CUDA GPU with bf16 or a CPU with AMX; else float32, quietly)
+    mixed_precision: str = "auto"
     # torch.compile G and the D objectives (word features padded to data.words_num). On a 2-core CPU it was
     # slower than the eager fast path (birds, batch 4: 2.7-2.8 against 2.1 s per step); untested on GPUs.
     compile: bool = False
@@ -485,13 +492,14 @@ _RULES: list[tuple[str, Any, str]] = [
     ("text_encoder.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("damsm_train.lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("gan_train.ema_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    *[(k, lambda v: 0 <= v <= 1, "in [0, 1]") for k in ("gan_train.lr_decay_from", "gan_train.lr_decay_to")],
     *[(k, lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)") for k in ("damsm_train.betas", "gan_train.betas")],
     ("data.max_objects", lambda v: 1 <= v <= 3, "1, 2 or 3"),
     ("data.object_scale", lambda v: 0 < v <= 2, "in (0, 2]"),
     ("image_encoder.backbone", lambda v: v in ("inception", "small"), "'inception' or 'small'"),
     ("data.dataset", lambda v: v in ("birds", "coco", "folder", "shapes"), "birds, coco, folder or shapes"),
     ("data.truncate", lambda v: v in ("first", "random"), "'first' or 'random'"),
-    ("gan_train.mixed_precision", lambda v: v in ("auto", "no", "bf16", "fp16"), "auto, no, bf16 or fp16"),
+    ("gan_train.mixed_precision", lambda v: v in ("auto", "no", "bf16", "fp16", "fast"), "auto, no, bf16, fp16 or fast"),
 ]
 
 

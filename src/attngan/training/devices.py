@@ -29,7 +29,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16", "fast")
 
 
 def _mps_available() -> bool:
@@ -106,12 +106,17 @@ def check_mixed_precision(device: torch.device, mode: str) -> str:
     precision is never a silent default for the float32 presets. ``bf16`` asked for on a CPU runs with bf16
     autocast where the CPU has AMX (a birds training step about 2 x faster than float32, with losses equal
     to about 3 digits and gradients within a few tens of per cent: benchmarks/README.md), else in float32.
-    fp16 needs CUDA (on older GPUs with loss scaling, which stays a choice).
+    fp16 needs CUDA (on older GPUs with loss scaling, which stays a choice). ``fast`` is bf16 wherever the
+    hardware computes it natively (a CUDA GPU with bf16, a CPU with AMX) and float32 elsewhere, without a
+    warning: the ``shapes`` preset's, whose demo trains for a fixed time (benchmarks/TUNING.md).
     """
     if mode not in MIXED_PRECISION:
         raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mode!r}")
     if mode == "auto":
         return "bf16" if device.type == "cuda" and _native_bf16(device) else "no"
+    if mode == "fast":
+        native = _native_bf16(device) if device.type == "cuda" else device.type == "cpu" and cpu_has_amx_bf16()
+        return "bf16" if native else "no"
     if mode == "bf16" and device.type == "cpu":
         if cpu_has_amx_bf16():
             return "bf16"
