@@ -15,7 +15,7 @@ from attngan.config import PRESETS, apply_overrides, check_preset
 from attngan.errors import CheckpointError
 from attngan.training import NonFiniteLossError, TrainingInterrupted, train_damsm, train_gan
 from attngan.training.devices import make_grad_scaler
-from attngan.training.gan import lr_scale, update_ema
+from attngan.training.gan import update_ema
 from attngan.training.state import latest_checkpoint, load_state
 from tolerance import assert_close_to_scale
 
@@ -444,29 +444,6 @@ def test_d_steps_updates_g_every_other_step(tmp_path, damsm_run):
     run_gan(tmp_path, damsm_run, 4, "gan_train.d_steps=2", callback=watch)
     assert g_steps == [2, 4]
     assert d_moves[1:] == [True, True, True]
-
-
-def test_lr_scale_is_constant_then_falls_linearly_to_its_end_value():
-    assert lr_scale(0.3, 1.0, 0.0) == 1.0  # the default: constant rates, as the original
-    assert lr_scale(1.0, 1.0, 0.0) == 1.0
-    assert lr_scale(0.5, 0.5, 0.0) == 1.0
-    assert lr_scale(0.75, 0.5, 0.0) == pytest.approx(0.5)
-    assert lr_scale(0.75, 0.5, 0.2) == pytest.approx(0.6)
-    assert lr_scale(1.0, 0.5, 0.2) == pytest.approx(0.2)
-    assert lr_scale(0.0, 0.0, 0.0) == 1.0
-
-
-def test_learning_rates_anneal_over_the_run(tmp_path, damsm_run):
-    rates = []
-    result = run_gan(
-        tmp_path, damsm_run, 4, "gan_train.lr_decay_from=0.5", "gan_train.lr_decay_to=0.2", "gan_train.log_every=1",
-        "gan_train.g_lr=0.001", "gan_train.d_lr=0.0005",
-    )
-    for line in (result.run_dir / "stats.jsonl").read_text().splitlines():
-        rates.append((json.loads(line)["lr/G"], json.loads(line)["lr/D"]))
-    # Step s runs at progress (s - 1) / 4: 0, 0.25, 0.5 keep the rates; 0.75 is halfway from 1 to 0.2.
-    assert [g for g, _ in rates] == pytest.approx([1e-3, 1e-3, 1e-3, 0.6e-3])
-    assert [d for _, d in rates] == pytest.approx([5e-4, 5e-4, 5e-4, 0.3e-3])
 
 
 def test_update_ema_averages_parameters_and_copies_buffers():

@@ -203,11 +203,6 @@ class GANTrainConfig:
     d_lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     ema_decay: float = 0.999  # EMA of G's parameters, used for samples and checkpoints
-    # Learning-rate annealing (not in the paper, whose rates are constant: 1.0 keeps them so): from this
-    # fraction of the run on, G's and the Ds' rates fall linearly to lr_decay_to x their value at its end. The
-    # fraction is that of the steps (max_steps or the epochs), or of the time limit (max_seconds) if further.
-    lr_decay_from: float = 1.0
-    lr_decay_to: float = 0.0
     d_steps: int = 1  # discriminator steps per generator step
     snapshot_every: int = 2000
     sample_every: int = 1000
@@ -492,7 +487,6 @@ _RULES: list[tuple[str, Any, str]] = [
     ("text_encoder.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("damsm_train.lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("gan_train.ema_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    *[(k, lambda v: 0 <= v <= 1, "in [0, 1]") for k in ("gan_train.lr_decay_from", "gan_train.lr_decay_to")],
     *[(k, lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)") for k in ("damsm_train.betas", "gan_train.betas")],
     ("data.max_objects", lambda v: 1 <= v <= 3, "1, 2 or 3"),
     ("data.object_scale", lambda v: 0 < v <= 2, "in (0, 2]"),

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import DiscriminatorConfig, GANTrainConfig, Preset, check_preset
+from ..config import DiscriminatorConfig, Preset, check_preset
 from ..data.base import Batch
 from ..data.registry import build_dataset
 from ..errors import UserError
@@ -87,14 +87,6 @@ def discriminator_configs(preset: Preset) -> list[DiscriminatorConfig]:
         )
         for s in sizes
     ]
-
-
-def lr_scale(progress: float, decay_from: float, decay_to: float) -> float:
-    """Factor of the learning rates at ``progress`` (in [0, 1]) of the run: 1 until ``decay_from``, then
-    linear to ``decay_to`` at the end (``gan_train.lr_decay_from`` / ``lr_decay_to``)."""
-    if progress <= decay_from or decay_from >= 1:
-        return 1.0
-    return 1.0 + (decay_to - 1.0) * min(1.0, (progress - decay_from) / (1.0 - decay_from))
 
 
 @torch.no_grad()
@@ -256,8 +248,6 @@ def train_gan(
                 # Fetch training data; encode the captions with the frozen text encoder.
                 batch, text = _text_features(batch, text_encoder, dev, preset.data.words_num if cfg.compile else None)
                 g_step = (run.step + 1) % cfg.d_steps == 0
-                if cfg.lr_decay_from < 1:
-                    nets.scale_learning_rates(lr_scale(run.progress(), cfg.lr_decay_from, cfg.lr_decay_to), cfg)
 
                 # Generate: G runs once; the D phases see its images detached.
                 fake = loss.generate(batch, text, with_grad=g_step)
@@ -412,13 +402,6 @@ class _GanNetworks:
 
     def learning_rates(self) -> dict[str, float]:
         return {"lr/G": self.opt_g.param_groups[0]["lr"], "lr/D": self.opt_d[0].param_groups[0]["lr"]}
-
-    def scale_learning_rates(self, factor: float, cfg: GANTrainConfig) -> None:
-        for group in self.opt_g.param_groups:
-            group["lr"] = cfg.g_lr * factor
-        for opt in self.opt_d:
-            for group in opt.param_groups:
-                group["lr"] = cfg.d_lr * factor
 
     def state_dicts(self) -> dict[str, Any]:
         """The ``models``, ``optimizers`` and ``scaler`` entries of a state file."""

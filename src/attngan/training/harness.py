@@ -261,14 +261,6 @@ class TrainingRun:
         check_finite(scalars, self.step + 1, self.last_checkpoint, self.nonfinite_hint)
         return scalars
 
-    def progress(self) -> float:
-        """How far the run is, in [0, 1]: its steps against ``total_steps``, or this call's seconds against
-        ``max_seconds`` where that is further (one process only)."""
-        done = self.step / max(self.total_steps, 1)
-        if self.max_seconds and self.dist.world_size == 1:  # processes' clocks differ; their steps agree
-            done = max(done, (time.perf_counter() - self._start_time) / self.max_seconds)
-        return min(done, 1.0)
-
     def step_done(self) -> None:
         """The optimizers have stepped: count the step."""
         self.step += 1
