@@ -17,7 +17,8 @@ rendering the PNG data URLs); with one client that is what ``attngan serve`` add
     python benchmarks/bench_serve.py --preset birds --clients 1 --requests 30
 
 ``--paired`` (own server only) measures that difference directly, on a machine shared with other work:
-each round calls ``AttnGANPipeline`` in this process and sends the same request (caption, seed, n) to the
+each round calls ``AttnGANPipeline`` in this process and sends the same request (caption, seed, n; with
+``--overlays`` also the tinted maps of every word, which the server then draws) to the
 server, in alternating order, and the script prints the median of the per-round differences (wall time, and
 the process's CPU time, which other work on the machine disturbs less) and the ratio of the medians.
 
@@ -93,13 +94,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-def run_load(base: str, clients: int, requests: int, n: int, max_seconds: float, timeout: float) -> dict:
+def run_load(
+    base: str, clients: int, requests: int, n: int, max_seconds: float, timeout: float, overlays: bool = False
+) -> dict:
     with urllib.request.urlopen(base + "/health", timeout=timeout) as res:
         health = json.loads(res.read())
     captions = health["examples"] or ["a red circle"]
     url = base + "/api/v1/generate"
     for k in range(2):  # warm-up, not counted
-        post(url, {"caption": captions[k % len(captions)], "seed": k, "n": n}, timeout)
+        post(url, {"caption": captions[k % len(captions)], "seed": k, "n": n, "overlays": overlays}, timeout)
 
     lock = threading.Lock()
     issued = 0
@@ -117,7 +120,7 @@ def run_load(base: str, clients: int, requests: int, n: int, max_seconds: float,
                     return
                 k = issued
                 issued += 1
-            body = {"caption": captions[k % len(captions)], "seed": 1000 + k, "n": n}
+            body = {"caption": captions[k % len(captions)], "seed": 1000 + k, "n": n, "overlays": overlays}
             start = time.perf_counter()
             status, answer = post(url, body, timeout)
             elapsed = time.perf_counter() - start
@@ -163,7 +166,7 @@ def run_load(base: str, clients: int, requests: int, n: int, max_seconds: float,
 
 
 def run_paired(
-    base: str, pipe, requests: int, n: int, max_batch: int, max_seconds: float, timeout: float
+    base: str, pipe, requests: int, n: int, max_batch: int, max_seconds: float, timeout: float, overlays: bool = False
 ) -> dict:
     """Rounds of one direct pipeline call and one request of the same caption, seed and n (alternating which
     goes first, so that a change of the machine's load hits both alike): the server's cost per request."""
@@ -178,7 +181,7 @@ def run_paired(
 
     def served(caption: str, seed: int) -> tuple[float, float]:
         start, cpu = time.perf_counter(), time.process_time()
-        status, _ = post(url, {"caption": caption, "seed": seed, "n": n}, timeout)
+        status, _ = post(url, {"caption": caption, "seed": seed, "n": n, "overlays": overlays}, timeout)
         if status != 200:
             raise RuntimeError(f"the server answered {status}")
         return time.perf_counter() - start, time.process_time() - cpu
@@ -227,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request HTTP timeout, seconds")
     parser.add_argument("--preset", help="serve this preset's networks with random weights (e.g. birds)")
     parser.add_argument("--paired", action="store_true", help="also: pipeline calls and requests in alternation")
+    parser.add_argument(
+        "--overlays", action="store_true", help='requests ask for the tinted maps too ("overlays": true)'
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--smoke", action="store_true", help="seconds: the tiny model, 1 client, 3 requests")
     args = parser.parse_args(argv)
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if host not in ("127.0.0.1", "localhost", "::1"):
             parser.error(f"--url must be a loopback address (127.0.0.1, localhost, ::1), got {host!r}")
         result = run_load(
-            args.url.rstrip("/"), args.clients, args.requests, args.n, args.max_seconds, args.timeout
+            args.url.rstrip("/"), args.clients, args.requests, args.n, args.max_seconds, args.timeout, args.overlays
         )
     else:
         from attngan.pipeline import AttnGANPipeline
@@ -262,14 +268,18 @@ def main(argv: list[str] | None = None) -> int:
             model_name=args.checkpoint or (f"{args.preset}-random" if args.preset else "tiny-untrained"),
         )
         with BackgroundServer(app) as server:
-            result = run_load(server.url, args.clients, args.requests, args.n, args.max_seconds, args.timeout)
+            result = run_load(
+                server.url, args.clients, args.requests, args.n, args.max_seconds, args.timeout, args.overlays
+            )
             result["batches_run"] = app.state.worker.batches_run
             if args.paired:
                 result["paired"] = run_paired(
-                    server.url, pipe, args.requests, args.n, args.max_batch, args.max_seconds, args.timeout
+                    server.url, pipe, args.requests, args.n, args.max_batch, args.max_seconds, args.timeout,
+                    args.overlays,
                 )
         result["max_batch"] = args.max_batch
     result["torch_threads"] = torch.get_num_threads()
+    result["overlays"] = args.overlays
 
     if args.json:
         print(json.dumps(result, indent=2))
@@ -277,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     lat = result["latency_ms"]
     print(
         f"{result['model'].get('name') or 'model'} on {result['device']}: {result['clients']} clients, "
-        f"{result['requests']} requests x {result['images_per_request']} image(s) in {result['wall_s']:.1f} s"
+        f"{result['requests']} requests x {result['images_per_request']} image(s)"
+        f"{' with tinted overlays' if args.overlays else ''} in {result['wall_s']:.1f} s"
     )
     if lat:
         print(

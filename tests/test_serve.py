@@ -70,7 +70,8 @@ def request(base: str, path: str, body=None, content_type: str = "application/js
 def decode(data_url: str) -> np.ndarray:
     prefix = "data:image/png;base64,"
     assert data_url.startswith(prefix)
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url[len(prefix) :]))).convert("RGB"))
+    image = Image.open(io.BytesIO(base64.b64decode(data_url[len(prefix) :])))
+    return np.asarray(image if image.mode == "L" else image.convert("RGB"))  # greyscale maps stay (H, W)
 
 
 class GatedPipeline:
@@ -160,11 +161,18 @@ def test_generate_returns_the_pipeline_images_and_eq15_words(server, pipe):
         assert all(body["tokens"][w["index"]] == w["word"] for w in words)
         shares = [w["share"] for w in words]
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-6
-        assert all(decode(w["map"]).shape == (64, 64, 3) for w in words)
+        for w in words:  # the word's weights on the 16 x 16 grid, to 1/255 of their largest; no overlay unasked
+            weights = direct.attention_maps[k][0][w["index"]].numpy()
+            np.testing.assert_allclose(decode(w["map"]) / 255 * w["map_max"], weights, atol=w["map_max"] / 510 + 1e-7)
+            assert w["map_max"] == pytest.approx(float(weights.max()), rel=1e-6) and w["overlay"] is None
     # The first-ranked word is the one with the largest Eq. 15 score of the pipeline's own attention.
     attn = direct.attention_maps[0][0]  # (T, 16, 16)
     kept = torch.where(attn > 1 / attn.shape[0], attn, torch.zeros_like(attn)).sum(dim=(1, 2))
     assert body["images"][0]["attention"][0]["words"][0]["index"] == int(kept.argmax())
+
+    tinted = request(server.url, "/api/v1/generate", {"caption": caption, "seed": 5, "overlays": True})[1]
+    assert all(decode(w["overlay"]).shape == (64, 64, 3) for w in tinted["images"][0]["attention"][0]["words"])
+    assert tinted["images"][0]["attention"][0]["words"][0]["map"] == body["images"][0]["attention"][0]["words"][0]["map"]
 
     again = request(server.url, "/api/v1/generate", {"caption": caption, "seed": 6})[1]
     assert again["images"][0]["stages"][1]["image"] == body["images"][1]["stages"][1]["image"]
@@ -176,12 +184,12 @@ def test_generate_returns_the_pipeline_images_and_eq15_words(server, pipe):
 
 
 def test_rendered_maps_are_viz_overlays_of_the_top_words(pipe):
-    """render_generate's batched maps: each the viz.overlay of viz.upsample_map of its word, pixel for pixel."""
+    """render_generate's batched overlays: each the viz.overlay of viz.upsample_map of its word, pixel for pixel."""
     from attngan.serve.render import HEAT_ALPHA, TOP_WORDS, render_generate
     from attngan.viz import overlay, top_words, upsample_map
 
     out = pipe("a small red circle at the top left", seed=3)
-    body = render_generate("a small red circle at the top left", out, 0.0, 1.0, 1)
+    body = render_generate("a small red circle at the top left", out, 0.0, 1.0, 1, with_overlays=True)
     stages, (attn,), tokens = out.images[0], out.attention_maps[0], out.tokens[0]
     (rendered,) = body["images"][0]["attention"]
     ranked = top_words(attn, attn.shape[0], k=TOP_WORDS)
@@ -189,7 +197,18 @@ def test_rendered_maps_are_viz_overlays_of_the_top_words(pipe):
     base = np.asarray(stages[1].convert("RGB").resize((64, 64), Image.BILINEAR))
     for (j, _), word in zip(ranked, rendered["words"]):
         expected = np.asarray(overlay(base, upsample_map(attn[j], 64), "heat", alpha=HEAT_ALPHA))
-        np.testing.assert_array_equal(decode(word["map"]), expected)
+        np.testing.assert_array_equal(decode(word["overlay"]), expected)
+
+
+def test_grid_map_scales_to_the_largest_weight_and_survives_empty_maps():
+    from attngan.serve.render import grid_map
+
+    pixels, top = grid_map(np.array([[0.0, 0.1], [0.2, 0.4]], dtype=np.float32))
+    assert top == pytest.approx(0.4) and pixels.tolist() == [[0, 64], [128, 255]]
+    pixels, top = grid_map(np.zeros((3, 3), dtype=np.float32))  # a word nobody attended to
+    assert top == 0.0 and not pixels.any()
+    pixels, top = grid_map(np.array([[np.nan, 0.5]], dtype=np.float32))
+    assert top == 0.0 and not pixels.any()
 
 
 def test_original_bird_route(server):

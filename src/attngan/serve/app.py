@@ -186,11 +186,11 @@ class _Generation:
                 500, f"the model failed on this request: {type(exc).__name__}: {exc}"
             ) from None
 
-    async def generate(self, caption: str, seed: int | None, n: int) -> dict[str, Any]:
+    async def generate(self, caption: str, seed: int | None, n: int, overlays: bool = False) -> dict[str, Any]:
         start = time.perf_counter()
         result = await self.run(caption, seed, n)
         body = await run_in_threadpool(
-            render_generate, caption, result.output, result.queue_ms, result.compute_ms, result.batch_images
+            render_generate, caption, result.output, result.queue_ms, result.compute_ms, result.batch_images, overlays
         )
         body["warnings"] = self.caption_check(caption) if self.caption_check is not None else []
         body["time_ms"] = (time.perf_counter() - start) * 1e3
@@ -309,7 +309,7 @@ def _add_generate_routes(
     )
     async def generate(request: GenerateRequest) -> dict[str, Any]:  # type: ignore[valid-type]
         """Draw ``n`` images of ``caption``: every stage's image and the top attended words with their maps."""
-        return await generation.generate(request.caption, request.seed, request.n)
+        return await generation.generate(request.caption, request.seed, request.n, request.overlays)
 
     @app.post("/api/v1.0/bird", status_code=201)
     async def bird(request: BirdRequest) -> dict[str, Any]:  # type: ignore[valid-type]

@@ -24,7 +24,16 @@ class WordMap(BaseModel):
     index: int = Field(description="position of the word in `tokens`")
     score: float = Field(description="sum over regions of the attention weights kept by Eq. 15")
     share: float = Field(description="score / the sum of the scores of all words of this stage")
-    map: str = Field(description="the word's attention map tinted over the stage's image, PNG data URL")
+    map: str = Field(
+        description="the word's attention weights on the stage's grid (size x size regions) as a greyscale PNG data "
+        "URL: weight = pixel / 255 * map_max"
+    )
+    map_max: float = Field(description="the word's largest attention weight on the grid (pixel 255 of `map`)")
+    overlay: str | None = Field(
+        default=None,
+        description="with `overlays`: the map upsampled with a Gaussian filter and tinted red over the image this "
+        "stage drew (64-128 px), PNG data URL",
+    )
 
 
 class AttentionStage(BaseModel):
@@ -84,6 +93,12 @@ def request_models(max_caption_chars: int, max_images: int) -> tuple[type[BaseMo
             description=f"image k uses seed + k (0 .. {MAX_SEED}); none: a random seed, returned",
         )
         n: int = Field(default=1, ge=1, le=max_images, strict=True, description="number of images")
+        overlays: bool = Field(
+            default=False,
+            strict=True,
+            description="also send each word's map upsampled and tinted over its image (`overlay`); "
+            "about 1 ms of the server's time per map",
+        )
 
     class BirdRequest(BaseModel):
         caption: str = Field(min_length=1, max_length=max_caption_chars, strict=True)
