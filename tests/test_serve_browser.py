@@ -18,6 +18,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +33,15 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 20_000  # any single browser action or wait
+
+
+def decode_png(data_url: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
 
 
 def chromium_path() -> str | None:
@@ -53,6 +63,27 @@ def tiny_pipeline():
     tiny = PRESETS["tiny"]
     te = TextEncoder(dataclasses.replace(tiny.text_encoder, vocab_size=len(vocab)))
     return AttnGANPipeline(te, Generator(tiny.generator), vocab)
+
+
+class PeakedMaps:
+    """The pipeline with every word's attention map replaced by a Gaussian bump at its own place (an untrained
+    model's maps are nearly flat, and their min-max scaled overlays are noise in any implementation)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def __call__(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        for maps in out.attention_maps:
+            for k, attn in enumerate(maps):  # (T, h, w)
+                t, h, w = attn.shape
+                ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+                bumps = [torch.exp(-((ys - (3 + 5 * i) % h) ** 2 + (xs - (2 + 7 * i) % w) ** 2) / 8.0) for i in range(t)]
+                maps[k] = torch.stack([(0.5 + i) * b / t for i, b in enumerate(bumps)])
+        return out
 
 
 class Browser:
@@ -104,7 +135,7 @@ def browser_env():
         pytest.skip("no chromium executable (apt-get install chromium, or set ATTNGAN_CHROMIUM)")
     from attngan.serve import BackgroundServer, create_app
 
-    pipe = tiny_pipeline()
+    pipe = PeakedMaps(tiny_pipeline())
     with (
         BackgroundServer(create_app(pipe, model_name="tiny-untrained")) as server,
         sync_api.sync_playwright() as pw,
@@ -156,7 +187,29 @@ def test_page_draws_images_and_word_maps(browser_env, tmp_path):
     labels = page.locator(".word-label").all_inner_texts()
     assert labels == [w["word"] for w in api["images"][0]["attention"][0]["words"]] and len(labels) == 5
     assert set(labels) <= set(api["tokens"])
-    assert page.eval_on_selector_all(".word-map", "els => els.map(e => e.naturalWidth)") == [64] * 5
+    # Each map arrives on its 16 x 16 grid and the page draws it, upsampled and tinted, on a 64 px canvas: as
+    # the server's own overlay (`"overlays": true`) up to the browser's resampling and blur.
+    assert page.eval_on_selector_all(".word-map", "els => els.map(e => e.width)") == [64] * 5
+    page.wait_for_function(
+        "[...document.querySelectorAll('canvas.word-map')].every(c => "
+        "c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v > 0))"
+    )
+    drawn = page.eval_on_selector_all(
+        "canvas.word-map", "els => els.map(c => Array.from(c.getContext('2d').getImageData(0, 0, 64, 64).data))"
+    )
+    req = urllib.request.Request(
+        server.url + "/api/v1/generate",
+        data=json.dumps({"caption": caption, "seed": 7, "overlays": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as res:
+        tinted = json.loads(res.read())["images"][0]["attention"][0]["words"]
+    for pixels, word in zip(drawn, tinted):
+        browser_rgb = np.asarray(pixels, dtype=np.float64).reshape(64, 64, 4)[..., :3]
+        server_rgb = decode_png(word["overlay"]).astype(np.float64)
+        assert np.abs(browser_rgb - server_rgb).mean() < 3, word["word"]  # of 255 levels (0.4-0.45 measured)
+        red_b, red_s = (a[..., 0] - a[..., 1:].mean(axis=-1) for a in (browser_rgb, server_rgb))  # the tint
+        assert np.corrcoef(red_b.ravel(), red_s.ravel())[0, 1] > 0.9, word["word"]
     assert page.locator(".token.unknown").all_inner_texts() == ["zorblax"]
     assert "seed 7" in page.inner_text(".result-image h2") and "done in" in page.inner_text("#status")
 

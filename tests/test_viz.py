@@ -183,7 +183,10 @@ def test_png_from_array_is_lossless():
             image = Image.open(io.BytesIO(png_from_array(pixels, level)))
             assert image.format == "PNG" and image.mode == "RGB" and image.size == pixels.shape[1::-1]
             assert np.array_equal(np.asarray(image), pixels)
-    for bad in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3)), np.zeros((0, 4, 3), np.uint8)):
+    grey = rng.integers(0, 256, size=(9, 13), dtype=np.uint8)  # (H, W): a greyscale PNG
+    image = Image.open(io.BytesIO(png_from_array(grey)))
+    assert image.mode == "L" and np.array_equal(np.asarray(image), grey)
+    for bad in (np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3)), np.zeros((0, 4, 3), np.uint8), np.zeros((0, 4), np.uint8), np.zeros(4, np.uint8)):
         with pytest.raises(UserError):
             png_from_array(bad)
 
