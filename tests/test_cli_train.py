@@ -70,7 +70,10 @@ def test_train_dry_run_sets_dataset_options(tmp_path):
     # What the auto settings become here (no GPU in the tests' world unless there is one).
     here = config["on_this_machine"]
     if not torch.cuda.is_available():
-        assert here == {"device": "cpu", "loader_workers": 0, "mixed_precision": "no", "batch_size_per_process": 32}
+        from attngan.training.devices import cpu_has_amx_bf16
+
+        precision = "bf16" if cpu_has_amx_bf16() else "no"  # the shapes preset's mixed_precision=fast
+        assert here == {"device": "cpu", "loader_workers": 0, "mixed_precision": precision, "batch_size_per_process": 32}
     elsewhere = dry_run_config("train", "--damsm", tmp_path, "--device", "cuda")  # prepared for a GPU machine
     assert elsewhere["device"] == "cuda" and "not available here" in elsewhere["on_this_machine"]["device"]
     pinned = dry_run_config("train", "--damsm", tmp_path, "--set", "data.workers=3", "--set", "gan_train.batch_size=4")

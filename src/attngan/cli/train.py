@@ -192,7 +192,8 @@ def _describe_demo_plan(preset: Preset, plan: Any, out: Path, device: str, sets:
         f"({'an empty folder' if out.exists() else 'created'})",
         f"  1. DAMSM pre-training: up to {damsm_s:.0f} s or {d.max_steps} steps (batch {d.batch_size})",
         f"  2. AttnGAN training: up to {gan_s:.0f} s (what DAMSM leaves) or {g.max_steps} steps (batch {g.batch_size}, "
-        f"{len(preset.generator.image_sizes)} stages up to {preset.generator.image_sizes[-1]} px)",
+        f"{len(preset.generator.image_sizes)} stages up to {preset.generator.image_sizes[-1]} px, "
+        f"{'bf16 autocast' if here.get('mixed_precision') == 'bf16' else 'float32'})",
         f"  3. samples, figures and metrics: {plan.eval_seconds:.0f} s reserved; {plan.overhead_seconds:.0f} s per "
         "training phase for data and export",
         f"learning needs about {MIN_STEPS['damsm']} DAMSM and {MIN_STEPS['gan']} AttnGAN steps; fewer are warned about",

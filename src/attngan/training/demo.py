@@ -35,6 +35,7 @@ from ..data.registry import build_dataset
 from ..errors import UserError
 from ..nn import Generator
 from .damsm import train_damsm
+from .devices import check_mixed_precision
 from .figures import attention_png, captioned_grid_png, real_vs_generated_png
 from .gan import discriminator_configs, load_encoders, train_gan
 from .outcomes import TrainingInterrupted
@@ -348,6 +349,7 @@ def _measure(
         "figures": figures,
         "runs": {"damsm": str(damsm.run_dir), "gan": str(gan.run_dir)},
         "steps": {"damsm": damsm.step, "gan": gan.step},
+        "gan_precision": "bf16 autocast" if check_mixed_precision(dev, preset.gan_train.mixed_precision) == "bf16" else "float32",
         "warnings": too_few_steps({"damsm": damsm.step, "gan": gan.step}),
         "seconds": {
             "total": round(time.perf_counter() - start, 1),
@@ -445,7 +447,8 @@ def format_summary(report: dict[str, Any]) -> str:
     for row in report["summary"]:
         lines.append(f"{row['metric']:<22}{fmt(row['generated']):>11}{fmt(row['real']):>9}{fmt(row['chance']):>9}")
     lines.append(
-        f"trained DAMSM {report['steps']['damsm']} steps and AttnGAN {report['steps']['gan']} steps; "
+        f"trained DAMSM {report['steps']['damsm']} steps and AttnGAN {report['steps']['gan']} steps"
+        f"{' (' + report['gan_precision'] + ')' if report.get('gan_precision') else ''}; "
         f"{report['seconds']['total']:.0f} s of a {report['seconds']['budget']:.0f} s budget"
     )
     lines.append(f"figures and metrics.json in {report['out']}: {', '.join(report['figures'])}")
