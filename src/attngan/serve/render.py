@@ -2,9 +2,9 @@
 
 Drawing is :mod:`attngan.viz`'s (``top_words``, ``upsample_maps``, ``overlays``, ``attention_figure``,
 ``png_from_array``); this module picks what a response shows and lays it out as JSON-ready dicts. A word's
-map is sent on its stage's grid (16-64 px, greyscale: the data itself, which the web page upsamples and
-tints in the browser); the upsampled, tinted picture is drawn here only when a request asks for it
-(``overlays``), a stage's top words in one batch. Every image is encoded from its numpy pixels.
+map is sent on its stage's grid (16-128 regions a side, greyscale: the data itself, which the web page
+upsamples and tints in the browser); the upsampled, tinted picture is drawn here only when a request asks
+for it (``overlays``), a stage's top words in one batch. Every image is encoded from its numpy pixels.
 """
 
 import base64
@@ -26,8 +26,9 @@ HEAT_ALPHA = 0.6  # opacity of the red tint of the overlays where a word's map i
 
 
 def data_url(image: Image.Image | np.ndarray) -> str:
-    """A PNG data URL of an RGB image, or of (H, W, 3) or (H, W) greyscale uint8 pixels (:func:`~attngan.viz.png_from_array`: one
-    PNG filter and Huffman coding; several times faster than Pillow's encoder)."""
+    """A PNG data URL of an RGB image, or of (H, W, 3) or (H, W) greyscale uint8 pixels
+    (:func:`~attngan.viz.png_from_array`: one PNG filter and Huffman coding; several times faster than
+    Pillow's encoder)."""
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     return "data:image/png;base64," + base64.b64encode(png_from_array(pixels)).decode("ascii")
 
