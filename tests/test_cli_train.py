@@ -250,6 +250,11 @@ def test_demo_writes_figures_and_metrics_with_chance_levels(tmp_path):
     table = format_summary(report)
     assert "color accuracy" in table and "R-precision" in table
     assert table.splitlines()[-1].startswith("Warning: AttnGAN training ran 3 steps")
+    # The precision the GAN loop recorded in its run folder (the preset's "fast": bf16 only on a CPU with AMX).
+    from attngan.training.devices import cpu_has_amx_bf16
+
+    assert metrics["gan_precision"] == ("bf16 autocast" if cpu_has_amx_bf16() else "float32")
+    assert f"AttnGAN 3 steps ({metrics['gan_precision']})" in table
 
 
 def test_a_path_the_file_system_refuses_is_one_line(tmp_path, capsys):

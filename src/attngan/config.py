@@ -282,7 +282,7 @@ PRESETS: dict[str, Preset] = {
         # tells shapes apart within its 1500 steps, probe 0.84-0.86 against 0.52; in the 10-minute demo shape
         # 0.62 against 0.29 and size 0.92 against 0.69, run F5 against F3). Discriminators of width 24
         # (discriminator_df_dim; 16 before) and bf16 autocast where the device computes it natively (gan_train.
-        # mixed_precision=fast: this 2-core Xeon's AMX runs a GAN step 1.4 x as fast; float32 elsewhere), and
+        # mixed_precision=fast: this 2-core Xeon's AMX runs a GAN step 1.5 x as fast; float32 elsewhere), and
         # a DAMSM of 3000 steps instead of 1500 (its sentence vectors then tell shapes apart: probe 0.99
         # against 0.83): shape 0.89 / 0.82 against 0.75 / 0.63 in the 10-minute demo (P4 against F7).
         description="built-in procedural shapes, CPU-sized: 3 stages 16-64, small image encoder",

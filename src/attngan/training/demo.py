@@ -19,6 +19,7 @@ that ran fewer steps than :data:`MIN_STEPS` (the figures then stay near chance).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -35,7 +36,6 @@ from ..data.registry import build_dataset
 from ..errors import UserError
 from ..nn import Generator
 from .damsm import train_damsm
-from .devices import check_mixed_precision
 from .figures import attention_png, captioned_grid_png, real_vs_generated_png
 from .gan import discriminator_configs, load_encoders, train_gan
 from .outcomes import TrainingInterrupted
@@ -349,7 +349,7 @@ def _measure(
         "figures": figures,
         "runs": {"damsm": str(damsm.run_dir), "gan": str(gan.run_dir)},
         "steps": {"damsm": damsm.step, "gan": gan.step},
-        "gan_precision": "bf16 autocast" if check_mixed_precision(dev, preset.gan_train.mixed_precision) == "bf16" else "float32",
+        "gan_precision": _precision_of(Path(gan.run_dir)),
         "warnings": too_few_steps({"damsm": damsm.step, "gan": gan.step}),
         "seconds": {
             "total": round(time.perf_counter() - start, 1),
@@ -361,6 +361,15 @@ def _measure(
     atomic_write_json(out / "metrics.json", report)
     log.info("demo done in %.0f s: %s", time.perf_counter() - start, out)
     return report
+
+
+def _precision_of(run_dir: Path) -> str:
+    """The precision the GAN loop trained in, as its run folder's config.json recorded it."""
+    try:
+        mode = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("mixed_precision", "no")
+    except (OSError, ValueError):
+        return "float32"
+    return {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(mode, "float32")
 
 
 def _attention_grounding(attention: list, batches: list, vocab: Any) -> dict[str, Any]:
