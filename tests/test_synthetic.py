@@ -347,3 +347,20 @@ def test_the_attribute_classifier_cache_key_is_unchanged_at_scale_one():
     digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
     assert _cache_stem(64, AttributeTrainConfig()) == f"attribute-classifier-64px-v{CLASSIFIER_VERSION}-{digest}"
     assert _cache_stem(64, AttributeTrainConfig(object_scale=1.5)) != _cache_stem(64, AttributeTrainConfig())
+
+
+def test_rendered_scales_are_kept_and_equal_a_fresh_render(monkeypatch):
+    ds = ShapesDataset(num_images=4, image_sizes=[16, 64], seed=3, max_objects=2)
+    first = [t.clone() for t in ds[1]["images"]]
+    kept = ds.scales(1)
+    assert ds.scales(1) is kept and not kept[0].flags.writeable  # rendered once, read-only
+    again = ds[1]["images"]
+    again[0].add_(1.0)  # the tensors handed out are copies: changing one leaves the cache alone
+    assert torch.equal(ds[1]["images"][1], first[1]) and torch.equal(ds[1]["images"][0], first[0])
+    full = np.asarray(Image.fromarray(ds.render(1, 64)))
+    assert np.array_equal(kept[1], full)
+    # A dataset larger than the cache renders on every access, the same pixels.
+    monkeypatch.setattr("attngan.data.synthetic.RENDER_CACHE_BYTES", 0)
+    uncached = ShapesDataset(num_images=4, image_sizes=[16, 64], seed=3, max_objects=2)
+    assert uncached.scales(1) is not uncached.scales(1)
+    assert all(torch.equal(a, b) for a, b in zip(uncached[1]["images"], first))
