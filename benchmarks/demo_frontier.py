@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="demo output folder (new or empty)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--minutes", type=float, default=10.0, help="the demo's budget (default 10)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="the demo's training time (default 10)")
     parser.add_argument("--every", type=int, default=250, help="GAN steps between measured copies (default 250)")
     parser.add_argument("--n", type=int, default=500, help="test captions measured per copy (default 500, as the demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")

@@ -184,11 +184,12 @@ def _describe_demo_plan(preset: Preset, plan: Any, out: Path, device: str, sets:
     from ..training.demo import MIN_STEPS
 
     here = _on_this_machine(preset, device, "demo")
-    training = plan.total_seconds - plan.eval_seconds - 2 * plan.overhead_seconds
+    training = plan.training_seconds
     damsm_s, gan_s = plan.damsm_share * training, (1 - plan.damsm_share) * training
     d, g = preset.damsm_train, preset.gan_train
     lines = [
-        f"attngan demo: {plan.total_seconds / 60:g} minutes in all on {here['device']}, writing into {out} "
+        f"attngan demo: {training / 60:g} minutes of training, {plan.total_seconds / 60:.1f} in all on {here['device']}, "
+        f"writing into {out} "
         f"({'an empty folder' if out.exists() else 'created'})",
         f"  1. DAMSM pre-training: up to {damsm_s:.0f} s or {d.max_steps} steps (batch {d.batch_size})",
         f"  2. AttnGAN training: up to {gan_s:.0f} s (what DAMSM leaves) or {g.max_steps} steps (batch {g.batch_size}, "
@@ -421,9 +422,10 @@ def train(
 @click.command("demo", context_settings={"show_default": True})
 @click.option("--out", "out", type=_PATH, required=True, help="Output folder (created; must be empty if it exists).")
 @click.option("--minutes", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
-              help="Wall-clock budget for everything (data, DAMSM, GAN, evaluation). Training stops early enough "
-                   "for the evaluation at an idle machine's speed: a busy machine trains fewer steps (worse "
-                   "figures) and may end some seconds late.")
+              help="Wall-clock budget of training (DAMSM pre-training and GAN). Sampling, metrics and figures "
+                   "come after it, with a reserve of 2 % (at least 8 s) and 1 % per training phase for data "
+                   "and export (at most 4 s): 10 minutes end within 620 s at an idle machine's speed. A busy "
+                   "machine trains fewer steps (worse figures) and may end some seconds late.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help="Seed of the data, the networks and the samples.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a setting of the shapes preset, e.g. --set gan_loss.damsm_lambda=10 (repeatable).")

@@ -67,16 +67,25 @@ class DemoPlan:
 
     @classmethod
     def from_minutes(cls, minutes: float, damsm_share: float | None = None, eval_share: float = 0.02) -> DemoPlan:
-        # The reserves are a few times what the 10-minute demo used on an idle 2-core CPU (2026-12-06): about
-        # 2.5 s to sample and measure 500 test captions and write the figures, 1-2 s per training phase to
-        # build its data and models and export them. Whatever a reserve leaves unused is training time lost.
-        total = 60.0 * minutes
+        """``minutes`` of training (DAMSM and GAN); the reserves for evaluation and set-up come on top.
+
+        The reserves are a few times what the 10-minute demo used on an idle 2-core CPU (2026-12-06): about
+        2.5 s to sample and measure 500 test captions and write the figures, 1-2 s per training phase to
+        build its data and models and export them (the 10-minute demo: 620 s in all at most).
+        """
+        training = 60.0 * minutes
+        eval_seconds, overhead = max(8.0, eval_share * training), min(4.0, 0.01 * training)
         return cls(
-            total_seconds=total,
+            total_seconds=training + eval_seconds + 2 * overhead,
             damsm_share=0.3 if damsm_share is None else damsm_share,
-            eval_seconds=max(8.0, eval_share * total),
-            overhead_seconds=min(4.0, 0.01 * total),
+            eval_seconds=eval_seconds,
+            overhead_seconds=overhead,
         )
+
+    @property
+    def training_seconds(self) -> float:
+        """The time planned for DAMSM pre-training and GAN training together."""
+        return self.total_seconds - self.eval_seconds - 2 * self.overhead_seconds
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
