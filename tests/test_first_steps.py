@@ -298,7 +298,7 @@ def test_docs_page_is_self_contained():
 def test_demo_dry_run_is_sentences_and_checks_the_out_folder(tmp_path):
     result = invoke("demo", "--out", tmp_path / "new", "--minutes", "3", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert "3 minutes in all" in result.output and "DAMSM pre-training: up to" in result.output
+    assert "3 minutes of training, 3.2 minutes in all" in result.output and "DAMSM pre-training: up to" in result.output
     assert len(result.output.splitlines()) < 15 and "{" not in result.output
     assert not (tmp_path / "new").exists()  # nothing created
     (tmp_path / "full").mkdir()

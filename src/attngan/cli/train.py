@@ -188,7 +188,7 @@ def _describe_demo_plan(preset: Preset, plan: Any, out: Path, device: str, sets:
     damsm_s, gan_s = plan.damsm_share * training, (1 - plan.damsm_share) * training
     d, g = preset.damsm_train, preset.gan_train
     lines = [
-        f"attngan demo: {training / 60:g} minutes of training, {plan.total_seconds / 60:.1f} in all on {here['device']}, "
+        f"attngan demo: {training / 60:g} minutes of training, {plan.total_seconds / 60:.1f} minutes in all on {here['device']}, "
         f"writing into {out} "
         f"({'an empty folder' if out.exists() else 'created'})",
         f"  1. DAMSM pre-training: up to {damsm_s:.0f} s or {d.max_steps} steps (batch {d.batch_size})",
