@@ -24,6 +24,9 @@ the process's CPU time, which other work on the machine disturbs less) and the r
 
     python benchmarks/bench_serve.py --preset birds --paired --requests 40
 
+``--keep-alive``: each client keeps one HTTP/1.1 connection for all its requests, as a browser or a
+``requests.Session`` does (by default every request opens a new connection, as ``curl`` does).
+
 Bounded: at most ``--requests`` requests (<= 10000) and ``--max-seconds`` of wall time. ``--smoke``: the tiny
 model, 1 client, 3 requests, then 3 paired rounds (the test suite runs it).
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import http.client
 import json
 import statistics
 import sys
@@ -88,6 +92,38 @@ def post(url: str, body: dict, timeout: float) -> tuple[int, dict]:
         return 0, {}  # 0: no HTTP answer (refused, reset or timed out)
 
 
+class KeepAliveClient:
+    """POSTs over one persistent HTTP/1.1 connection (as a browser or ``requests.Session``): no TCP connect
+    per request. Reconnects once when the server closed the connection (its idle timeout)."""
+
+    def __init__(self, base: str, timeout: float) -> None:
+        parts = urllib.parse.urlsplit(base)
+        self.host, self.port, self.timeout = parts.hostname or "127.0.0.1", parts.port or 80, timeout
+        self.conn: http.client.HTTPConnection | None = None
+
+    def post(self, url: str, body: dict, timeout: float | None = None) -> tuple[int, dict]:
+        path = urllib.parse.urlsplit(url).path
+        data = json.dumps(body).encode()
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
+            try:
+                self.conn.request("POST", path, data, {"Content-Type": "application/json"})
+                res = self.conn.getresponse()
+                raw = res.read()
+                return res.status, (json.loads(raw) if res.status == 200 else {})
+            except (http.client.HTTPException, ConnectionError, OSError):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    return 0, {}
+        return 0, {}
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in [0, 100]) of a non-empty list."""
     ordered = sorted(values)
@@ -95,7 +131,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_load(
-    base: str, clients: int, requests: int, n: int, max_seconds: float, timeout: float, overlays: bool = False
+    base: str, clients: int, requests: int, n: int, max_seconds: float, timeout: float, overlays: bool = False,
+    keep_alive: bool = False,
 ) -> dict:
     with urllib.request.urlopen(base + "/health", timeout=timeout) as res:
         health = json.loads(res.read())
@@ -114,6 +151,7 @@ def run_load(
 
     def client() -> None:
         nonlocal issued
+        send = KeepAliveClient(base, timeout).post if keep_alive else post
         while True:
             with lock:
                 if issued >= requests or time.monotonic() > deadline:
@@ -122,7 +160,7 @@ def run_load(
                 issued += 1
             body = {"caption": captions[k % len(captions)], "seed": 1000 + k, "n": n, "overlays": overlays}
             start = time.perf_counter()
-            status, answer = post(url, body, timeout)
+            status, answer = send(url, body, timeout)
             elapsed = time.perf_counter() - start
             with lock:
                 statuses[status] += 1
@@ -166,10 +204,14 @@ def run_load(
 
 
 def run_paired(
-    base: str, pipe, requests: int, n: int, max_batch: int, max_seconds: float, timeout: float, overlays: bool = False
+    base: str, pipe, requests: int, n: int, max_batch: int, max_seconds: float, timeout: float, overlays: bool = False,
+    keep_alive: bool = False,
 ) -> dict:
     """Rounds of one direct pipeline call and one request of the same caption, seed and n (alternating which
-    goes first, so that a change of the machine's load hits both alike): the server's cost per request."""
+    goes first, so that a change of the machine's load hits both alike): the server's cost per request.
+
+    Each round also compares the server's own pipeline call (its ``compute_ms``) with the direct one: their
+    difference is the call's variation between two runs, which the paired difference carries too."""
     with urllib.request.urlopen(base + "/health", timeout=timeout) as res:
         captions = json.loads(res.read())["examples"] or ["a red circle"]
     url = base + "/api/v1/generate"
@@ -179,16 +221,21 @@ def run_paired(
         pipe([caption], num_images_per_prompt=n, seed=seed, return_attention=True, batch_size=max_batch)
         return time.perf_counter() - start, time.process_time() - cpu
 
+    send = KeepAliveClient(base, timeout).post if keep_alive else post
+    worker_s: list[float] = []  # the server's pipeline call (compute_ms) of each counted request
+
     def served(caption: str, seed: int) -> tuple[float, float]:
         start, cpu = time.perf_counter(), time.process_time()
-        status, _ = post(url, {"caption": caption, "seed": seed, "n": n, "overlays": overlays}, timeout)
+        status, answer = send(url, {"caption": caption, "seed": seed, "n": n, "overlays": overlays}, timeout)
         if status != 200:
             raise RuntimeError(f"the server answered {status}")
+        worker_s.append(answer["compute_ms"] / 1e3)
         return time.perf_counter() - start, time.process_time() - cpu
 
     for k in range(2):  # warm-up, not counted
         direct(captions[k % len(captions)], k)
         served(captions[k % len(captions)], k)
+    worker_s.clear()
     pipeline_s, request_s = [], []
     deadline = time.monotonic() + max_seconds
     for k in range(requests):
@@ -203,13 +250,18 @@ def run_paired(
             request_s.append(served(caption, seed))
     extra = [r - p for (r, _), (p, _) in zip(request_s, pipeline_s)]
     extra_cpu = [r - p for (_, r), (_, p) in zip(request_s, pipeline_s)]  # the in-process client's CPU included
+    outside = [r - w for (r, _), w in zip(request_s, worker_s)]  # the same requests, less their own call
+    call_gap = [w - p for w, (p, _) in zip(worker_s, pipeline_s)]  # the server's call against the direct one
     pipeline_p50, request_p50 = (statistics.median(t for t, _ in times) for times in (pipeline_s, request_s))
     return {
         "rounds": len(extra),
+        "keep_alive": keep_alive,
         "pipeline_ms_p50": 1e3 * pipeline_p50,
         "request_ms_p50": 1e3 * request_p50,
         "extra_ms": {"p50": 1e3 * statistics.median(extra), "p95": 1e3 * percentile(extra, 95)},
         "extra_cpu_ms_p50": 1e3 * statistics.median(extra_cpu),
+        "outside_call_ms_p50": 1e3 * statistics.median(outside),
+        "server_call_minus_direct_ms_p50": 1e3 * statistics.median(call_gap),
         "ratio": request_p50 / pipeline_p50,
     }
 
@@ -233,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--overlays", action="store_true", help='requests ask for the tinted maps too ("overlays": true)'
     )
+    parser.add_argument(
+        "--keep-alive", action="store_true",
+        help="each client sends its requests over one persistent connection (default: a new one per request)",
+    )
+    parser.add_argument(
+        "--tune-malloc", action="store_true",
+        help="glibc keeps freed memory for reuse in this process (attngan.training.cpu.tune_cpu_allocator), "
+        "as `attngan serve` does by default",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--smoke", action="store_true", help="seconds: the tiny model, 1 client, 3 requests")
     args = parser.parse_args(argv)
@@ -242,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.clients <= 256 or not 1 <= args.requests <= 10000 or args.n < 1:
         parser.error("need 1 <= --clients <= 256, 1 <= --requests <= 10000 and --n >= 1")
 
+    if args.tune_malloc:
+        from attngan.training.cpu import tune_cpu_allocator
+
+        args.tune_malloc = tune_cpu_allocator()  # False where it does not apply (not glibc)
     if args.paired and args.url:
         parser.error("--paired needs the script's own server (no --url): it calls the same pipeline directly")
     if args.url:
@@ -249,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         if host not in ("127.0.0.1", "localhost", "::1"):
             parser.error(f"--url must be a loopback address (127.0.0.1, localhost, ::1), got {host!r}")
         result = run_load(
-            args.url.rstrip("/"), args.clients, args.requests, args.n, args.max_seconds, args.timeout, args.overlays
+            args.url.rstrip("/"), args.clients, args.requests, args.n, args.max_seconds, args.timeout, args.overlays,
+            args.keep_alive,
         )
     else:
         from attngan.pipeline import AttnGANPipeline
@@ -269,17 +335,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         with BackgroundServer(app) as server:
             result = run_load(
-                server.url, args.clients, args.requests, args.n, args.max_seconds, args.timeout, args.overlays
+                server.url, args.clients, args.requests, args.n, args.max_seconds, args.timeout, args.overlays,
+                args.keep_alive,
             )
             result["batches_run"] = app.state.worker.batches_run
             if args.paired:
                 result["paired"] = run_paired(
                     server.url, pipe, args.requests, args.n, args.max_batch, args.max_seconds, args.timeout,
-                    args.overlays,
+                    args.overlays, args.keep_alive,
                 )
         result["max_batch"] = args.max_batch
     result["torch_threads"] = torch.get_num_threads()
     result["overlays"] = args.overlays
+    result["keep_alive"] = args.keep_alive
+    result["tune_malloc"] = args.tune_malloc
 
     if args.json:
         print(json.dumps(result, indent=2))
@@ -311,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{pr['request_ms_p50']:.1f} ms; the server adds p50 {pr['extra_ms']['p50']:.1f} ms "
             f"(p95 {pr['extra_ms']['p95']:.1f}) per request, x{pr['ratio']:.3f}; CPU time p50 "
             f"{pr['extra_cpu_ms_p50']:.1f} ms more per request"
+        )
+        print(
+            f"            of the same requests, outside the server's own pipeline call: p50 "
+            f"{pr['outside_call_ms_p50']:.1f} ms; the server's call against the direct one: p50 "
+            f"{pr['server_call_minus_direct_ms_p50']:+.1f} ms"
         )
     return 0
 

@@ -117,3 +117,10 @@ def test_bench_serve_smoke(capsys):
     assert _script("bench_serve").main(["--smoke"]) == 0
     out = capsys.readouterr().out
     assert "outside ms" in out and "errors      0" in out
+    # One persistent connection per client: the same answers, and the paired rounds' extra figures.
+    assert _script("bench_serve").main(["--smoke", "--keep-alive", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["keep_alive"] and result["errors"] == 0 and result["ok"] == 3
+    paired = result["paired"]
+    assert paired["rounds"] == 3 and paired["outside_call_ms_p50"] > 0
+    assert paired["outside_call_ms_p50"] < paired["request_ms_p50"]

@@ -448,6 +448,23 @@ def test_cli_serve_passes_the_idle_timeout(pipe, tmp_path, monkeypatch):
     assert issubclass(protocol, asyncio.Protocol) and protocol.__name__ == "IdleClosingProtocol"
 
 
+def test_cli_serve_tunes_the_allocator_unless_told_not_to(pipe, tmp_path, monkeypatch):
+    import uvicorn
+    from click.testing import CliRunner
+
+    import attngan.training.cpu
+    from attngan.cli import cli
+
+    tuned = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    monkeypatch.setattr(attngan.training.cpu, "tune_cpu_allocator", lambda: tuned.append(1) or True)
+    pipe.save_pretrained(tmp_path / "model")
+    assert CliRunner().invoke(cli, ["serve", "--checkpoint", str(tmp_path / "model")]).exit_code == 0
+    assert tuned == [1]
+    result = CliRunner().invoke(cli, ["serve", "--checkpoint", str(tmp_path / "model"), "--no-tune-malloc"])
+    assert result.exit_code == 0 and tuned == [1]
+
+
 def test_a_caption_with_more_objects_than_the_training_images_gets_a_warning(pipe, tmp_path):
     from attngan.cli.serve import _caption_check  # what `attngan serve --checkpoint RUN` passes to the app
 
