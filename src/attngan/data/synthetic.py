@@ -541,7 +541,7 @@ class ShapesDataset(TextImageDataset):
 
         The pixels are a function of the index alone, so they are rendered once and kept while the scales
         of all images fit in :data:`RENDER_CACHE_BYTES` (4000 images at 16, 32 and 64 px: 65 MB); a larger
-        dataset renders on every access. Rendering and resizing took about 8 of a GAN step's 175 ms.
+        dataset renders on every access. A batch of 32 at 16, 32 and 64 px loads in 2.6 ms kept, 10 ms rendered.
         """
         cached = self._rendered.get(index) if self._rendered is not None else None
         if cached is not None:
