@@ -150,8 +150,16 @@ def run_load(
     deadline = time.monotonic() + max_seconds
 
     def client() -> None:
+        session = KeepAliveClient(base, timeout) if keep_alive else None
+        send = session.post if session is not None else post
+        try:
+            _requests(send)
+        finally:
+            if session is not None:
+                session.close()
+
+    def _requests(send) -> None:
         nonlocal issued
-        send = KeepAliveClient(base, timeout).post if keep_alive else post
         while True:
             with lock:
                 if issued >= requests or time.monotonic() > deadline:
@@ -210,8 +218,8 @@ def run_paired(
     """Rounds of one direct pipeline call and one request of the same caption, seed and n (alternating which
     goes first, so that a change of the machine's load hits both alike): the server's cost per request.
 
-    Each round also compares the server's own pipeline call (its ``compute_ms``) with the direct one: their
-    difference is the call's variation between two runs, which the paired difference carries too."""
+    Each round also compares the server's own pipeline call (its ``compute_ms``) with the direct one (the
+    worker thread against the main thread: e.g. their malloc arenas); the paired difference carries it too."""
     with urllib.request.urlopen(base + "/health", timeout=timeout) as res:
         captions = json.loads(res.read())["examples"] or ["a red circle"]
     url = base + "/api/v1/generate"
@@ -221,7 +229,8 @@ def run_paired(
         pipe([caption], num_images_per_prompt=n, seed=seed, return_attention=True, batch_size=max_batch)
         return time.perf_counter() - start, time.process_time() - cpu
 
-    send = KeepAliveClient(base, timeout).post if keep_alive else post
+    session = KeepAliveClient(base, timeout) if keep_alive else None
+    send = session.post if session is not None else post
     worker_s: list[float] = []  # the server's pipeline call (compute_ms) of each counted request
 
     def served(caption: str, seed: int) -> tuple[float, float]:
@@ -248,6 +257,8 @@ def run_paired(
         else:
             pipeline_s.append(direct(caption, seed))
             request_s.append(served(caption, seed))
+    if session is not None:
+        session.close()
     extra = [r - p for (r, _), (p, _) in zip(request_s, pipeline_s)]
     extra_cpu = [r - p for (_, r), (_, p) in zip(request_s, pipeline_s)]  # the in-process client's CPU included
     outside = [r - w for (r, _), w in zip(request_s, worker_s)]  # the same requests, less their own call

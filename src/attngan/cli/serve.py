@@ -66,7 +66,7 @@ def is_loopback(host: str) -> bool:
 @click.option(
     "--tune-malloc/--no-tune-malloc", default=True, show_default=True,
     help="Linux/glibc: keep freed memory for reuse instead of returning large blocks to the system at every "
-         "free. The worker thread's pipeline call then runs as fast as a direct call (without it, 0-17 ms "
+         "free. The worker thread's pipeline call then runs as fast as a direct call (without it, up to 17 ms "
          "slower per birds image in benchmarks/bench_serve.py --paired); the process keeps its peak memory.",
 )  # fmt: skip
 @click.option(
